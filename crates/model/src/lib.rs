@@ -1,0 +1,17 @@
+//! Trellis's user API: the Istio-compatible resources users write, how they are
+//! read from YAML, and the checks that make bad input fail loudly.
+//!
+//! Everything here is plain data and pure functions. Nothing does I/O except
+//! [`load::load_dir`], which reads a folder of YAML files.
+
+pub mod duration;
+pub mod error;
+pub mod host;
+pub mod load;
+pub mod networking;
+pub mod resource;
+pub mod validate;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use load::{load_dir, parse_documents};
+pub use resource::{Meta, Resource, ResourceSet};

@@ -1,0 +1,165 @@
+//! The envelope every resource shares (`apiVersion`, `kind`, `metadata`) and
+//! the set of resources a proxy or control plane works from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::networking::{DestinationRuleSpec, ServiceEntrySpec, VirtualServiceSpec};
+
+/// Kubernetes object metadata, the part Trellis uses. Other metadata fields
+/// (uid, resourceVersion, ...) are accepted and dropped: they belong to
+/// whatever stored the object, not to its meaning.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Meta {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+pub fn default_namespace() -> String {
+    "default".to_string()
+}
+
+/// The kinds Trellis understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Kind {
+    ServiceEntry,
+    DestinationRule,
+    VirtualService,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [
+        Kind::ServiceEntry,
+        Kind::DestinationRule,
+        Kind::VirtualService,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::ServiceEntry => "ServiceEntry",
+            Kind::DestinationRule => "DestinationRule",
+            Kind::VirtualService => "VirtualService",
+        }
+    }
+
+    pub fn parse(kind: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == kind)
+    }
+
+    /// API groups/versions accepted for this kind: Istio's v1 and the older
+    /// versions still found in the wild, which have the same schema.
+    pub fn api_versions(self) -> &'static [&'static str] {
+        &[
+            "networking.istio.io/v1",
+            "networking.istio.io/v1beta1",
+            "networking.istio.io/v1alpha3",
+        ]
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A resource as the user wrote it, with where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Object<S> {
+    pub metadata: Meta,
+    pub spec: S,
+    /// The file it was read from (`<api>` when applied through an API).
+    #[serde(skip)]
+    pub source: String,
+}
+
+impl<S> Object<S> {
+    /// `namespace/name`
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.metadata.namespace, self.metadata.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind")]
+pub enum Resource {
+    ServiceEntry(Object<ServiceEntrySpec>),
+    DestinationRule(Object<DestinationRuleSpec>),
+    VirtualService(Object<VirtualServiceSpec>),
+}
+
+impl Resource {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Resource::ServiceEntry(_) => Kind::ServiceEntry,
+            Resource::DestinationRule(_) => Kind::DestinationRule,
+            Resource::VirtualService(_) => Kind::VirtualService,
+        }
+    }
+
+    pub fn meta(&self) -> &Meta {
+        match self {
+            Resource::ServiceEntry(o) => &o.metadata,
+            Resource::DestinationRule(o) => &o.metadata,
+            Resource::VirtualService(o) => &o.metadata,
+        }
+    }
+
+    pub fn source(&self) -> &str {
+        match self {
+            Resource::ServiceEntry(o) => &o.source,
+            Resource::DestinationRule(o) => &o.source,
+            Resource::VirtualService(o) => &o.source,
+        }
+    }
+
+    /// `Kind namespace/name`, the way errors name a resource.
+    pub fn display_name(&self) -> String {
+        let m = self.meta();
+        format!("{} {}/{}", self.kind(), m.namespace, m.name)
+    }
+}
+
+/// All resources of one config snapshot, split by kind, in load order
+/// (files sorted by path, documents in file order).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ResourceSet {
+    pub service_entries: Vec<Object<ServiceEntrySpec>>,
+    pub destination_rules: Vec<Object<DestinationRuleSpec>>,
+    pub virtual_services: Vec<Object<VirtualServiceSpec>>,
+}
+
+impl ResourceSet {
+    pub fn push(&mut self, r: Resource) {
+        match r {
+            Resource::ServiceEntry(o) => self.service_entries.push(o),
+            Resource::DestinationRule(o) => self.destination_rules.push(o),
+            Resource::VirtualService(o) => self.virtual_services.push(o),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.service_entries.len() + self.destination_rules.len() + self.virtual_services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl FromIterator<Resource> for ResourceSet {
+    fn from_iter<I: IntoIterator<Item = Resource>>(iter: I) -> Self {
+        let mut set = ResourceSet::default();
+        for r in iter {
+            set.push(r);
+        }
+        set
+    }
+}

@@ -1,0 +1,811 @@
+//! Semantic checks over a whole set of resources: what serde's types cannot
+//! say (weights sum to 100, regexes compile, destinations exist, one
+//! VirtualService per host). Every problem found is reported, not just the first.
+//!
+//! The same checks run in the proxy's standalone mode and (later) in the
+//! control plane before a resource is accepted.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::duration;
+use crate::error::{ConfigError, ConfigErrors};
+use crate::host;
+use crate::networking::*;
+use crate::resource::{Object, ResourceSet};
+
+/// Largest compiled regex accepted, so a pathological pattern cannot eat the
+/// proxy's memory.
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// A service known from a ServiceEntry, under its fully qualified host.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Service {
+    pub host: String,
+    pub namespace: String,
+    /// The ServiceEntry that defines it (`namespace/name`).
+    pub entry: String,
+    pub ports: Vec<Port>,
+    pub resolution: Resolution,
+    pub endpoints: Vec<WorkloadEntry>,
+    /// The host as the ServiceEntry wrote it: what DNS resolution looks up
+    /// when the entry lists no endpoints.
+    pub written_host: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Port {
+    pub number: u16,
+    pub name: String,
+    pub protocol: Protocol,
+    pub target_port: Option<u16>,
+}
+
+impl Service {
+    pub fn port(&self, number: u16) -> Option<&Port> {
+        self.ports.iter().find(|p| p.number == number)
+    }
+}
+
+/// A validated snapshot: resources indexed by the host they apply to, with
+/// every host reference already resolved to a fully qualified name.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Validated {
+    pub services: BTreeMap<String, Service>,
+    pub destination_rules: BTreeMap<String, Object<DestinationRuleSpec>>,
+    /// VirtualServices with their resolved hosts, in load order.
+    pub virtual_services: Vec<(Vec<String>, Object<VirtualServiceSpec>)>,
+}
+
+impl Validated {
+    /// Resolve a host written in a resource of `namespace` (see [`host::resolve`]).
+    pub fn resolve(&self, name: &str, namespace: &str) -> String {
+        host::resolve(name, namespace, |h| self.services.contains_key(h))
+    }
+}
+
+/// Check everything; on success return the indexed snapshot.
+pub fn validate(set: &ResourceSet) -> Result<Validated, ConfigErrors> {
+    let mut v = Validator {
+        errors: ConfigErrors::default(),
+        out: Validated::default(),
+        host_files: BTreeMap::new(),
+    };
+    v.service_entries(&set.service_entries);
+    v.destination_rules(&set.destination_rules);
+    v.virtual_services(&set.virtual_services);
+    if v.errors.is_empty() {
+        Ok(v.out)
+    } else {
+        Err(v.errors)
+    }
+}
+
+struct Validator {
+    errors: ConfigErrors,
+    out: Validated,
+    /// The file of the ServiceEntry that defines each host, for conflict messages.
+    host_files: BTreeMap<String, String>,
+}
+
+/// Where an error is reported: the resource and the path built so far.
+struct At {
+    file: String,
+    resource: String,
+}
+
+impl At {
+    fn err(&self, field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::new(&self.file, &self.resource, field, reason)
+    }
+}
+
+fn at<S>(kind: &str, o: &Object<S>) -> At {
+    At {
+        file: o.source.clone(),
+        resource: format!("{kind} {}", o.key()),
+    }
+}
+
+impl Validator {
+    fn push(&mut self, e: ConfigError) {
+        self.errors.push(e);
+    }
+
+    // ------------------------------------------------------------ ServiceEntry
+
+    fn service_entries(&mut self, entries: &[Object<ServiceEntrySpec>]) {
+        for se in entries {
+            let at = at("ServiceEntry", se);
+            let ns = &se.metadata.namespace;
+            let spec = &se.spec;
+            self.export_to(&at, &spec.export_to);
+            if spec.hosts.is_empty() {
+                self.push(at.err("spec.hosts", "at least one host is required"));
+            }
+            if spec.ports.is_empty() {
+                self.push(at.err("spec.ports", "at least one port is required"));
+            }
+            let mut ports = Vec::new();
+            let mut names = BTreeSet::new();
+            let mut numbers = BTreeSet::new();
+            for (i, p) in spec.ports.iter().enumerate() {
+                let f = format!("spec.ports[{i}]");
+                let Some(number) = port_number(p.number) else {
+                    self.push(at.err(format!("{f}.number"), "must be between 1 and 65535"));
+                    continue;
+                };
+                if p.name.is_empty() {
+                    self.push(at.err(format!("{f}.name"), "must not be empty"));
+                } else if !names.insert(p.name.as_str()) {
+                    self.push(at.err(
+                        format!("{f}.name"),
+                        format!("duplicate port name {:?}", p.name),
+                    ));
+                }
+                if !numbers.insert(number) {
+                    self.push(at.err(
+                        format!("{f}.number"),
+                        format!("duplicate port number {number}"),
+                    ));
+                }
+                let target_port = match p.target_port.map(port_number) {
+                    Some(None) => {
+                        self.push(at.err(format!("{f}.targetPort"), "must be between 1 and 65535"));
+                        None
+                    }
+                    Some(t) => t,
+                    None => None,
+                };
+                match Protocol::of_port(p) {
+                    Ok(protocol) => ports.push(Port {
+                        number,
+                        name: p.name.clone(),
+                        protocol,
+                        target_port,
+                    }),
+                    Err(reason) => self.push(at.err(format!("{f}.protocol"), reason)),
+                }
+            }
+            if spec.resolution == Resolution::None {
+                self.push(at.err(
+                    "spec.resolution",
+                    "resolution NONE (pass-through to the original destination) is not supported yet; \
+                     use STATIC with endpoints, or DNS",
+                ));
+            }
+            for (i, a) in spec.addresses.iter().enumerate() {
+                if parse_cidr(a).is_none() {
+                    self.push(at.err(
+                        format!("spec.addresses[{i}]"),
+                        format!("{a:?} is not an IP address or CIDR"),
+                    ));
+                }
+            }
+            for (i, ep) in spec.endpoints.iter().enumerate() {
+                let f = format!("spec.endpoints[{i}]");
+                if ep.address.is_empty() {
+                    self.push(at.err(format!("{f}.address"), "is required"));
+                } else if spec.resolution == Resolution::Static
+                    && ep.address.parse::<std::net::IpAddr>().is_err()
+                {
+                    self.push(at.err(
+                        format!("{f}.address"),
+                        format!("{:?} is not an IP address; STATIC resolution needs IPs (use resolution: DNS for names)", ep.address),
+                    ));
+                } else if spec.resolution != Resolution::Static
+                    && (ep.address.starts_with('*') || !valid_host(&ep.address))
+                    && ep.address.parse::<std::net::IpAddr>().is_err()
+                {
+                    self.push(at.err(
+                        format!("{f}.address"),
+                        format!("{:?} is neither an IP address nor a DNS name", ep.address),
+                    ));
+                }
+                for (name, number) in &ep.ports {
+                    if !names.contains(name.as_str()) {
+                        self.push(at.err(
+                            format!("{f}.ports.{name}"),
+                            format!(
+                                "no port named {name:?} in spec.ports (names: {})",
+                                join(&names)
+                            ),
+                        ));
+                    }
+                    if port_number(*number).is_none() {
+                        self.push(
+                            at.err(format!("{f}.ports.{name}"), "must be between 1 and 65535"),
+                        );
+                    }
+                }
+                if let Some(loc) = &ep.locality
+                    && (loc.split('/').count() > 3 || loc.split('/').any(str::is_empty))
+                {
+                    self.push(at.err(
+                        format!("{f}.locality"),
+                        format!("{loc:?} is not of the form region/zone/subzone"),
+                    ));
+                }
+            }
+            if spec.resolution == Resolution::Static && spec.endpoints.is_empty() {
+                // Valid in Istio (a service with no endpoints yet); requests get 503 no_healthy_upstream.
+            }
+            for (i, h) in spec.hosts.iter().enumerate() {
+                let f = format!("spec.hosts[{i}]");
+                if h.starts_with('*') {
+                    self.push(at.err(f, "wildcard hosts in ServiceEntry are not supported yet"));
+                    continue;
+                }
+                if !valid_host(h) {
+                    self.push(at.err(f, format!("{h:?} is not a valid DNS name")));
+                    continue;
+                }
+                let fqdn = host::qualify(h, ns);
+                if let Some(existing) = self.out.services.get(&fqdn) {
+                    let file = self.host_files.get(&fqdn).map_or("", String::as_str);
+                    self.push(at.err(
+                        f,
+                        format!("host {fqdn} is already defined by ServiceEntry {} ({file}); one ServiceEntry per host", existing.entry),
+                    ));
+                    continue;
+                }
+                self.host_files.insert(fqdn.clone(), se.source.clone());
+                self.out.services.insert(
+                    fqdn.clone(),
+                    Service {
+                        host: fqdn,
+                        namespace: ns.clone(),
+                        entry: se.key(),
+                        ports: ports.clone(),
+                        resolution: spec.resolution,
+                        endpoints: spec.endpoints.clone(),
+                        written_host: h.to_ascii_lowercase(),
+                        export_to: spec.export_to.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    // --------------------------------------------------------- DestinationRule
+
+    fn destination_rules(&mut self, rules: &[Object<DestinationRuleSpec>]) {
+        for dr in rules {
+            let at = at("DestinationRule", dr);
+            let spec = &dr.spec;
+            self.export_to(&at, &spec.export_to);
+            if spec.host.starts_with('*') {
+                self.push(at.err(
+                    "spec.host",
+                    "wildcard hosts in DestinationRule are not supported yet",
+                ));
+                continue;
+            }
+            let host = self.out.resolve(&spec.host, &dr.metadata.namespace);
+            let Some(service) = self.out.services.get(&host) else {
+                self.push(at.err(
+                    "spec.host",
+                    format!(
+                        "{:?} (resolved to {host}) matches no ServiceEntry",
+                        spec.host
+                    ),
+                ));
+                continue;
+            };
+            let service = service.clone();
+            if let Some(tp) = &spec.traffic_policy {
+                self.traffic_policy(&at, "spec.trafficPolicy", tp, &service);
+            }
+            let mut names = BTreeSet::new();
+            for (i, s) in spec.subsets.iter().enumerate() {
+                let f = format!("spec.subsets[{i}]");
+                if s.name.is_empty() {
+                    self.push(at.err(format!("{f}.name"), "must not be empty"));
+                } else if !names.insert(s.name.as_str()) {
+                    self.push(at.err(
+                        format!("{f}.name"),
+                        format!("duplicate subset {:?}", s.name),
+                    ));
+                }
+                if let Some(tp) = &s.traffic_policy {
+                    self.traffic_policy(&at, &format!("{f}.trafficPolicy"), tp, &service);
+                }
+            }
+            if let Some(existing) = self.out.destination_rules.get(&host) {
+                self.push(at.err(
+                    "spec.host",
+                    format!(
+                        "DestinationRule {} ({}) already applies to {host}; one DestinationRule per host",
+                        existing.key(),
+                        existing.source
+                    ),
+                ));
+                continue;
+            }
+            self.out.destination_rules.insert(host, dr.clone());
+        }
+    }
+
+    fn traffic_policy(&mut self, at: &At, f: &str, tp: &TrafficPolicy, service: &Service) {
+        if let Some(lb) = &tp.load_balancer {
+            self.load_balancer(at, &format!("{f}.loadBalancer"), lb);
+        }
+        let mut seen = BTreeSet::new();
+        for (i, p) in tp.port_level_settings.iter().enumerate() {
+            let pf = format!("{f}.portLevelSettings[{i}]");
+            match port_number(p.port.number) {
+                None => {
+                    self.push(at.err(format!("{pf}.port.number"), "must be between 1 and 65535"))
+                }
+                Some(n) if service.port(n).is_none() => self.push(at.err(
+                    format!("{pf}.port.number"),
+                    format!("service {} has no port {n}", service.host),
+                )),
+                Some(n) if !seen.insert(n) => self.push(at.err(
+                    format!("{pf}.port.number"),
+                    format!("duplicate settings for port {n}"),
+                )),
+                Some(_) => {}
+            }
+            if let Some(lb) = &p.load_balancer {
+                self.load_balancer(at, &format!("{pf}.loadBalancer"), lb);
+            }
+        }
+    }
+
+    fn load_balancer(&mut self, at: &At, f: &str, lb: &LoadBalancerSettings) {
+        if lb.simple.is_some() && lb.consistent_hash.is_some() {
+            self.push(at.err(f, "set either simple or consistentHash, not both"));
+        }
+        if lb.simple == Some(SimpleLb::Passthrough) {
+            self.push(at.err(format!("{f}.simple"), "PASSTHROUGH is not supported yet"));
+        }
+        if let Some(ch) = &lb.consistent_hash {
+            let keys = [
+                ch.http_header_name.is_some(),
+                ch.http_cookie.is_some(),
+                ch.use_source_ip == Some(true),
+                ch.http_query_parameter_name.is_some(),
+            ];
+            if keys.iter().filter(|k| **k).count() != 1 {
+                self.push(at.err(
+                    format!("{f}.consistentHash"),
+                    "set exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
+                ));
+            }
+            if let Some(h) = &ch.http_header_name
+                && http_header_name(h).is_none()
+            {
+                self.push(at.err(
+                    format!("{f}.consistentHash.httpHeaderName"),
+                    format!("{h:?} is not a valid header name"),
+                ));
+            }
+            if let Some(c) = &ch.http_cookie {
+                if c.name.is_empty() {
+                    self.push(at.err(
+                        format!("{f}.consistentHash.httpCookie.name"),
+                        "must not be empty",
+                    ));
+                }
+                if let Some(ttl) = &c.ttl
+                    && let Err(e) = duration::parse(ttl)
+                {
+                    self.push(at.err(format!("{f}.consistentHash.httpCookie.ttl"), e));
+                }
+            }
+            if ch.ring_hash.is_some() && ch.minimum_ring_size.is_some() {
+                self.push(at.err(
+                    format!("{f}.consistentHash"),
+                    "set ringHash.minimumRingSize or the deprecated minimumRingSize, not both",
+                ));
+            }
+            let size = ch
+                .ring_hash
+                .as_ref()
+                .and_then(|r| r.minimum_ring_size)
+                .or(ch.minimum_ring_size);
+            if let Some(size) = size
+                && !(1..=8_388_608).contains(&size)
+            {
+                self.push(at.err(
+                    format!("{f}.consistentHash.ringHash.minimumRingSize"),
+                    "must be between 1 and 8388608",
+                ));
+            }
+        }
+        if let Some(loc) = &lb.locality_lb_setting {
+            for (i, fo) in loc.failover.iter().enumerate() {
+                if fo.from.is_empty()
+                    || fo.to.is_empty()
+                    || fo.from.contains('/')
+                    || fo.to.contains('/')
+                {
+                    self.push(at.err(
+                        format!("{f}.localityLbSetting.failover[{i}]"),
+                        "from and to must be region names (no zone or subzone)",
+                    ));
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------- VirtualService
+
+    fn virtual_services(&mut self, vss: &[Object<VirtualServiceSpec>]) {
+        let mut owner: BTreeMap<String, String> = BTreeMap::new();
+        for vs in vss {
+            let at = at("VirtualService", vs);
+            let ns = vs.metadata.namespace.as_str();
+            let spec = &vs.spec;
+            self.export_to(&at, &spec.export_to);
+            for (i, g) in spec.gateways.iter().enumerate() {
+                if g != "mesh" {
+                    self.push(at.err(
+                        format!("spec.gateways[{i}]"),
+                        format!("gateway {g:?}: only \"mesh\" (sidecars) is supported yet"),
+                    ));
+                }
+            }
+            if spec.hosts.is_empty() {
+                self.push(at.err("spec.hosts", "at least one host is required"));
+            }
+            if spec.http.is_empty() && spec.tcp.is_empty() {
+                self.push(at.err("spec", "needs http or tcp routes"));
+            }
+            let mut hosts = Vec::new();
+            for (i, h) in spec.hosts.iter().enumerate() {
+                let f = format!("spec.hosts[{i}]");
+                if h != "*" && !valid_host(h) {
+                    self.push(at.err(
+                        f,
+                        format!("{h:?} is not a valid host (a DNS name, *.suffix or *)"),
+                    ));
+                    continue;
+                }
+                let resolved = self.out.resolve(h, ns);
+                if let Some(other) = owner.get(&resolved) {
+                    self.push(at.err(
+                        f,
+                        format!("host {resolved} is already routed by VirtualService {other}; one VirtualService per host"),
+                    ));
+                    continue;
+                }
+                owner.insert(resolved.clone(), format!("{} ({})", vs.key(), vs.source));
+                hosts.push(resolved);
+            }
+            for (i, r) in spec.http.iter().enumerate() {
+                self.http_route(&at, ns, &format!("spec.http[{i}]"), r);
+            }
+            for (i, r) in spec.tcp.iter().enumerate() {
+                let f = format!("spec.tcp[{i}]");
+                for (j, m) in r.matches.iter().enumerate() {
+                    if let Some(p) = m.port
+                        && port_number(p).is_none()
+                    {
+                        self.push(at.err(
+                            format!("{f}.match[{j}].port"),
+                            "must be between 1 and 65535",
+                        ));
+                    }
+                }
+                if r.route.is_empty() {
+                    self.push(at.err(format!("{f}.route"), "at least one destination is required"));
+                }
+                let dests: Vec<_> = r.route.iter().map(|d| (&d.destination, d.weight)).collect();
+                self.destinations(&at, ns, &f, &dests, false);
+            }
+            self.out.virtual_services.push((hosts, vs.clone()));
+        }
+    }
+
+    fn http_route(&mut self, at: &At, ns: &str, f: &str, r: &HttpRoute) {
+        for (j, m) in r.matches.iter().enumerate() {
+            let mf = format!("{f}.match[{j}]");
+            for (name, sm) in [
+                ("uri", &m.uri),
+                ("scheme", &m.scheme),
+                ("method", &m.method),
+                ("authority", &m.authority),
+            ] {
+                if let Some(sm) = sm {
+                    self.string_match(at, &format!("{mf}.{name}"), sm, false);
+                }
+            }
+            for (kind, map) in [
+                ("headers", &m.headers),
+                ("withoutHeaders", &m.without_headers),
+            ] {
+                for (h, sm) in map {
+                    if http_header_name(h).is_none() {
+                        self.push(at.err(
+                            format!("{mf}.{kind}.{h}"),
+                            format!("{h:?} is not a valid header name"),
+                        ));
+                    }
+                    self.string_match(at, &format!("{mf}.{kind}.{h}"), sm, true);
+                }
+            }
+            for (q, sm) in &m.query_params {
+                self.string_match(at, &format!("{mf}.queryParams.{q}"), sm, true);
+            }
+            if let Some(p) = m.port
+                && port_number(p).is_none()
+            {
+                self.push(at.err(format!("{mf}.port"), "must be between 1 and 65535"));
+            }
+        }
+        if r.route.is_empty() {
+            self.push(at.err(format!("{f}.route"), "at least one destination is required"));
+        }
+        let dests: Vec<_> = r.route.iter().map(|d| (&d.destination, d.weight)).collect();
+        self.destinations(at, ns, f, &dests, true);
+        for (k, d) in r.route.iter().enumerate() {
+            if let Some(h) = &d.headers {
+                self.headers(at, &format!("{f}.route[{k}].headers"), h);
+            }
+        }
+        if let Some(h) = &r.headers {
+            self.headers(at, &format!("{f}.headers"), h);
+        }
+        if let Some(t) = &r.timeout
+            && let Err(e) = duration::parse(t)
+        {
+            self.push(at.err(format!("{f}.timeout"), e));
+        }
+        if let Some(rw) = &r.rewrite {
+            if rw.uri.is_some() && rw.uri_regex_rewrite.is_some() {
+                self.push(at.err(
+                    format!("{f}.rewrite"),
+                    "set uri or uriRegexRewrite, not both",
+                ));
+            }
+            if let Some(uri) = &rw.uri
+                && !uri.starts_with('/')
+            {
+                self.push(at.err(
+                    format!("{f}.rewrite.uri"),
+                    format!("{uri:?} must start with '/'"),
+                ));
+            }
+            if let Some(rr) = &rw.uri_regex_rewrite
+                && let Err(e) = compile_regex(&rr.pattern)
+            {
+                self.push(at.err(format!("{f}.rewrite.uriRegexRewrite.match"), e));
+            }
+            if let Some(a) = &rw.authority
+                && http::uri::Authority::try_from(a.as_str()).is_err()
+            {
+                self.push(at.err(
+                    format!("{f}.rewrite.authority"),
+                    format!("{a:?} is not a valid authority"),
+                ));
+            }
+        }
+    }
+
+    fn destinations(
+        &mut self,
+        at: &At,
+        ns: &str,
+        f: &str,
+        dests: &[(&Destination, Option<u32>)],
+        http: bool,
+    ) {
+        if dests.len() == 1 {
+            if let Some(w) = dests[0].1
+                && w != 100
+                && w != 0
+            {
+                self.push(at.err(
+                    format!("{f}.route[0].weight"),
+                    format!(
+                        "a single destination takes all traffic; weight {w} must be 100 or omitted"
+                    ),
+                ));
+            }
+        } else if !dests.is_empty() {
+            let missing: Vec<_> = dests
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.1.is_none())
+                .map(|(i, _)| i)
+                .collect();
+            let sum: u64 = dests.iter().map(|d| u64::from(d.1.unwrap_or(0))).sum();
+            if !missing.is_empty() {
+                self.push(at.err(
+                    format!("{f}.route[{}].weight", missing[0]),
+                    "with several destinations every destination needs a weight, and the weights must sum to 100",
+                ));
+            } else if sum != 100 {
+                self.push(at.err(
+                    format!("{f}.route"),
+                    format!("weights sum to {sum}; they must sum to 100"),
+                ));
+            }
+        }
+        for (k, (d, _)) in dests.iter().enumerate() {
+            let df = format!("{f}.route[{k}].destination");
+            let host = self.out.resolve(&d.host, ns);
+            let Some(service) = self.out.services.get(&host) else {
+                self.push(at.err(
+                    format!("{df}.host"),
+                    format!("{:?} (resolved to {host}) matches no ServiceEntry", d.host),
+                ));
+                continue;
+            };
+            if let Some(p) = d.port {
+                match port_number(p.number) {
+                    None => self
+                        .push(at.err(format!("{df}.port.number"), "must be between 1 and 65535")),
+                    Some(n) => match service.port(n) {
+                        None => self.push(at.err(
+                            format!("{df}.port.number"),
+                            format!(
+                                "service {host} has no port {n} (ports: {})",
+                                join(service.ports.iter().map(|p| p.number))
+                            ),
+                        )),
+                        Some(port) if http && !port.protocol.is_http() => self.push(at.err(
+                            format!("{df}.port.number"),
+                            format!(
+                                "port {n} of {host} is {:?}, not HTTP; route it with a tcp route",
+                                port.protocol
+                            ),
+                        )),
+                        Some(_) => {}
+                    },
+                }
+            }
+            if let Some(subset) = &d.subset {
+                let defined = self
+                    .out
+                    .destination_rules
+                    .get(&host)
+                    .is_some_and(|dr| dr.spec.subsets.iter().any(|s| &s.name == subset));
+                if !defined {
+                    self.push(at.err(
+                        format!("{df}.subset"),
+                        format!(
+                            "subset {subset:?} is not defined by any DestinationRule for {host}"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn string_match(&mut self, at: &At, f: &str, sm: &StringMatch, presence_ok: bool) {
+        let set = [sm.exact.is_some(), sm.prefix.is_some(), sm.regex.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if set > 1 || (set == 0 && !presence_ok) {
+            self.push(at.err(f, "set exactly one of exact, prefix, regex"));
+        }
+        if let Some(re) = &sm.regex
+            && let Err(e) = compile_regex(re)
+        {
+            self.push(at.err(format!("{f}.regex"), e));
+        }
+    }
+
+    fn headers(&mut self, at: &At, f: &str, h: &Headers) {
+        for (side, ops) in [("request", &h.request), ("response", &h.response)] {
+            let Some(ops) = ops else { continue };
+            for (op, map) in [("set", &ops.set), ("add", &ops.add)] {
+                for (name, value) in map {
+                    let hf = format!("{f}.{side}.{op}.{name}");
+                    if http_header_name(name).is_none() || name.starts_with(':') {
+                        self.push(at.err(
+                            &hf,
+                            format!("{name:?} is not a header name that can be set"),
+                        ));
+                    } else if is_hop_by_hop(name) {
+                        self.push(at.err(
+                            &hf,
+                            format!("{name:?} is a hop-by-hop header the proxy manages"),
+                        ));
+                    }
+                    if http::HeaderValue::from_str(value).is_err() {
+                        self.push(at.err(&hf, "value contains characters not allowed in a header"));
+                    }
+                }
+            }
+            for (i, name) in ops.remove.iter().enumerate() {
+                if http_header_name(name).is_none() {
+                    self.push(at.err(
+                        format!("{f}.{side}.remove[{i}]"),
+                        format!("{name:?} is not a valid header name"),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn export_to(&mut self, at: &At, export_to: &[String]) {
+        for (i, e) in export_to.iter().enumerate() {
+            if e != "*" && e != "." && !valid_label(e) {
+                self.push(at.err(
+                    format!("spec.exportTo[{i}]"),
+                    format!("{e:?} is not \"*\", \".\" or a namespace name"),
+                ));
+            }
+        }
+    }
+}
+
+/// Compile a user regex the way Istio/Envoy match it: RE2 syntax, whole value.
+pub fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| {
+            format!(
+                "invalid regex {pattern:?}: {}",
+                e.to_string().lines().last().unwrap_or("")
+            )
+        })
+}
+
+fn port_number(n: u32) -> Option<u16> {
+    u16::try_from(n).ok().filter(|n| *n != 0)
+}
+
+fn http_header_name(name: &str) -> Option<http::HeaderName> {
+    http::HeaderName::from_bytes(name.as_bytes()).ok()
+}
+
+pub fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+    )
+}
+
+/// A DNS label: lowercase letters, digits and `-`, 1 to 63 characters.
+pub(crate) fn valid_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A DNS name, optionally with a `*.` prefix (case-insensitive).
+pub fn valid_host(h: &str) -> bool {
+    let h = h.to_ascii_lowercase();
+    let h = h.strip_prefix("*.").unwrap_or(&h);
+    !h.is_empty() && h.len() <= 253 && h.split('.').all(valid_label)
+}
+
+/// `10.0.0.1` or `10.0.0.0/8` (v4 or v6).
+pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (ip, len) = match s.split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max)?,
+        None => max,
+    };
+    Some((ip, len))
+}
+
+fn join<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    items
+        .into_iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,79 @@
+//! The proxy's effective config: an immutable snapshot, swapped atomically on
+//! reload. In-flight requests keep the snapshot they started with; new
+//! requests (even on old connections) see the new one.
+
+pub mod compile;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::json;
+use trellis_model::validate::Validated;
+
+use crate::cluster::Cluster;
+use crate::route::RouteTable;
+
+#[derive(Debug, Default)]
+pub struct ProxyConfig {
+    /// Increments with each accepted reload; shown in `/config_dump`.
+    pub generation: u64,
+    pub outbound: RouteTable,
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
+    /// The validated resources this snapshot was compiled from.
+    pub source: Validated,
+}
+
+impl ProxyConfig {
+    /// The effective config as JSON for `/config_dump`.
+    pub fn dump(&self) -> serde_json::Value {
+        let now = std::time::Instant::now();
+        let clusters: Vec<_> = self
+            .clusters
+            .values()
+            .map(|c| {
+                let endpoints: Vec<_> = c
+                    .balancer
+                    .endpoints()
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "address": e.addr.to_string(),
+                            "weight": e.weight,
+                            "locality": e.locality.to_string(),
+                            "labels": e.labels,
+                            "healthy": e.is_healthy(),
+                            "active_requests": e.active(),
+                            "latency_estimate_ms": e.latency_estimate(now).as_secs_f64() * 1e3,
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": &*c.name,
+                    "protocol": c.protocol,
+                    "load_balancer": format!("{:?}", c.balancer.policy()),
+                    "endpoints": endpoints,
+                })
+            })
+            .collect();
+        let mut hosts: Vec<_> = self
+            .outbound
+            .hosts()
+            .map(|(name, vh)| {
+                let ports: Vec<_> = vh.ports.iter().map(|(p, _)| p).collect();
+                json!({"name": name, "virtual_host": vh.name, "ports": ports, "any_port": vh.any_port.is_some()})
+            })
+            .collect();
+        hosts.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        json!({
+            "generation": self.generation,
+            "resources": {
+                "services": self.source.services,
+                "destination_rules": self.source.destination_rules.values().collect::<Vec<_>>(),
+                "virtual_services": self.source.virtual_services.iter().map(|(_, vs)| vs).collect::<Vec<_>>(),
+            },
+            "outbound_hosts": hosts,
+            "clusters": clusters,
+        })
+    }
+}

@@ -1,0 +1,68 @@
+//! The inbound request path: a peer calls the local app through the proxy.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use super::forward::{self, is_upgrade, strip_hop_by_hop};
+use super::{Body, ProxyError};
+use crate::cluster::UpstreamProtocol;
+use crate::telemetry::metrics::Direction;
+use crate::worker::Worker;
+
+pub async fn handle(w: Arc<Worker>, _peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    match forward(&w, req).await {
+        Ok(resp) => {
+            w.inbound.record(resp.status().as_u16(), start.elapsed());
+            resp
+        }
+        Err(err) => {
+            w.inbound.record(err.status().as_u16(), start.elapsed());
+            w.metrics.local_reply(Direction::inbound, err.reason());
+            err.to_response()
+        }
+    }
+}
+
+async fn forward(w: &Worker, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    let app = w.app.ok_or(ProxyError::NoApp)?;
+    // The app gets the protocol the caller spoke.
+    let protocol = if req.version() == Version::HTTP_2 {
+        UpstreamProtocol::Http2
+    } else {
+        UpstreamProtocol::Http1
+    };
+    let authority = match req.uri().authority() {
+        Some(a) => a.as_str().to_string(),
+        None => req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost")
+            .to_string(),
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let upgrade = is_upgrade(&req);
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut up = req.map(Body::Incoming);
+    strip_hop_by_hop(up.headers_mut(), upgrade);
+    forward::set_target(&mut up, protocol, &authority, &path)?;
+    let mut resp = forward::send(&w.pool, protocol, app, up).await?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(down) = downstream_upgrade {
+            let up = hyper::upgrade::on(&mut resp);
+            forward::splice_upgrade(down, up, w.metrics.tcp_bytes(Direction::inbound, "app"));
+        }
+    } else {
+        strip_hop_by_hop(resp.headers_mut(), false);
+    }
+    Ok(resp)
+}

@@ -1,0 +1,14 @@
+//! HTTP: serving downstream connections, routing requests and forwarding them
+//! upstream over pooled connections.
+
+pub mod body;
+pub mod detect;
+pub mod forward;
+pub mod inbound;
+pub mod outbound;
+pub mod pool;
+pub mod reason;
+pub mod server;
+
+pub use body::Body;
+pub use reason::ProxyError;

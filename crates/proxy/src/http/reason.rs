@@ -1,0 +1,169 @@
+//! Responses the proxy makes itself. Each says why, in `x-trellis-reason`
+//! (a short stable token, also the `reason` label of
+//! `trellis_local_replies_total`) and in a one-line body for humans.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::Body;
+
+pub const REASON_HEADER: &str = "x-trellis-reason";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the request names no host (send a Host header or an absolute URI)")]
+    MissingHost,
+    #[error("no service or VirtualService matches host {host:?}")]
+    UnknownHost { host: String },
+    #[error("host {host} has no port {port} (its ports: {ports})")]
+    UnknownPort {
+        host: String,
+        port: u16,
+        ports: String,
+    },
+    #[error("no route of {host} matches this request")]
+    NoRouteMatch { host: String },
+    #[error("port {port} of {host} is not HTTP; open a CONNECT tunnel to it instead")]
+    NotHttpPort { host: String, port: u16 },
+    #[error(
+        "port {port} of {host} is HTTP; send requests to the proxy directly instead of CONNECT"
+    )]
+    ConnectToHttpPort { host: String, port: u16 },
+    #[error("no healthy endpoint in cluster {cluster}")]
+    NoHealthyUpstream { cluster: String },
+    #[error("connecting to {addr} failed: {source}")]
+    ConnectFailed {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connecting to {addr} timed out after {timeout:?}")]
+    ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("upstream {addr} closed or reset the connection before responding: {detail}")]
+    UpstreamReset { addr: SocketAddr, detail: String },
+    #[error("upstream {addr} did not respond within the route timeout of {timeout:?}")]
+    UpstreamTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("cluster {cluster} speaks HTTP/2, which cannot carry an HTTP/1.1 Upgrade")]
+    UpgradeUnsupported { cluster: String },
+    #[error("no application address is configured for inbound traffic (--app)")]
+    NoApp,
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+}
+
+impl ProxyError {
+    /// The stable token users grep for and alert on.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::MissingHost => "missing_host",
+            ProxyError::UnknownHost { .. } | ProxyError::UnknownPort { .. } => "route_not_found",
+            ProxyError::NoRouteMatch { .. } => "route_not_found",
+            ProxyError::NotHttpPort { .. } => "not_http_port",
+            ProxyError::ConnectToHttpPort { .. } => "connect_to_http_port",
+            ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            ProxyError::ConnectFailed { .. } => "upstream_connect_failure",
+            ProxyError::ConnectTimeout { .. } => "upstream_connect_timeout",
+            ProxyError::UpstreamReset { .. } => "upstream_reset",
+            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::UpgradeUnsupported { .. } => "upgrade_unsupported",
+            ProxyError::NoApp => "no_app",
+            ProxyError::BadRequest(_) => "bad_request",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::MissingHost | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UnknownHost { .. }
+            | ProxyError::UnknownPort { .. }
+            | ProxyError::NoRouteMatch { .. } => StatusCode::NOT_FOUND,
+            ProxyError::NotHttpPort { .. } | ProxyError::ConnectToHttpPort { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::NoHealthyUpstream { .. }
+            | ProxyError::ConnectFailed { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::NoApp => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamReset { .. } | ProxyError::UpgradeUnsupported { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Could another attempt succeed without the upstream having seen this
+    /// one? (Used by retries; connect failures never reached the upstream.)
+    pub fn upstream_never_saw_it(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. }
+        )
+    }
+
+    /// The response sent to the client.
+    pub fn to_response(&self) -> Response<Body> {
+        let mut resp = Response::new(Body::full(format!("{self}\n")));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(REASON_HEADER, HeaderValue::from_static(self.reason()));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_local_reply_says_why() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let cases = [
+            (
+                ProxyError::UnknownHost { host: "x".into() },
+                404,
+                "route_not_found",
+            ),
+            (
+                ProxyError::NoHealthyUpstream {
+                    cluster: "c".into(),
+                },
+                503,
+                "no_healthy_upstream",
+            ),
+            (
+                ProxyError::ConnectFailed {
+                    addr,
+                    source: std::io::ErrorKind::ConnectionRefused.into(),
+                },
+                503,
+                "upstream_connect_failure",
+            ),
+            (
+                ProxyError::UpstreamReset {
+                    addr,
+                    detail: "eof".into(),
+                },
+                502,
+                "upstream_reset",
+            ),
+            (
+                ProxyError::UpstreamTimeout {
+                    addr,
+                    timeout: Duration::from_secs(1),
+                },
+                504,
+                "upstream_timeout",
+            ),
+        ];
+        for (err, status, reason) in cases {
+            let resp = err.to_response();
+            assert_eq!(resp.status().as_u16(), status, "{err}");
+            assert_eq!(resp.headers()[REASON_HEADER], reason, "{err}");
+        }
+    }
+}

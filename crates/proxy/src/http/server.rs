@@ -1,0 +1,149 @@
+//! Accepting downstream connections and serving them: protocol detection,
+//! then hyper's HTTP/1.1 (with upgrades) or HTTP/2 server, or opaque TCP.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::detect::{Detected, detect};
+use super::{inbound, outbound};
+use crate::telemetry::metrics::ConnectionGuard;
+use crate::worker::Worker;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Outbound,
+    /// Waits this long for a client's first bytes before treating the
+    /// connection as a server-first protocol.
+    Inbound {
+        detect_timeout: Duration,
+    },
+}
+
+impl Side {
+    fn label(self) -> &'static str {
+        match self {
+            Side::Outbound => "outbound",
+            Side::Inbound { .. } => "inbound",
+        }
+    }
+}
+
+/// Largest request head accepted; larger gets 431 (HTTP/1.1) or a stream
+/// error (HTTP/2). Envoy's default is 60 KiB.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn accept_loop(
+    listener: TcpListener,
+    side: Side,
+    worker: Arc<Worker>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (active, total) = worker.metrics.listener(side.label());
+    let mut stop = shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let guard = ConnectionGuard::new(&active, &total);
+                let worker = worker.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    serve(stream, peer, side, worker, shutdown).await;
+                    drop(guard);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off, don't spin.
+                tracing::warn!(listener = side.label(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    side: Side,
+    worker: Arc<Worker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let wait = match side {
+        Side::Outbound => None,
+        Side::Inbound { detect_timeout } => Some(detect_timeout),
+    };
+    let detected = match detect(&stream, wait).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection failed before its first bytes");
+            return;
+        }
+    };
+    let conn_worker = worker.clone();
+    let svc = service_fn(move |req| {
+        let worker = worker.clone();
+        async move {
+            Ok::<_, Infallible>(match side {
+                Side::Outbound => outbound::handle(worker, peer, req).await,
+                Side::Inbound { .. } => inbound::handle(worker, peer, req).await,
+            })
+        }
+    });
+    let io = TokioIo::new(stream);
+    match (detected, side) {
+        (Detected::Http2, _) => {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(MAX_HEADER_BYTES as u32)
+                .serve_connection(io, svc);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+            }
+        }
+        (Detected::Opaque, Side::Inbound { .. }) => {
+            let stream = io.into_inner();
+            crate::tcp::to_app(&conn_worker, stream).await;
+        }
+        // Outbound garbage goes to the HTTP/1 server too, which answers 400
+        // and closes: there is no destination to send opaque bytes to.
+        (Detected::Http1 | Detected::Opaque, _) => {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEADER_BYTES)
+                .serve_connection(io, svc)
+                .with_upgrades();
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "HTTP/1 connection ended with an error");
+            }
+        }
+    }
+}

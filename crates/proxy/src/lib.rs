@@ -1,0 +1,12 @@
+//! trellis-proxy: the Trellis data plane. See ARCHITECTURE.md for the map.
+
+pub mod admin;
+pub mod balance;
+pub mod cluster;
+pub mod config;
+pub mod http;
+pub mod route;
+pub mod sidecar;
+pub mod tcp;
+pub mod telemetry;
+pub mod worker;

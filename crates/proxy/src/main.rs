@@ -1,0 +1,111 @@
+//! `trellis-proxy`: the data-plane binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use trellis_proxy::balance::Locality;
+use trellis_proxy::sidecar::{self, Settings, StartError};
+use trellis_proxy::telemetry::logging;
+
+#[derive(Parser, Debug)]
+#[command(name = "trellis-proxy", version, about = "Trellis data-plane proxy")]
+struct Cli {
+    /// Log filter: error, warn, info, debug, trace, or per-module directives.
+    #[arg(long, default_value = "info", global = true, env = "TRELLIS_LOG")]
+    log_level: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Per-workload proxy: outbound (app -> services) and inbound (peers -> app).
+    Sidecar(SidecarArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SidecarArgs {
+    /// Folder of Istio YAML (ServiceEntry, DestinationRule, VirtualService), watched for changes.
+    #[arg(long)]
+    config_dir: PathBuf,
+    /// Outbound listener: apps send requests here (Host routing, or as http_proxy).
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    outbound: SocketAddr,
+    /// Inbound listener: peers' traffic for the local app.
+    #[arg(long, default_value = "127.0.0.1:15006")]
+    inbound: SocketAddr,
+    /// The local application inbound traffic is forwarded to.
+    #[arg(long)]
+    app: Option<SocketAddr>,
+    /// Admin listener (/ready, /stats/prometheus, /config_dump, /logging).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    /// Worker threads, each with its own listeners and connection pool.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Namespace of this workload: short host names resolve in it.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// Locality of this workload, `region/zone/subzone`, for locality-aware balancing.
+    #[arg(long, default_value = "")]
+    locality: String,
+    /// How long inbound waits for a client's first bytes before treating the
+    /// connection as a server-first protocol (opaque TCP), e.g. 100ms.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    inbound_detect_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long to let in-flight requests finish.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Write the bound listener addresses here as JSON once listening (useful with port 0).
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    trellis_model::duration::parse(s)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log = match logging::init(&cli.log_level, cli.log_json) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            eprintln!("trellis-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.mode {
+        Mode::Sidecar(a) => {
+            let settings = Settings {
+                config_dir: a.config_dir,
+                outbound: a.outbound,
+                inbound: a.inbound,
+                admin: a.admin,
+                app: a.app,
+                workers: a.workers,
+                namespace: a.namespace,
+                locality: Locality::parse(&a.locality),
+                inbound_detect_timeout: a.inbound_detect_timeout,
+                drain_timeout: a.drain_timeout,
+                addr_file: a.addr_file,
+            };
+            match sidecar::run(settings, log) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(StartError::Config(errors)) => {
+                    eprintln!("trellis-proxy: cannot start: {errors}");
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("trellis-proxy: cannot start: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

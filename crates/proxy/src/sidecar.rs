@@ -1,0 +1,288 @@
+//! Sidecar mode: outbound and inbound listeners for one workload, plus admin
+//! and the config watcher.
+//!
+//! Threads: `trellis-worker-N` (one single-threaded tokio runtime each, with
+//! its own outbound/inbound listener sockets via SO_REUSEPORT and its own
+//! upstream pool: no cross-thread hand-offs on the request path),
+//! `trellis-config` (polls the config folder, compiles, swaps), and the main
+//! thread (admin listener, signals, drain).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::admin::{self, Admin};
+use crate::balance::Locality;
+use crate::config::compile::system_resolve;
+use crate::config::watch::{Loader, Store};
+use crate::http::pool::{Pool, PoolSettings};
+use crate::http::server::{self, Side};
+use crate::telemetry::logging::LogControl;
+use crate::telemetry::metrics::Metrics;
+use crate::worker::Worker;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config_dir: PathBuf,
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub app: Option<SocketAddr>,
+    pub workers: usize,
+    pub namespace: String,
+    pub locality: Locality,
+    pub inbound_detect_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub addr_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(trellis_model::ConfigErrors),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start a thread or runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot write the address file {path}: {source}")]
+    AddrFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Bind `count` sockets on one address with SO_REUSEPORT, so each worker
+/// accepts on its own and the kernel spreads connections. With port 0 the
+/// first bind picks the port and the rest join it.
+fn bind_shared(
+    what: &'static str,
+    addr: SocketAddr,
+    count: usize,
+) -> Result<Vec<std::net::TcpListener>, StartError> {
+    let bind = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let domain = socket2::Domain::for_address(addr);
+        let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        Ok(s.into())
+    };
+    let err = |addr, source| StartError::Bind { what, addr, source };
+    let first = bind(addr).map_err(|e| err(addr, e))?;
+    let actual = first.local_addr().map_err(|e| err(addr, e))?;
+    let mut out = vec![first];
+    for _ in 1..count {
+        out.push(bind(actual).map_err(|e| err(actual, e))?);
+    }
+    Ok(out)
+}
+
+pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let loader = Loader {
+        dir: settings.config_dir.clone(),
+        namespace: settings.namespace.clone(),
+        locality: settings.locality.clone(),
+        metrics: metrics.clone(),
+        resolve: Box::new(system_resolve),
+    };
+    let initial = loader.load(None).map_err(StartError::Config)?;
+    tracing::info!(
+        dir = %settings.config_dir.display(),
+        services = initial.source.services.len(),
+        clusters = initial.clusters.len(),
+        "config loaded"
+    );
+    let store = Arc::new(Store::new(initial));
+    let workers = settings.workers.max(1);
+    let outbound = bind_shared("outbound", settings.outbound, workers)?;
+    let inbound = bind_shared("inbound", settings.inbound, workers)?;
+    let admin_listener =
+        std::net::TcpListener::bind(settings.admin).map_err(|source| StartError::Bind {
+            what: "admin",
+            addr: settings.admin,
+            source,
+        })?;
+    admin_listener
+        .set_nonblocking(true)
+        .map_err(StartError::Runtime)?;
+    let addrs = [
+        (
+            "outbound",
+            outbound[0].local_addr().map_err(StartError::Runtime)?,
+        ),
+        (
+            "inbound",
+            inbound[0].local_addr().map_err(StartError::Runtime)?,
+        ),
+        (
+            "admin",
+            admin_listener.local_addr().map_err(StartError::Runtime)?,
+        ),
+    ];
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    for (i, (out_l, in_l)) in outbound.into_iter().zip(inbound).enumerate() {
+        let worker = Arc::new(Worker::new(
+            store.clone(),
+            Pool::new(PoolSettings::default()),
+            metrics.clone(),
+            settings.app,
+        ));
+        let shutdown = shutdown_rx.clone();
+        let detect_timeout = settings.inbound_detect_timeout;
+        std::thread::Builder::new()
+            .name(format!("trellis-worker-{i}"))
+            .spawn(move || run_worker(worker, out_l, in_l, detect_timeout, shutdown))
+            .map_err(StartError::Runtime)?;
+    }
+
+    std::thread::Builder::new()
+        .name("trellis-config".into())
+        .spawn({
+            let store = store.clone();
+            move || {
+                crate::config::watch::run(
+                    loader,
+                    store,
+                    Duration::from_millis(200),
+                    Duration::from_secs(30),
+                )
+            }
+        })
+        .map_err(StartError::Runtime)?;
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let admin = Arc::new(Admin {
+        store,
+        metrics: metrics.clone(),
+        log,
+        ready: ready.clone(),
+        info: json!({
+            "mode": "sidecar",
+            "namespace": settings.namespace,
+            "locality": settings.locality.to_string(),
+            "workers": workers,
+            "app": settings.app.map(|a| a.to_string()),
+            "listeners": addrs.iter().map(|(k, v)| (k.to_string(), json!(v.to_string()))).collect::<serde_json::Map<_, _>>(),
+        }),
+    });
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(admin_listener).map_err(StartError::Runtime)?;
+        tokio::spawn(admin::serve(listener, admin));
+        for (name, addr) in &addrs {
+            tracing::info!(listener = name, %addr, "listening");
+        }
+        if let Some(path) = &settings.addr_file {
+            write_addr_file(path, &addrs).map_err(|source| StartError::AddrFile { path: path.clone(), source })?;
+        }
+        wait_for_signal().await;
+        tracing::info!(timeout = ?settings.drain_timeout, "draining: no new connections, finishing in-flight requests");
+        ready.store(false, Ordering::Relaxed);
+        let _ = shutdown_tx.send(true);
+        let deadline = tokio::time::Instant::now() + settings.drain_timeout;
+        while tokio::time::Instant::now() < deadline {
+            let open: i64 = ["outbound", "inbound"].iter().map(|l| metrics.listener(l).0.get()).sum();
+            if open == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn run_worker(
+    worker: Arc<Worker>,
+    outbound: std::net::TcpListener,
+    inbound: std::net::TcpListener,
+    detect_timeout: Duration,
+    shutdown: watch::Receiver<bool>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "worker runtime failed to start");
+            std::process::exit(1);
+        }
+    };
+    rt.block_on(async move {
+        let (Ok(out_l), Ok(in_l)) = (
+            tokio::net::TcpListener::from_std(outbound),
+            tokio::net::TcpListener::from_std(inbound),
+        ) else {
+            tracing::error!("worker could not register its listeners");
+            std::process::exit(1);
+        };
+        let pool = worker.pool.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                pool.sweep();
+            }
+        });
+        let a = tokio::spawn(server::accept_loop(
+            out_l,
+            Side::Outbound,
+            worker.clone(),
+            shutdown.clone(),
+        ));
+        let b = tokio::spawn(server::accept_loop(
+            in_l,
+            Side::Inbound { detect_timeout },
+            worker,
+            shutdown,
+        ));
+        let _ = tokio::join!(a, b);
+        // Keep serving open connections until the main thread exits the process.
+        std::future::pending::<()>().await;
+    });
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+/// Written once every listener is bound, atomically (rename), so a reader
+/// never sees half a file. Tests and `trellis up` use it with port 0.
+fn write_addr_file(path: &std::path::Path, addrs: &[(&str, SocketAddr)]) -> std::io::Result<()> {
+    let map: serde_json::Map<String, serde_json::Value> = addrs
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v.to_string())))
+        .collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&map)?)?;
+    std::fs::rename(tmp, path)
+}

@@ -1,0 +1,8 @@
+//! Tests of the test servers and helpers themselves, each against the real
+//! thing over loopback.
+
+mod echo;
+mod grpc;
+mod process;
+mod tcp;
+mod ws;
