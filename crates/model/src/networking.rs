@@ -75,8 +75,8 @@ impl Protocol {
         if let Some(p) = &port.protocol {
             return Protocol::parse(p).ok_or_else(|| {
                 format!(
-                    "unknown protocol {p:?}: expected one of HTTP, HTTP2, GRPC, TCP, TLS \
-                     (HTTPS, MONGO, MYSQL, REDIS are not supported yet)"
+                    "unknown protocol {p:?}: expected one of HTTP, HTTP2, GRPC, TCP, TLS, HTTPS \
+                     (MONGO, MYSQL, REDIS are not supported yet)"
                 )
             });
         }
@@ -90,9 +90,21 @@ impl Protocol {
             "HTTP2" => Protocol::Http2,
             "GRPC" | "GRPC-WEB" => Protocol::Grpc,
             "TCP" => Protocol::Tcp,
-            "TLS" => Protocol::Tls,
+            // HTTPS is TLS the proxy cannot see into: carried as opaque bytes.
+            "TLS" | "HTTPS" => Protocol::Tls,
             _ => return None,
         })
+    }
+
+    /// Istio's name for the protocol.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http => "HTTP",
+            Protocol::Http2 => "HTTP2",
+            Protocol::Grpc => "GRPC",
+            Protocol::Tcp => "TCP",
+            Protocol::Tls => "TLS",
+        }
     }
 
     /// Does Trellis route this port at L7?

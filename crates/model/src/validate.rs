@@ -650,8 +650,8 @@ impl Validator {
                         Some(port) if http && !port.protocol.is_http() => self.push(at.err(
                             format!("{df}.port.number"),
                             format!(
-                                "port {n} of {host} is {:?}, not HTTP; route it with a tcp route",
-                                port.protocol
+                                "port {n} of {host} is {}, not HTTP; route it with a tcp route",
+                                port.protocol.name()
                             ),
                         )),
                         Some(_) => {}

@@ -1,0 +1,8 @@
+//! Integration tests of trellis-model through its public API: YAML in,
+//! resources or exact errors (file, resource, field path, reason) out.
+
+mod accept;
+mod load_dir;
+mod parse;
+mod support;
+mod validate;

@@ -1,0 +1,993 @@
+//! Semantic errors found by `validate()` over a whole set of resources. Each
+//! case adds `case.yaml` to the services of `base.yaml` (see `support::base`).
+
+use crate::support::{Want, assert_errors, check, check_with_base, docs, dr, se, vs, want};
+
+const C: &str = "case.yaml";
+const VS: &str = "VirtualService default/vs";
+const DR: &str = "DestinationRule default/r";
+const SE: &str = "ServiceEntry default/s";
+
+struct Case {
+    name: &'static str,
+    text: String,
+    want: Vec<Want<'static>>,
+}
+
+fn case(name: &'static str, text: impl Into<String>, want: Vec<Want<'static>>) -> Case {
+    Case {
+        name,
+        text: text.into(),
+        want,
+    }
+}
+
+/// A VirtualService for `reviews` with one HTTP route written inline.
+fn http(route: &str) -> String {
+    vs("vs", &format!("{{hosts: [reviews], http: [{route}]}}"))
+}
+
+/// A DestinationRule `r` for `reviews` with a traffic policy written inline.
+fn policy(tp: &str) -> String {
+    dr(
+        "r",
+        &format!("{{host: ratings.example.com, trafficPolicy: {tp}}}"),
+    )
+}
+
+/// A ServiceEntry `s` for `db.example.com` with the given extra spec fields.
+fn entry(fields: &str) -> String {
+    se("s", &format!("{{hosts: [db.example.com], {fields}}}"))
+}
+
+const TO_REVIEWS: &str = "route: [{destination: {host: reviews}}]";
+
+fn cases() -> Vec<Case> {
+    vec![
+        // ------------------------------------------------------------ weights
+        case(
+            "weights not summing to 100",
+            http(
+                "{route: [{destination: {host: reviews, subset: v1}, weight: 70}, {destination: {host: reviews, subset: v2}, weight: 20}]}",
+            ),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].route",
+                "weights sum to 90; they must sum to 100",
+            )],
+        ),
+        case(
+            "weights over 100",
+            http(
+                "{route: [{destination: {host: reviews, subset: v1}, weight: 80}, {destination: {host: reviews, subset: v2}, weight: 80}]}",
+            ),
+            vec![want(C, VS, "spec.http[0].route", "weights sum to 160")],
+        ),
+        case(
+            "several destinations, one without a weight",
+            http(
+                "{route: [{destination: {host: reviews, subset: v1}, weight: 100}, {destination: {host: reviews, subset: v2}}]}",
+            ),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].route[1].weight",
+                "with several destinations every destination needs a weight, and the weights must sum to 100",
+            )],
+        ),
+        case(
+            "several destinations, none with a weight: the first is named",
+            http(
+                "{route: [{destination: {host: reviews, subset: v1}}, {destination: {host: reviews, subset: v2}}]}",
+            ),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].route[0].weight",
+                "every destination needs a weight",
+            )],
+        ),
+        case(
+            "a single destination with weight 50",
+            http("{route: [{destination: {host: reviews}, weight: 50}]}"),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].route[0].weight",
+                "a single destination takes all traffic; weight 50 must be 100 or omitted",
+            )],
+        ),
+        case(
+            "tcp weights not summing to 100",
+            vs(
+                "vs",
+                "{hosts: [reviews], tcp: [{route: [{destination: {host: reviews, port: {number: 3306}}, weight: 60}, {destination: {host: ratings.example.com}, weight: 60}]}]}",
+            ),
+            vec![want(C, VS, "spec.tcp[0].route", "weights sum to 120")],
+        ),
+        case(
+            "an HTTP route with no destination",
+            http("{match: [{uri: {prefix: /}}]}"),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].route",
+                "at least one destination is required",
+            )],
+        ),
+        case(
+            "a tcp route with no destination",
+            vs("vs", "{hosts: [reviews], tcp: [{match: [{port: 3306}]}]}"),
+            vec![want(
+                C,
+                VS,
+                "spec.tcp[0].route",
+                "at least one destination is required",
+            )],
+        ),
+        case(
+            "a VirtualService without routes",
+            vs("vs", "{hosts: [reviews]}"),
+            vec![want(C, VS, "spec", "needs http or tcp routes")],
+        ),
+        // ------------------------------------------------------------ matches
+        case(
+            "invalid regex in uri",
+            http(&format!(
+                "{{match: [{{uri: {{regex: '/api/(v1'}}}}], {TO_REVIEWS}}}"
+            )),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].match[0].uri.regex",
+                "invalid regex \"/api/(v1\": ",
+            )],
+        ),
+        case(
+            "invalid regex in a header match",
+            http(&format!(
+                "{{match: [{{headers: {{x-user: {{regex: '[a-'}}}}}}], {TO_REVIEWS}}}"
+            )),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].match[0].headers.x-user.regex",
+                "invalid regex \"[a-\"",
+            )],
+        ),
+        case(
+            "invalid regex in a query parameter match",
+            http(&format!(
+                "{{match: [{{}}, {{queryParams: {{id: {{regex: '*'}}}}}}], {TO_REVIEWS}}}"
+            )),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].match[1].queryParams.id.regex",
+                "invalid regex \"*\"",
+            )],
+        ),
+        case(
+            "backreferences are not RE2",
+            http(&format!(
+                "{{match: [{{uri: {{regex: '(a)\\1'}}}}], {TO_REVIEWS}}}"
+            )),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].match[0].uri.regex",
+                "invalid regex",
+            )],
+        ),
+        case(
+            "StringMatch with exact and prefix",
+            http(&format!(
+                "{{match: [{{uri: {{exact: /a, prefix: /a}}}}], {TO_REVIEWS}}}"
+            )),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].match[0].uri",
+                "set exactly one of exact, prefix, regex",
+            )],
+        ),
+        case(
+            "StringMatch with all three, in a header",
+            http(&format!(
+                "{{match: [{{headers: {{x-a: {{exact: a, prefix: a, regex: a}}}}}}], {TO_REVIEWS}}}"
+            )),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].match[0].headers.x-a",
+                "set exactly one of exact, prefix, regex",
+            )],
+        ),
+        case(
+            "empty StringMatch is only a presence test for headers",
+            http(&format!("{{match: [{{method: {{}}}}], {TO_REVIEWS}}}")),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].match[0].method",
+                "set exactly one of exact, prefix, regex",
+            )],
+        ),
+        case(
+            "invalid header name in a match",
+            http(&format!(
+                "{{match: [{{withoutHeaders: {{'x user': {{exact: a}}}}}}], {TO_REVIEWS}}}"
+            )),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].match[0].withoutHeaders.x user",
+                "\"x user\" is not a valid header name",
+            )],
+        ),
+        case(
+            "match port 0",
+            http(&format!("{{match: [{{port: 0}}], {TO_REVIEWS}}}")),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].match[0].port",
+                "must be between 1 and 65535",
+            )],
+        ),
+        // ------------------------------------------------------- destinations
+        case(
+            "destination host that matches no ServiceEntry",
+            http("{route: [{destination: {host: details}}]}"),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].route[0].destination.host",
+                "\"details\" (resolved to details.default.svc.cluster.local) matches no ServiceEntry",
+            )],
+        ),
+        case(
+            "short names resolve in the VirtualService's namespace",
+            crate::support::doc(
+                "VirtualService",
+                "name: vs, namespace: prod",
+                "{hosts: [reviews.default], http: [{route: [{destination: {host: reviews}}]}]}",
+            ),
+            vec![want(
+                C,
+                "VirtualService prod/vs",
+                "spec.http[0].route[0].destination.host",
+                "\"reviews\" (resolved to reviews.prod.svc.cluster.local) matches no ServiceEntry",
+            )],
+        ),
+        case(
+            "subset not defined",
+            http("{route: [{destination: {host: reviews, subset: v3}}]}"),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].route[0].destination.subset",
+                "subset \"v3\" is not defined by any DestinationRule for reviews.default.svc.cluster.local",
+            )],
+        ),
+        case(
+            "subset of a service without a DestinationRule",
+            http("{route: [{destination: {host: ratings.example.com, subset: v1}}]}"),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].route[0].destination.subset",
+                "subset \"v1\" is not defined by any DestinationRule for ratings.example.com",
+            )],
+        ),
+        case(
+            "destination port that is not a service port",
+            http("{route: [{destination: {host: reviews, port: {number: 8080}}}]}"),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].route[0].destination.port.number",
+                "service reviews.default.svc.cluster.local has no port 8080 (ports: 9080, 9090, 3306)",
+            )],
+        ),
+        case(
+            "destination port out of range",
+            http("{route: [{destination: {host: reviews, port: {number: 70000}}}]}"),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].route[0].destination.port.number",
+                "must be between 1 and 65535",
+            )],
+        ),
+        case(
+            "HTTP route to a TCP port",
+            http("{route: [{destination: {host: reviews, port: {number: 3306}}}]}"),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].route[0].destination.port.number",
+                "port 3306 of reviews.default.svc.cluster.local is TCP, not HTTP; route it with a tcp route",
+            )],
+        ),
+        // ---------------------------------------------------------- conflicts
+        case(
+            "two VirtualServices for one host, under different names",
+            docs(&[
+                vs(
+                    "a",
+                    &format!("{{hosts: [reviews], http: [{{{TO_REVIEWS}}}]}}"),
+                ),
+                vs(
+                    "b",
+                    &format!(
+                        "{{hosts: [reviews.default.svc.cluster.local], http: [{{{TO_REVIEWS}}}]}}"
+                    ),
+                ),
+            ]),
+            vec![want(
+                C,
+                "VirtualService default/b",
+                "spec.hosts[0]",
+                "host reviews.default.svc.cluster.local is already routed by VirtualService default/a (case.yaml); \
+                 one VirtualService per host",
+            )],
+        ),
+        case(
+            "two DestinationRules for one host",
+            dr(
+                "r",
+                "{host: reviews.default, subsets: [{name: v1, labels: {version: v1}}]}",
+            ),
+            vec![want(
+                C,
+                DR,
+                "spec.host",
+                "DestinationRule default/reviews (base.yaml) already applies to reviews.default.svc.cluster.local; \
+                 one DestinationRule per host",
+            )],
+        ),
+        case(
+            "DestinationRule for an unknown host",
+            dr("r", "{host: details}"),
+            vec![want(
+                C,
+                DR,
+                "spec.host",
+                "\"details\" (resolved to details.default.svc.cluster.local) matches no ServiceEntry",
+            )],
+        ),
+        case(
+            "wildcard DestinationRule",
+            dr("r", "{host: '*.example.com'}"),
+            vec![want(
+                C,
+                DR,
+                "spec.host",
+                "wildcard hosts in DestinationRule are not supported yet",
+            )],
+        ),
+        case(
+            "duplicate subset names",
+            dr(
+                "r",
+                "{host: ratings.example.com, subsets: [{name: a}, {name: a}, {name: ''}]}",
+            ),
+            vec![
+                want(C, DR, "spec.subsets[1].name", "duplicate subset \"a\""),
+                want(C, DR, "spec.subsets[2].name", "must not be empty"),
+            ],
+        ),
+        // ------------------------------------------------------- ServiceEntry
+        case(
+            "resolution NONE (Istio's default)",
+            entry("ports: [{number: 5432, name: tcp}]"),
+            vec![want(
+                C,
+                SE,
+                "spec.resolution",
+                "resolution NONE (pass-through to the original destination) is not supported yet; \
+                 use STATIC with endpoints, or DNS",
+            )],
+        ),
+        case(
+            "STATIC endpoint with a DNS name",
+            entry(
+                "resolution: STATIC, ports: [{number: 5432, name: tcp}], endpoints: [{address: 10.1.1.1}, {address: db1.example.com}]",
+            ),
+            vec![want(
+                C,
+                SE,
+                "spec.endpoints[1].address",
+                "\"db1.example.com\" is not an IP address; STATIC resolution needs IPs (use resolution: DNS for names)",
+            )],
+        ),
+        case(
+            "DNS endpoint that is neither IP nor name",
+            entry(
+                "resolution: DNS, ports: [{number: 5432, name: tcp}], endpoints: [{address: 'db_1:5432'}, {address: '*.example.com'}, {}]",
+            ),
+            vec![
+                want(
+                    C,
+                    SE,
+                    "spec.endpoints[0].address",
+                    "\"db_1:5432\" is neither an IP address nor a DNS name",
+                ),
+                want(
+                    C,
+                    SE,
+                    "spec.endpoints[1].address",
+                    "\"*.example.com\" is neither an IP address nor a DNS name",
+                ),
+                want(C, SE, "spec.endpoints[2].address", "is required"),
+            ],
+        ),
+        case(
+            "endpoint port name not in spec.ports",
+            entry(
+                "resolution: STATIC, ports: [{number: 5432, name: tcp}, {number: 9187, name: http-metrics}], endpoints: [{address: 10.1.1.1, ports: {tcp: 15432, grpc: 9000, http-metrics: 0}}]",
+            ),
+            vec![
+                want(
+                    C,
+                    SE,
+                    "spec.endpoints[0].ports.grpc",
+                    "no port named \"grpc\" in spec.ports (names: http-metrics, tcp)",
+                ),
+                want(
+                    C,
+                    SE,
+                    "spec.endpoints[0].ports.http-metrics",
+                    "must be between 1 and 65535",
+                ),
+            ],
+        ),
+        case(
+            "bad localities",
+            entry(
+                "resolution: STATIC, ports: [{number: 5432, name: tcp}], endpoints: [{address: 10.1.1.1, locality: us-east1/a/b/c}, {address: 10.1.1.2, locality: 'us-east1//b'}, {address: 10.1.1.3, locality: ''}, {address: 10.1.1.4, locality: us-east1/us-east1-b/rack1}]",
+            ),
+            vec![
+                want(
+                    C,
+                    SE,
+                    "spec.endpoints[0].locality",
+                    "\"us-east1/a/b/c\" is not of the form region/zone/subzone",
+                ),
+                want(
+                    C,
+                    SE,
+                    "spec.endpoints[1].locality",
+                    "\"us-east1//b\" is not of the form region/zone/subzone",
+                ),
+                want(
+                    C,
+                    SE,
+                    "spec.endpoints[2].locality",
+                    "\"\" is not of the form region/zone/subzone",
+                ),
+            ],
+        ),
+        case(
+            "port 0 and port 70000",
+            entry(
+                "resolution: DNS, ports: [{number: 0, name: a}, {number: 70000, name: b}, {number: 80, name: http, targetPort: 0}]",
+            ),
+            vec![
+                want(C, SE, "spec.ports[0].number", "must be between 1 and 65535"),
+                want(C, SE, "spec.ports[1].number", "must be between 1 and 65535"),
+                want(
+                    C,
+                    SE,
+                    "spec.ports[2].targetPort",
+                    "must be between 1 and 65535",
+                ),
+            ],
+        ),
+        case(
+            "duplicate port names and numbers",
+            entry(
+                "resolution: DNS, ports: [{number: 80, name: http}, {number: 80, name: http-alt}, {number: 81, name: http}, {number: 82, name: ''}]",
+            ),
+            vec![
+                want(C, SE, "spec.ports[1].number", "duplicate port number 80"),
+                want(C, SE, "spec.ports[2].name", "duplicate port name \"http\""),
+                want(C, SE, "spec.ports[3].name", "must not be empty"),
+            ],
+        ),
+        case(
+            "no hosts, no ports",
+            se("s", "{hosts: [], resolution: DNS}"),
+            vec![
+                want(C, SE, "spec.hosts", "at least one host is required"),
+                want(C, SE, "spec.ports", "at least one port is required"),
+            ],
+        ),
+        case(
+            "unsupported protocol",
+            entry(
+                "resolution: DNS, ports: [{number: 443, name: https, protocol: HTTPS}, {number: 53, name: dns, protocol: UDP}]",
+            ),
+            // HTTPS is accepted (carried as TLS); UDP is not.
+            vec![want(
+                C,
+                SE,
+                "spec.ports[1].protocol",
+                "unknown protocol \"UDP\": expected one of HTTP, HTTP2, GRPC, TCP, TLS, HTTPS",
+            )],
+        ),
+        case(
+            "wildcard and invalid hosts",
+            se(
+                "s",
+                "{hosts: ['*.example.com', 'bad_host', 'trailing.dot.'], resolution: DNS, ports: [{number: 80, name: http}]}",
+            ),
+            vec![
+                want(
+                    C,
+                    SE,
+                    "spec.hosts[0]",
+                    "wildcard hosts in ServiceEntry are not supported yet",
+                ),
+                want(
+                    C,
+                    SE,
+                    "spec.hosts[1]",
+                    "\"bad_host\" is not a valid DNS name",
+                ),
+                want(
+                    C,
+                    SE,
+                    "spec.hosts[2]",
+                    "\"trailing.dot.\" is not a valid DNS name",
+                ),
+            ],
+        ),
+        case(
+            "addresses must be IPs or CIDRs",
+            entry(
+                "resolution: DNS, ports: [{number: 80, name: http}], addresses: [10.0.0.0/8, '::1', 10.0.0.0/33, db.example.com]",
+            ),
+            vec![
+                want(
+                    C,
+                    SE,
+                    "spec.addresses[2]",
+                    "\"10.0.0.0/33\" is not an IP address or CIDR",
+                ),
+                want(
+                    C,
+                    SE,
+                    "spec.addresses[3]",
+                    "\"db.example.com\" is not an IP address or CIDR",
+                ),
+            ],
+        ),
+        // ------------------------------------------------- timeouts, headers
+        case(
+            "bad timeout durations",
+            vs(
+                "vs",
+                &format!(
+                    "{{hosts: [reviews], http: [{{timeout: '10', {TO_REVIEWS}}}, {{timeout: 10sec, {TO_REVIEWS}}}, {{timeout: '-1s', {TO_REVIEWS}}}, {{timeout: '', {TO_REVIEWS}}}]}}"
+                ),
+            ),
+            vec![
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].timeout",
+                    "invalid duration \"10\": expected e.g. \"10s\", \"0.5s\", \"250ms\" or \"1m30s\"",
+                ),
+                want(C, VS, "spec.http[1].timeout", "invalid duration \"10sec\""),
+                want(C, VS, "spec.http[2].timeout", "invalid duration \"-1s\""),
+                want(C, VS, "spec.http[3].timeout", "empty duration"),
+            ],
+        ),
+        case(
+            "setting hop-by-hop and pseudo headers",
+            http(
+                "{headers: {request: {set: {connection: close, ':authority': x}, add: {Transfer-Encoding: chunked}}, response: {remove: ['bad header']}}, \
+                 route: [{destination: {host: reviews}, headers: {response: {set: {x-ok: \"a\\nb\"}}}}]}",
+            ),
+            vec![
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].route[0].headers.response.set.x-ok",
+                    "value contains characters not allowed in a header",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].headers.request.set.:authority",
+                    "\":authority\" is not a header name that can be set",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].headers.request.set.connection",
+                    "\"connection\" is a hop-by-hop header the proxy manages",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].headers.request.add.Transfer-Encoding",
+                    "\"Transfer-Encoding\" is a hop-by-hop header the proxy manages",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].headers.response.remove[0]",
+                    "\"bad header\" is not a valid header name",
+                ),
+            ],
+        ),
+        case(
+            "bad rewrites",
+            http(&format!(
+                "{{rewrite: {{uri: v2/, uriRegexRewrite: {{match: '(', rewrite: /x}}, authority: 'a b'}}, {TO_REVIEWS}}}"
+            )),
+            vec![
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].rewrite",
+                    "set uri or uriRegexRewrite, not both",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].rewrite.uri",
+                    "\"v2/\" must start with '/'",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].rewrite.uriRegexRewrite.match",
+                    "invalid regex \"(\"",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].rewrite.authority",
+                    "\"a b\" is not a valid authority",
+                ),
+            ],
+        ),
+        // ----------------------------------------------- exportTo, gateways
+        case(
+            "bad exportTo on every kind",
+            docs(&[
+                entry(
+                    "resolution: DNS, ports: [{number: 80, name: http}], exportTo: ['*', ., Bad_NS]",
+                ),
+                dr("r", "{host: db.example.com, exportTo: ['']}"),
+                vs(
+                    "vs",
+                    "{hosts: [db.example.com], exportTo: [prod, '-x'], http: [{route: [{destination: {host: db.example.com}}]}]}",
+                ),
+            ]),
+            vec![
+                want(
+                    C,
+                    SE,
+                    "spec.exportTo[2]",
+                    "\"Bad_NS\" is not \"*\", \".\" or a namespace name",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.exportTo[0]",
+                    "\"\" is not \"*\", \".\" or a namespace name",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.exportTo[1]",
+                    "\"-x\" is not \"*\", \".\" or a namespace name",
+                ),
+            ],
+        ),
+        case(
+            "gateways other than mesh",
+            vs(
+                "vs",
+                &format!(
+                    "{{hosts: [reviews], gateways: [mesh, istio-system/ingress], http: [{{{TO_REVIEWS}}}]}}"
+                ),
+            ),
+            vec![want(
+                C,
+                VS,
+                "spec.gateways[1]",
+                "gateway \"istio-system/ingress\": only \"mesh\" (sidecars) is supported yet",
+            )],
+        ),
+        case(
+            "invalid VirtualService host",
+            vs(
+                "vs",
+                &format!("{{hosts: ['reviews:9080'], http: [{{{TO_REVIEWS}}}]}}"),
+            ),
+            vec![want(
+                C,
+                VS,
+                "spec.hosts[0]",
+                "\"reviews:9080\" is not a valid host (a DNS name, *.suffix or *)",
+            )],
+        ),
+        // ------------------------------------------------------ load balancer
+        case(
+            "consistentHash with two keys",
+            policy("{loadBalancer: {consistentHash: {httpHeaderName: x-user, useSourceIp: true}}}"),
+            vec![want(
+                C,
+                DR,
+                "spec.trafficPolicy.loadBalancer.consistentHash",
+                "set exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
+            )],
+        ),
+        case(
+            "consistentHash with no key",
+            policy("{loadBalancer: {consistentHash: {useSourceIp: false}}}"),
+            vec![want(
+                C,
+                DR,
+                "spec.trafficPolicy.loadBalancer.consistentHash",
+                "set exactly one of",
+            )],
+        ),
+        case(
+            "simple and consistentHash both set",
+            policy(
+                "{loadBalancer: {simple: ROUND_ROBIN, consistentHash: {httpHeaderName: x-user}}}",
+            ),
+            vec![want(
+                C,
+                DR,
+                "spec.trafficPolicy.loadBalancer",
+                "set either simple or consistentHash, not both",
+            )],
+        ),
+        case(
+            "PASSTHROUGH",
+            policy("{loadBalancer: {simple: PASSTHROUGH}}"),
+            vec![want(
+                C,
+                DR,
+                "spec.trafficPolicy.loadBalancer.simple",
+                "PASSTHROUGH is not supported yet",
+            )],
+        ),
+        case(
+            "bad consistentHash details",
+            policy(
+                "{loadBalancer: {consistentHash: {httpCookie: {name: '', ttl: 1 day}, ringHash: {minimumRingSize: 0}, minimumRingSize: 1024}}}",
+            ),
+            vec![
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.name",
+                    "must not be empty",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl",
+                    "invalid duration \"1 day\"",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.loadBalancer.consistentHash",
+                    "set ringHash.minimumRingSize or the deprecated minimumRingSize, not both",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.loadBalancer.consistentHash.ringHash.minimumRingSize",
+                    "must be between 1 and 8388608",
+                ),
+            ],
+        ),
+        case(
+            "invalid hash header",
+            policy("{loadBalancer: {consistentHash: {httpHeaderName: 'x user'}}}"),
+            vec![want(
+                C,
+                DR,
+                "spec.trafficPolicy.loadBalancer.consistentHash.httpHeaderName",
+                "\"x user\" is not a valid header name",
+            )],
+        ),
+        case(
+            "locality failover must name regions",
+            policy(
+                "{loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: true, failover: [{from: us-east1, to: us-west1}, {from: us-east1/a, to: eu-west1}]}}}",
+            ),
+            vec![want(
+                C,
+                DR,
+                "spec.trafficPolicy.loadBalancer.localityLbSetting.failover[1]",
+                "from and to must be region names (no zone or subzone)",
+            )],
+        ),
+        case(
+            "port-level settings for ports the service lacks",
+            policy(
+                "{portLevelSettings: [{port: {number: 80}, loadBalancer: {simple: PASSTHROUGH}}, {port: {number: 80}}, {port: {number: 443}}, {port: {number: 0}}]}",
+            ),
+            vec![
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.portLevelSettings[0].loadBalancer.simple",
+                    "PASSTHROUGH is not supported yet",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.portLevelSettings[1].port.number",
+                    "duplicate settings for port 80",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.portLevelSettings[2].port.number",
+                    "service ratings.example.com has no port 443",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.portLevelSettings[3].port.number",
+                    "must be between 1 and 65535",
+                ),
+            ],
+        ),
+        case(
+            "subset traffic policies are checked too",
+            dr(
+                "r",
+                "{host: ratings.example.com, subsets: [{name: v1, trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST, consistentHash: {useSourceIp: true}}}}]}",
+            ),
+            vec![want(
+                C,
+                DR,
+                "spec.subsets[0].trafficPolicy.loadBalancer",
+                "set either simple or consistentHash, not both",
+            )],
+        ),
+        // --------------------------------------------------- all reported
+        case(
+            "one file with three independent problems gives three errors",
+            docs(&[
+                vs(
+                    "vs",
+                    "{hosts: [reviews], http: [{timeout: soon, route: [{destination: {host: reviews, subset: v1}, weight: 50}, {destination: {host: reviews, subset: v2}, weight: 40}]}]}",
+                ),
+                entry("ports: [{number: 5432, name: tcp}]"),
+            ]),
+            vec![
+                // ServiceEntries are checked first, then DestinationRules, then VirtualServices.
+                want(C, SE, "spec.resolution", "resolution NONE"),
+                want(C, VS, "spec.http[0].route", "weights sum to 90"),
+                want(C, VS, "spec.http[0].timeout", "invalid duration \"soon\""),
+            ],
+        ),
+    ]
+}
+
+#[test]
+fn bad_configs_get_exact_errors() {
+    for c in cases() {
+        match check_with_base(&c.text) {
+            Ok(_) => panic!("case {:?} validated, want errors", c.name),
+            Err(got) => assert_errors(c.name, &got, &c.want),
+        }
+    }
+}
+
+#[test]
+fn duplicate_service_entry_host_across_files_names_both() {
+    let a = se(
+        "reviews",
+        "{hosts: [reviews], resolution: DNS, ports: [{number: 80, name: http}]}",
+    );
+    let b = crate::support::doc(
+        "ServiceEntry",
+        "name: reviews-copy, namespace: default",
+        "{hosts: [api.example.com, reviews.default.svc.cluster.local], resolution: DNS, ports: [{number: 80, name: http}]}",
+    );
+    let errs = check(&[("a/reviews.yaml", &a), ("b/copy.yaml", &b)]).unwrap_err();
+    assert_errors(
+        "duplicate host",
+        &errs,
+        &[want(
+            "b/copy.yaml",
+            "ServiceEntry default/reviews-copy",
+            "spec.hosts[1]",
+            "host reviews.default.svc.cluster.local is already defined by ServiceEntry default/reviews (a/reviews.yaml); \
+             one ServiceEntry per host",
+        )],
+    );
+}
+
+#[test]
+fn same_short_host_in_two_namespaces_is_two_services() {
+    // Trellis qualifies a short ServiceEntry host with the entry's namespace.
+    let a = crate::support::doc(
+        "ServiceEntry",
+        "name: cart, namespace: shop",
+        "{hosts: [cart], resolution: DNS, ports: [{number: 80, name: http}]}",
+    );
+    let b = crate::support::doc(
+        "ServiceEntry",
+        "name: cart, namespace: test",
+        "{hosts: [cart], resolution: DNS, ports: [{number: 80, name: http}]}",
+    );
+    let v = check(&[("a.yaml", &a), ("b.yaml", &b)]).unwrap();
+    assert_eq!(
+        v.services.keys().collect::<Vec<_>>(),
+        ["cart.shop.svc.cluster.local", "cart.test.svc.cluster.local"]
+    );
+}
+
+#[test]
+fn errors_of_every_resource_are_reported_together() {
+    // Problems in all three kinds, in three files: nothing stops at the first.
+    let files = [
+        (
+            "1-se.yaml",
+            se(
+                "s",
+                "{hosts: [db.example.com], resolution: DNS, ports: [{number: 0, name: tcp}]}",
+            ),
+        ),
+        (
+            "2-dr.yaml",
+            dr(
+                "r",
+                "{host: db.example.com, trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}}",
+            ),
+        ),
+        (
+            "3-vs.yaml",
+            vs(
+                "vs",
+                "{hosts: [db.example.com], gateways: [ingress], tcp: [{route: [{destination: {host: db.example.com}, weight: 50}]}]}",
+            ),
+        ),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(f, t)| (*f, t.as_str())).collect();
+    let errs = check(&files).unwrap_err();
+    assert_errors(
+        "three kinds",
+        &errs,
+        &[
+            want(
+                "1-se.yaml",
+                SE,
+                "spec.ports[0].number",
+                "must be between 1 and 65535",
+            ),
+            want(
+                "2-dr.yaml",
+                DR,
+                "spec.trafficPolicy.loadBalancer.simple",
+                "PASSTHROUGH",
+            ),
+            want("3-vs.yaml", VS, "spec.gateways[0]", "only \"mesh\""),
+            want(
+                "3-vs.yaml",
+                VS,
+                "spec.tcp[0].route[0].weight",
+                "weight 50 must be 100 or omitted",
+            ),
+        ],
+    );
+    assert_eq!(errs.to_string().lines().next(), Some("4 errors in config"));
+}
