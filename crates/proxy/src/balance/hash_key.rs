@@ -189,6 +189,9 @@ mod tests {
         map
     }
 
+    /// (case name, request headers, expected key)
+    type Case<'a, T> = (&'a str, &'a [(&'a str, &'a str)], Option<T>);
+
     const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
 
     #[test]
@@ -213,7 +216,8 @@ mod tests {
         assert_eq!(hash_bytes(b""), fmix64(FNV_OFFSET));
         assert_eq!(hash_bytes(b"trellis"), 0xd568_71b5_9071_f831);
         let mut streamed = Hasher64::new();
-        write!(streamed, "{}_{}", "10.0.0.1:80", 7).unwrap();
+        let addr = "10.0.0.1:80";
+        write!(streamed, "{addr}_{}", 7).unwrap();
         assert_eq!(streamed.finish(), hash_bytes(b"10.0.0.1:80_7"));
     }
 
@@ -221,7 +225,7 @@ mod tests {
     fn header_key() {
         let key = HashKey::Header(HeaderName::from_static("x-user"));
         let uri: Uri = "http://svc.local/p".parse().unwrap();
-        let cases: &[(&str, &[(&str, &str)], Option<u64>)] = &[
+        let cases: &[Case<u64>] = &[
             (
                 "present",
                 &[("x-user", "alice")],
@@ -282,7 +286,7 @@ mod tests {
             name: "session".into(),
         };
         let uri: Uri = "/".parse().unwrap();
-        let cases: &[(&str, &[(&str, &str)], Option<&[u8]>)] = &[
+        let cases: &[Case<&[u8]>] = &[
             ("only cookie", &[("cookie", "session=abc")], Some(b"abc")),
             (
                 "several in one header",

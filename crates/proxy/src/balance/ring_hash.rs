@@ -104,6 +104,7 @@ impl Ring {
         Self { hashes, owners }
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.hashes.len()
     }

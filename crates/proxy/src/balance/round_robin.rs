@@ -212,8 +212,8 @@ mod tests {
             (&[7, 7], "rotate"),
             (&[1, 3], "table 4"),
             (&[100, 300], "table 4"), // divided by the gcd
-            (&[4000, 96], "table 4096"),
-            (&[4000, 97], "stride"),
+            (&[4001, 95], "table 4096"),
+            (&[4001, 96], "stride"),
             (&[2000, 6001], "stride"),
         ];
         for (weights, want) in cases {

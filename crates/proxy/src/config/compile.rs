@@ -36,8 +36,19 @@ static NO_LABELS: m::WorkloadEntry = m::WorkloadEntry {
     network: None,
 };
 
+/// One cluster to build for a port: the whole service or a subset, its own
+/// traffic policy, and the labels selecting its endpoints.
+type Variant<'a> = (
+    Option<&'a str>,
+    Option<&'a TrafficPolicy>,
+    Option<&'a BTreeMap<String, String>>,
+);
+
 /// Looks up a DNS name (for `resolution: DNS`).
 pub type Resolve<'a> = &'a dyn Fn(&str) -> std::io::Result<Vec<IpAddr>>;
+
+/// An owned resolver, as the config thread keeps it.
+pub type Resolver = Box<dyn Fn(&str) -> std::io::Result<Vec<IpAddr>> + Send>;
 
 pub struct Context<'a> {
     /// The namespace of the workload this proxy serves: short names resolve in it.
@@ -132,11 +143,7 @@ impl Compiler<'_> {
             };
             for port in &s.ports {
                 let base_policy = dr.and_then(|d| d.spec.traffic_policy.as_ref());
-                let mut variants: Vec<(
-                    Option<&str>,
-                    Option<&TrafficPolicy>,
-                    Option<&BTreeMap<String, String>>,
-                )> = vec![(None, base_policy, None)];
+                let mut variants: Vec<Variant> = vec![(None, base_policy, None)];
                 if let Some(dr) = dr {
                     for subset in &dr.spec.subsets {
                         variants.push((
@@ -155,7 +162,7 @@ impl Compiler<'_> {
                             labels
                                 .is_none_or(|l| l.iter().all(|(k, v)| ep.labels.get(k) == Some(v)))
                         })
-                        .filter_map(|(addrs, ep)| {
+                        .flat_map(|(addrs, ep)| {
                             let p = ep
                                 .ports
                                 .get(&port.name)
@@ -163,9 +170,8 @@ impl Compiler<'_> {
                                 .map(u16::try_from)
                                 .and_then(Result::ok);
                             let p = p.or(port.target_port).unwrap_or(port.number);
-                            Some(addrs.iter().map(move |ip| (SocketAddr::new(*ip, p), ep)))
+                            addrs.iter().map(move |ip| (SocketAddr::new(*ip, p), *ep))
                         })
-                        .flatten()
                         .map(|(addr, ep)| self.endpoint(&name, addr, ep))
                         .collect();
                     let (policy, locality_lb, hash_key) = lb_policy(lb);

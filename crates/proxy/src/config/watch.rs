@@ -47,7 +47,7 @@ pub struct Loader {
     pub namespace: String,
     pub locality: Locality,
     pub metrics: Arc<Metrics>,
-    pub resolve: Box<dyn Fn(&str) -> std::io::Result<Vec<std::net::IpAddr>> + Send>,
+    pub resolve: compile::Resolver,
 }
 
 impl Loader {

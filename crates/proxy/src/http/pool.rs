@@ -23,14 +23,20 @@ use tokio::net::TcpStream;
 
 use super::{Body, ProxyError};
 
+/// An idle HTTP/1.1 connection and when it became idle.
+type IdleH1 = (Instant, http1::SendRequest<Body>);
+/// The endpoint's HTTP/2 connection; the async lock makes concurrent first
+/// requests share one handshake instead of each opening a connection.
+type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+
 /// Connections to all endpoints, owned by one worker.
 #[derive(Debug)]
 pub struct Pool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_endpoint: usize,
-    h1_idle: Mutex<HashMap<SocketAddr, Vec<(Instant, http1::SendRequest<Body>)>>>,
-    h2: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>>>,
+    h1_idle: Mutex<HashMap<SocketAddr, Vec<IdleH1>>>,
+    h2: Mutex<HashMap<SocketAddr, H2Slot>>,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -31,7 +31,7 @@ impl RouteTable {
     pub fn insert(&mut self, name: &str, vhost: Arc<VirtualHost>) {
         if name.starts_with('*') {
             self.wildcards.push((name.to_string(), vhost));
-            self.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            self.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         } else {
             self.hosts.entry(name.to_string()).or_insert(vhost);
         }
