@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 use super::pool::Pool;
 use super::{Body, ProxyError};
 use crate::cluster::UpstreamProtocol;
+use crate::telemetry::metrics::ConnectionGuard;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus
 /// whatever the Connection header lists.
@@ -104,13 +105,16 @@ pub async fn send(
     }
 }
 
-/// After a 101 on both sides, join the two upgraded connections.
+/// After a 101 on both sides, join the two upgraded connections. `connection`
+/// keeps the downstream connection counted (and drained) while they run.
 pub fn splice_upgrade(
     downstream: OnUpgrade,
     upstream: OnUpgrade,
     bytes: prometheus_client::metrics::counter::Counter,
+    connection: Option<ConnectionGuard>,
 ) {
     tokio::spawn(async move {
+        let _connection = connection;
         let (down, up) = match tokio::try_join!(downstream, upstream) {
             Ok(pair) => pair,
             Err(e) => {

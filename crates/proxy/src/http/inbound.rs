@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use super::forward::{self, is_upgrade, strip_hop_by_hop};
 use super::{Body, ProxyError};
 use crate::cluster::UpstreamProtocol;
-use crate::telemetry::metrics::Direction;
+use crate::telemetry::metrics::{ConnectionGuard, Direction};
 use crate::worker::Worker;
 
 pub async fn handle(w: Arc<Worker>, _peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
@@ -52,6 +52,7 @@ async fn forward(w: &Worker, mut req: Request<Incoming>) -> Result<Response<Body
         .to_string();
     let upgrade = is_upgrade(&req);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let connection = req.extensions().get::<ConnectionGuard>().cloned();
     let mut up = req.map(Body::Incoming);
     strip_hop_by_hop(up.headers_mut(), upgrade);
     forward::set_target(&mut up, protocol, &authority, &path)?;
@@ -59,7 +60,12 @@ async fn forward(w: &Worker, mut req: Request<Incoming>) -> Result<Response<Body
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(down) = downstream_upgrade {
             let up = hyper::upgrade::on(&mut resp);
-            forward::splice_upgrade(down, up, w.metrics.tcp_bytes(Direction::inbound, "app"));
+            forward::splice_upgrade(
+                down,
+                up,
+                w.metrics.tcp_bytes(Direction::inbound, "app"),
+                connection,
+            );
         }
     } else {
         strip_hop_by_hop(resp.headers_mut(), false);

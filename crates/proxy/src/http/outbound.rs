@@ -18,7 +18,7 @@ use crate::balance::hash_key::request_hash;
 use crate::cluster::{Cluster, UpstreamProtocol};
 use crate::config::ProxyConfig;
 use crate::route::{self, PortRoutes, RequestView};
-use crate::telemetry::metrics::{Direction, RouteStats};
+use crate::telemetry::metrics::{ConnectionGuard, Direction, RouteStats};
 use crate::worker::Worker;
 
 /// Handle one request; never fails (errors become explained local replies).
@@ -160,6 +160,7 @@ async fn forward<'c>(
         ));
     }
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let connection = req.extensions().get::<ConnectionGuard>().cloned();
     let mut up = req.map(Body::Incoming);
     strip_hop_by_hop(up.headers_mut(), upgrade);
     action.headers.request.apply(up.headers_mut());
@@ -191,6 +192,7 @@ async fn forward<'c>(
                 down,
                 up,
                 w.metrics.tcp_bytes(Direction::outbound, &cluster.name),
+                connection,
             );
         }
     } else {

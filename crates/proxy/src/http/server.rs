@@ -59,10 +59,7 @@ pub async fn accept_loop(
                 let guard = ConnectionGuard::new(&active, &total);
                 let worker = worker.clone();
                 let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    serve(stream, peer, side, worker, shutdown).await;
-                    drop(guard);
-                });
+                tokio::spawn(serve(stream, peer, side, worker, guard, shutdown));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off, don't spin.
@@ -78,6 +75,7 @@ async fn serve(
     peer: SocketAddr,
     side: Side,
     worker: Arc<Worker>,
+    guard: ConnectionGuard,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let wait = match side {
@@ -92,8 +90,9 @@ async fn serve(
         }
     };
     let conn_worker = worker.clone();
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let worker = worker.clone();
+        req.extensions_mut().insert(guard.clone());
         async move {
             Ok::<_, Infallible>(match side {
                 Side::Outbound => outbound::handle(worker, peer, req).await,
@@ -130,6 +129,10 @@ async fn serve(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
+                // The hard limit on the head; max_buf_size alone is only
+                // checked while the head is incomplete, so a head that
+                // arrives in a few large reads could pass it.
+                .max_header_size(MAX_HEADER_BYTES)
                 .max_buf_size(MAX_HEADER_BYTES)
                 .serve_connection(io, svc)
                 .with_upgrades();

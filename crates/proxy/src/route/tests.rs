@@ -382,7 +382,15 @@ fn uri_rewrites() {
         ..Default::default()
     };
     let replace = |s: &str| UriRewrite::Replace(s.into());
-    let cases: Vec<(UriRewrite, Option<&RequestMatch>, &str, Option<&str>, &str)> = vec![
+    // (rewrite, the match that held, path, query, want)
+    type Case<'a> = (
+        UriRewrite,
+        Option<&'a RequestMatch>,
+        &'a str,
+        Option<&'a str>,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             replace("/v2/"),
             Some(&prefix),

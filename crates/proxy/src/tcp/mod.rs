@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::http::{Body, ProxyError};
 use crate::route::{self, PortRoutes};
-use crate::telemetry::metrics::Direction;
+use crate::telemetry::metrics::{ConnectionGuard, Direction};
 use crate::worker::Worker;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,8 +78,10 @@ pub async fn connect_tunnel(
     let mut upstream = connect(endpoint.addr).await?;
     let bytes = w.metrics.tcp_bytes(Direction::outbound, &cluster.name);
     let guard = endpoint.start_request();
+    // Keeps the downstream connection counted (and drained) while the tunnel runs.
+    let connection = req.extensions().get::<ConnectionGuard>().cloned();
     tokio::spawn(async move {
-        let _guard = guard;
+        let _guards = (guard, connection);
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let mut down = TokioIo::new(upgraded);

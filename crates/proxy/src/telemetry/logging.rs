@@ -1,6 +1,7 @@
 //! Logging with a level that can change at run time (`/logging?level=`).
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -20,8 +21,8 @@ impl std::fmt::Debug for LogControl {
 impl LogControl {
     /// Set the filter, e.g. `debug` or `info,trellis_proxy::http=trace`.
     pub fn set(&self, directive: &str) -> Result<(), String> {
-        let filter = EnvFilter::try_new(directive)
-            .map_err(|e| format!("invalid log level {directive:?}: {e}"))?;
+        let filter =
+            parse_filter(directive).map_err(|e| format!("invalid log level {directive:?}: {e}"))?;
         self.handle.reload(filter).map_err(|e| e.to_string())
     }
 
@@ -32,10 +33,29 @@ impl LogControl {
     }
 }
 
+/// A filter from a level or directives (`debug`, `info,trellis_proxy::http=trace`).
+///
+/// `EnvFilter` reads a bare word as a target (`loud` means "everything from
+/// target `loud`"), so a misspelt level would silently turn all logging off.
+/// Here a directive without `=` must be a level; a target takes `target=level`.
+pub fn parse_filter(directive: &str) -> Result<EnvFilter, String> {
+    if directive.trim().is_empty() {
+        return Err("empty; use a level: off, error, warn, info, debug or trace".into());
+    }
+    for d in directive.split(',').map(str::trim) {
+        if !d.contains('=') && !d.contains('[') && d.parse::<LevelFilter>().is_err() {
+            return Err(format!(
+                "{d:?} is not a level (off, error, warn, info, debug, trace); \
+                 for one module write target=level"
+            ));
+        }
+    }
+    EnvFilter::try_new(directive).map_err(|e| e.to_string())
+}
+
 /// Install the process's subscriber (logs go to stderr). Called once by main.
 pub fn init(level: &str, json: bool) -> Result<LogControl, String> {
-    let filter =
-        EnvFilter::try_new(level).map_err(|e| format!("invalid --log-level {level:?}: {e}"))?;
+    let filter = parse_filter(level).map_err(|e| format!("invalid --log-level {level:?}: {e}"))?;
     let (filter, handle) = reload::Layer::new(filter);
     use std::io::IsTerminal;
     let fmt = tracing_subscriber::fmt::layer()
@@ -50,4 +70,26 @@ pub fn init(level: &str, json: bool) -> Result<LogControl, String> {
     };
     result.map_err(|e| e.to_string())?;
     Ok(LogControl { handle })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_and_directives() {
+        for ok in [
+            "info",
+            "DEBUG",
+            "off",
+            "info,trellis_proxy::http=trace",
+            "warn,hyper=off",
+        ] {
+            assert!(parse_filter(ok).is_ok(), "{ok}");
+        }
+        // A typo must not become a target filter that silences everything.
+        for bad in ["loud", "degub", "info,verbose", "", " ", "info,=["] {
+            assert!(parse_filter(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Prometheus metrics, served by the admin listener at `/stats/prometheus`.
 //! One registry per proxy process, passed down; no global statics.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -213,18 +214,30 @@ impl RouteStats {
     }
 }
 
-/// Keeps `connections_active` right on every exit path: decremented on drop.
-pub struct ConnectionGuard(Gauge);
+/// Keeps `connections_active` right on every exit path: decremented when
+/// the last clone is dropped. The connection's task holds one; each request
+/// carries a clone in its extensions, so a connection taken over by an
+/// upgrade (WebSocket, CONNECT tunnel) stays counted, and drained, until the
+/// task splicing it ends, although hyper's connection finished at the 101/200.
+#[derive(Debug, Clone)]
+pub struct ConnectionGuard {
+    _active: Arc<ActiveConnection>,
+}
+
+#[derive(Debug)]
+struct ActiveConnection(Gauge);
 
 impl ConnectionGuard {
     pub fn new(active: &Gauge, total: &Counter) -> Self {
         active.inc();
         total.inc();
-        ConnectionGuard(active.clone())
+        ConnectionGuard {
+            _active: Arc::new(ActiveConnection(active.clone())),
+        }
     }
 }
 
-impl Drop for ConnectionGuard {
+impl Drop for ActiveConnection {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -233,6 +246,23 @@ impl Drop for ConnectionGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_counted_until_the_last_guard_goes() {
+        let m = Metrics::new();
+        let (active, total) = m.listener("outbound");
+        let guard = ConnectionGuard::new(&active, &total);
+        let upgraded = guard.clone();
+        assert_eq!(active.get(), 1);
+        drop(guard);
+        assert_eq!(
+            active.get(),
+            1,
+            "an upgraded stream keeps the connection open"
+        );
+        drop(upgraded);
+        assert_eq!((active.get(), total.get()), (0, 1));
+    }
 
     #[test]
     fn code_classes() {

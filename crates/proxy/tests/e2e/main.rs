@@ -1,0 +1,24 @@
+//! End-to-end tests of the real `trellis-proxy` binary over loopback: Istio
+//! YAML in a temp folder, the proxy started on it with port 0 listeners, real
+//! upstream servers from `trellis-testing`, and assertions on what arrives
+//! where. One module per feature; helpers in `support`.
+
+mod support;
+
+mod admin;
+mod bad_input;
+mod balance;
+mod errors;
+mod grpc;
+mod h2c;
+mod headers;
+mod inbound;
+mod invalid_config;
+mod matching;
+mod names;
+mod reload;
+mod rewrite;
+mod shutdown;
+mod split;
+mod tcp;
+mod websocket;
