@@ -39,6 +39,9 @@ impl Side {
 /// error (HTTP/2). Envoy's default is 60 KiB.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new outbound connection may stay silent. (Inbound gives up much
+/// sooner and treats silence as a server-first protocol.)
+const FIRST_BYTES_TIMEOUT: Duration = HEADER_READ_TIMEOUT;
 
 pub async fn accept_loop(
     listener: TcpListener,
@@ -82,10 +85,16 @@ async fn serve(
         Side::Outbound => None,
         Side::Inbound { detect_timeout } => Some(detect_timeout),
     };
-    let detected = match detect(&stream, wait).await {
-        Ok(d) => d,
-        Err(e) => {
+    // An outbound client must speak first; one that never does is closed
+    // rather than holding a connection (and a drain) forever.
+    let detected = match tokio::time::timeout(FIRST_BYTES_TIMEOUT, detect(&stream, wait)).await {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "connection failed before its first bytes");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "closing a connection that sent nothing");
             return;
         }
     };
