@@ -9,9 +9,8 @@
 //!
 //! Implemented: SETTINGS (+ACK), PING (+ACK), GOAWAY, RST_STREAM, WINDOW_UPDATE
 //! in both directions, CONTINUATION, padding, the peer's
-//! MAX_CONCURRENT_STREAMS and flow-control windows. Not implemented: server
-//! push (disabled in our SETTINGS), priorities (ignored), request bodies
-//! larger than one frame.
+//! MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE and flow-control windows. Not
+//! implemented: server push (disabled in our SETTINGS), priorities (ignored).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -27,24 +26,24 @@ use crate::hpack;
 
 pub const GRPC_PATH: &str = "/trellis.test.Echo/Unary";
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0;
-const HEADERS: u8 = 1;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
-const PUSH_PROMISE: u8 = 5;
-const PING: u8 = 6;
-const GOAWAY: u8 = 7;
-const WINDOW_UPDATE: u8 = 8;
-const CONTINUATION: u8 = 9;
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY_FLAG: u8 = 0x20;
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const DATA: u8 = 0;
+pub(crate) const HEADERS: u8 = 1;
+pub(crate) const RST_STREAM: u8 = 3;
+pub(crate) const SETTINGS: u8 = 4;
+pub(crate) const PUSH_PROMISE: u8 = 5;
+pub(crate) const PING: u8 = 6;
+pub(crate) const GOAWAY: u8 = 7;
+pub(crate) const WINDOW_UPDATE: u8 = 8;
+pub(crate) const CONTINUATION: u8 = 9;
+pub(crate) const END_STREAM: u8 = 0x1;
+pub(crate) const ACK: u8 = 0x1;
+pub(crate) const END_HEADERS: u8 = 0x4;
+pub(crate) const PADDED: u8 = 0x8;
+pub(crate) const PRIORITY_FLAG: u8 = 0x20;
 /// Our receive window per stream and for the connection.
-const RECV_WINDOW: u32 = 1 << 30;
-const HEADER_TABLE_SIZE: usize = 4096;
+pub(crate) const RECV_WINDOW: u32 = 1 << 30;
+pub(crate) const HEADER_TABLE_SIZE: usize = 4096;
 const MAX_STREAM_ID: u32 = 0x7fff_fff0;
 
 /// What to send on every h2c / gRPC request.
@@ -154,6 +153,8 @@ struct Stream<T> {
     prefix: [u8; 5],
     grpc_status: Option<Vec<u8>>,
     send_window: i64,
+    /// Request body bytes not sent yet (flow control).
+    body_sent: usize,
     body_pending: bool,
 }
 
@@ -242,6 +243,7 @@ impl<T> Conn<T> {
             prefix: [0; 5],
             grpc_status: None,
             send_window: self.peer_initial_window,
+            body_sent: 0,
             body_pending: has_body,
         };
         frame_header(
@@ -260,16 +262,30 @@ impl<T> Conn<T> {
     }
 
     fn try_send_body(&mut self, id: u32, s: &mut Stream<T>, tmpl: &H2Template) {
-        let n = tmpl.body.len() as i64;
-        if n <= self.conn_send_window
-            && n <= s.send_window
-            && tmpl.body.len() <= self.peer_max_frame
-        {
-            frame_header(&mut self.wbuf, tmpl.body.len(), DATA, END_STREAM, id);
-            self.wbuf.extend_from_slice(&tmpl.body);
-            self.conn_send_window -= n;
-            s.send_window -= n;
-            s.body_pending = false;
+        while s.body_pending {
+            let left = tmpl.body.len() - s.body_sent;
+            let n = (left as i64)
+                .min(self.conn_send_window)
+                .min(s.send_window)
+                .min(self.peer_max_frame as i64);
+            if n <= 0 {
+                return;
+            }
+            let n = n as usize;
+            let last = n == left;
+            frame_header(
+                &mut self.wbuf,
+                n,
+                DATA,
+                if last { END_STREAM } else { 0 },
+                id,
+            );
+            self.wbuf
+                .extend_from_slice(&tmpl.body[s.body_sent..s.body_sent + n]);
+            s.body_sent += n;
+            self.conn_send_window -= n as i64;
+            s.send_window -= n as i64;
+            s.body_pending = !last;
         }
     }
 
@@ -577,7 +593,7 @@ impl<T> Conn<T> {
     }
 }
 
-fn unpad(flags: u8, p: &[u8]) -> Result<&[u8], ErrKind> {
+pub(crate) fn unpad(flags: u8, p: &[u8]) -> Result<&[u8], ErrKind> {
     if flags & PADDED == 0 {
         return Ok(p);
     }
@@ -588,7 +604,7 @@ fn unpad(flags: u8, p: &[u8]) -> Result<&[u8], ErrKind> {
     Ok(&p[1..p.len() - pad])
 }
 
-fn frame_header(dst: &mut Vec<u8>, len: usize, ty: u8, flags: u8, id: u32) {
+pub(crate) fn frame_header(dst: &mut Vec<u8>, len: usize, ty: u8, flags: u8, id: u32) {
     let l = (len as u32).to_be_bytes();
     dst.extend_from_slice(&[l[1], l[2], l[3], ty, flags]);
     dst.extend_from_slice(&id.to_be_bytes());

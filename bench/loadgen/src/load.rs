@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::LocalSet;
 use tokio::time::{sleep, sleep_until, timeout};
@@ -305,11 +306,17 @@ async fn h1_closed(plan: &Plan, stats: &Shared) {
     }
 }
 
-/// What an h2 request carries through its connection: when it was due (open
-/// loop) and when it went out.
+/// What an h2 request carries through its connection.
 struct Tag {
+    /// When it was due (open loop; closed loop: when it went out).
     intended: Instant,
-    sent: Instant,
+    /// Where its latency counts from: when this task received it from the
+    /// timer (after the timer's own lateness) if the connection was up when it
+    /// was due, else when it was due (a reconnect is the target's doing).
+    /// Waiting for a stream slot counts either way.
+    charged_from: Instant,
+    /// When this task received it (open loop).
+    received: Instant,
 }
 
 /// One h2c/gRPC connection, driven by this one task: in open loop, sends each
@@ -321,7 +328,7 @@ async fn h2_conn(plan: &Plan, stats: &Shared, mut ticks: Option<Ticks>) {
     let hard_stop = plan.end + plan.timeout + Duration::from_secs(1);
     let mut done: Vec<h2::Done<Tag>> = Vec::new();
     // open loop: requests due while the connection was down or at its stream limit
-    let mut waiting: VecDeque<Instant> = VecDeque::new();
+    let mut waiting: VecDeque<(Instant, Instant)> = VecDeque::new();
     let mut first = true;
     'connection: loop {
         let now = Instant::now();
@@ -337,8 +344,25 @@ async fn h2_conn(plan: &Plan, stats: &Shared, mut ticks: Option<Ticks>) {
                         Ok(Err(e)) => e,
                         _ => ErrKind::Connect,
                     };
-                    let t = Instant::now();
-                    if measuring(plan, t) {
+                    if let Some(rx) = ticks.as_mut() {
+                        // open loop: the requests due by now fail, one error each
+                        loop {
+                            match rx.try_recv() {
+                                Ok(intended) => waiting.push_back((intended, Instant::now())),
+                                Err(TryRecvError::Empty) => break,
+                                Err(TryRecvError::Disconnected) => {
+                                    ticks = None;
+                                    break;
+                                }
+                            }
+                        }
+                        let mut s = stats.borrow_mut();
+                        for (intended, _) in waiting.drain(..) {
+                            if measuring(plan, intended) {
+                                s.error(&e);
+                            }
+                        }
+                    } else if measuring(plan, Instant::now()) {
                         stats.borrow_mut().error(&e);
                     }
                     sleep(Duration::from_millis(10)).await;
@@ -357,14 +381,20 @@ async fn h2_conn(plan: &Plan, stats: &Shared, mut ticks: Option<Ticks>) {
             // start what we can
             if open {
                 while conn.can_start() {
-                    let Some(intended) = waiting.pop_front() else {
+                    let Some((intended, received)) = waiting.pop_front() else {
                         break;
+                    };
+                    let charged_from = if intended >= ready_at {
+                        received
+                    } else {
+                        intended
                     };
                     conn.start(
                         &plan.h2,
                         Tag {
                             intended,
-                            sent: now,
+                            charged_from,
+                            received,
                         },
                         now,
                     );
@@ -375,7 +405,8 @@ async fn h2_conn(plan: &Plan, stats: &Shared, mut ticks: Option<Ticks>) {
                         &plan.h2,
                         Tag {
                             intended: now,
-                            sent: now,
+                            charged_from: now,
+                            received: now,
                         },
                         now,
                     );
@@ -383,7 +414,7 @@ async fn h2_conn(plan: &Plan, stats: &Shared, mut ticks: Option<Ticks>) {
             }
             if conn.flush().await.is_err() {
                 conn.fail_all(ErrKind::Io, &mut done);
-                record_h2(plan, stats, &mut done, ready_at, open);
+                record_h2(plan, stats, &mut done, open);
                 continue 'connection;
             }
             let now = Instant::now();
@@ -407,7 +438,7 @@ async fn h2_conn(plan: &Plan, stats: &Shared, mut ticks: Option<Ticks>) {
             tokio::select! {
                 biased;
                 t = async { ticks.as_mut()?.recv().await }, if ticks.is_some() => match t {
-                    Some(intended) => waiting.push_back(intended),
+                    Some(intended) => waiting.push_back((intended, Instant::now())),
                     None => ticks = None,
                 },
                 r = h2::Conn::<Tag>::read(rd, rbuf) => {
@@ -418,63 +449,55 @@ async fn h2_conn(plan: &Plan, stats: &Shared, mut ticks: Option<Ticks>) {
                     };
                     if let Err(e) = result {
                         conn.fail_all(e, &mut done);
-                        record_h2(plan, stats, &mut done, ready_at, open);
+                        record_h2(plan, stats, &mut done, open);
                         continue 'connection;
                     }
                 }
                 _ = sleep_until(deadline.into()) => {
                     if Instant::now() >= hard_stop {
                         conn.fail_all(ErrKind::Timeout, &mut done);
-                        record_h2(plan, stats, &mut done, ready_at, open);
+                        record_h2(plan, stats, &mut done, open);
                         break 'connection;
                     }
                     conn.expire(Instant::now() - plan.timeout, &mut done);
                 }
             }
-            record_h2(plan, stats, &mut done, ready_at, open);
+            record_h2(plan, stats, &mut done, open);
         }
     }
-    // whatever never got a connection
-    if open {
-        let mut s = stats.borrow_mut();
-        for intended in waiting {
-            if measuring(plan, intended) {
-                s.error(&ErrKind::Connect);
-            }
+    // whatever could not be sent before the end
+    let mut s = stats.borrow_mut();
+    for (intended, _) in waiting {
+        if measuring(plan, intended) {
+            s.error(&ErrKind::Timeout);
         }
     }
 }
 
-/// Records finished h2 requests. Open loop: latency is completion - sent,
-/// plus the time the request waited because the connection was not up yet.
-fn record_h2(
-    plan: &Plan,
-    stats: &Shared,
-    done: &mut Vec<h2::Done<Tag>>,
-    ready_at: Instant,
-    open: bool,
-) {
+/// Records finished h2 requests (see `Tag` for where latency counts from).
+fn record_h2(plan: &Plan, stats: &Shared, done: &mut Vec<h2::Done<Tag>>, open: bool) {
     if done.is_empty() {
         return;
     }
     let now = Instant::now();
     let mut s = stats.borrow_mut();
     for d in done.drain(..) {
-        let Tag { intended, sent } = d.tag;
+        let Tag {
+            intended,
+            charged_from,
+            received,
+        } = d.tag;
         if !measuring(plan, intended) {
             continue;
         }
         match d.result.and_then(|r| plan.check(r.status, r.body_len)) {
             Ok(body) => {
+                s.ok(now.duration_since(charged_from), body);
                 if open {
-                    let queued = ready_at.saturating_duration_since(intended);
-                    s.ok(now.duration_since(sent) + queued, body);
                     s.open_extra(
                         now.duration_since(intended),
-                        sent.saturating_duration_since(intended.max(ready_at)),
+                        received.saturating_duration_since(intended),
                     );
-                } else {
-                    s.ok(now.duration_since(sent), body);
                 }
             }
             Err(e) => s.error(&e),

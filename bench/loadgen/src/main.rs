@@ -15,6 +15,7 @@ mod hpack;
 mod load;
 mod procstat;
 mod serve;
+mod serve_h2;
 mod stats;
 
 use std::fmt;

@@ -1,5 +1,5 @@
-//! `serve`: a tiny upstream answering HTTP/1.1 and h2c (prior knowledge,
-//! detected from the connection preface) on one port. Every request gets
+//! `serve`: a tiny upstream answering HTTP/1.1 (hyper) and h2c (prior
+//! knowledge, detected from the connection preface; `serve_h2`) on one port. Every request gets
 //! `200` with a fixed body, except gRPC unary `POST /trellis.test.Echo/Unary`,
 //! which echoes the request message with `grpc-status: 0` in the trailers.
 
@@ -15,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::h2::GRPC_PATH;
@@ -65,18 +65,14 @@ async fn connection(stream: TcpStream, body: Bytes) {
     let Some(h2) = is_h2(&stream).await else {
         return;
     };
-    let svc = service_fn(move |req| {
-        let body = body.clone();
-        async move { Ok::<_, Infallible>(respond(req, body).await) }
-    });
-    let io = TokioIo::new(stream);
     if h2 {
-        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(1000)
-            .serve_connection(io, svc)
-            .await;
+        crate::serve_h2::connection(stream, body).await;
     } else {
+        let svc = service_fn(move |req| {
+            let body = body.clone();
+            async move { Ok::<_, Infallible>(respond(req, body).await) }
+        });
+        let io = TokioIo::new(stream);
         let _ = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .keep_alive(true)
