@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -60,34 +61,38 @@ pub fn is_upgrade(req: &Request<hyper::body::Incoming>) -> bool {
 }
 
 /// Address the request to the upstream in the form its protocol wants:
-/// HTTP/1.1 origin form with a Host header, HTTP/2 with the authority in the URI.
+/// HTTP/1.1 origin form with a Host header, HTTP/2 with the authority in the
+/// URI. Reuses the parsed parts; the Host header is only rewritten when it
+/// differs (absolute-form requests, rewrites, HTTP/2 callers).
 pub fn set_target(
     req: &mut Request<Body>,
     protocol: UpstreamProtocol,
-    authority: &str,
-    path_and_query: &str,
+    authority: Authority,
+    path_and_query: PathAndQuery,
 ) -> Result<(), ProxyError> {
-    let bad = |e: http::Error| ProxyError::BadRequest(format!("cannot build upstream URI: {e}"));
     match protocol {
         UpstreamProtocol::Http2 => {
-            *req.uri_mut() = Uri::builder()
-                .scheme("http")
-                .authority(authority)
-                .path_and_query(path_and_query)
-                .build()
-                .map_err(bad)?;
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(authority);
+            parts.path_and_query = Some(path_and_query);
+            *req.uri_mut() = Uri::from_parts(parts)
+                .map_err(|e| ProxyError::BadRequest(format!("cannot build upstream URI: {e}")))?;
             *req.version_mut() = Version::HTTP_2;
             req.headers_mut().remove(header::HOST);
         }
         UpstreamProtocol::Http1 | UpstreamProtocol::Opaque => {
-            *req.uri_mut() = Uri::builder()
-                .path_and_query(path_and_query)
-                .build()
-                .map_err(bad)?;
+            *req.uri_mut() = Uri::from(path_and_query);
             *req.version_mut() = Version::HTTP_11;
-            let host = HeaderValue::from_str(authority)
-                .map_err(|e| ProxyError::BadRequest(format!("invalid authority: {e}")))?;
-            req.headers_mut().insert(header::HOST, host);
+            let host_matches = req
+                .headers()
+                .get(header::HOST)
+                .is_some_and(|h| h.as_bytes() == authority.as_str().as_bytes());
+            if !host_matches {
+                let host = HeaderValue::from_str(authority.as_str())
+                    .map_err(|e| ProxyError::BadRequest(format!("invalid authority: {e}")))?;
+                req.headers_mut().insert(header::HOST, host);
+            }
         }
     }
     Ok(())

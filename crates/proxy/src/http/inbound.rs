@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
@@ -37,25 +38,24 @@ async fn forward(w: &Worker, mut req: Request<Incoming>) -> Result<Response<Body
         UpstreamProtocol::Http1
     };
     let authority = match req.uri().authority() {
-        Some(a) => a.as_str().to_string(),
-        None => req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("localhost")
-            .to_string(),
+        Some(a) => a.clone(),
+        None => match req.headers().get(http::header::HOST) {
+            Some(h) => Authority::try_from(h.as_bytes())
+                .map_err(|e| ProxyError::BadRequest(format!("invalid Host header: {e}")))?,
+            None => Authority::from_static("localhost"),
+        },
     };
     let path = req
         .uri()
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let upgrade = is_upgrade(&req);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let connection = req.extensions().get::<ConnectionGuard>().cloned();
     let mut up = req.map(Body::Incoming);
     strip_hop_by_hop(up.headers_mut(), upgrade);
-    forward::set_target(&mut up, protocol, &authority, &path)?;
+    forward::set_target(&mut up, protocol, authority, path)?;
     let mut resp = forward::send(&w.pool, protocol, app, up).await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(down) = downstream_upgrade {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::uri::Authority;
+use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
@@ -138,16 +138,32 @@ async fn forward<'c>(
         )
     })?;
 
+    // Without a rewrite the parsed parts are reused as they are (clones of
+    // shared bytes); only a rewrite builds new ones.
     let path_and_query = match action.rewrite.as_ref().and_then(|r| r.uri.as_ref()) {
-        Some(rw) => route::rewrite_path(rw, matched, req.uri().path(), req.uri().query()),
+        Some(rw) => {
+            let path = route::rewrite_path(rw, matched, req.uri().path(), req.uri().query());
+            PathAndQuery::try_from(path).map_err(|e| {
+                (
+                    ProxyError::BadRequest(format!("rewritten path: {e}")),
+                    stats,
+                )
+            })?
+        }
         None => req
             .uri()
             .path_and_query()
-            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
     let out_authority = match action.rewrite.as_ref().and_then(|r| r.authority.as_ref()) {
-        Some(a) => a.to_str().unwrap_or(authority.as_str()).to_string(),
-        None => authority.as_str().to_string(),
+        Some(a) => Authority::try_from(a.as_bytes()).map_err(|e| {
+            (
+                ProxyError::BadRequest(format!("rewritten authority: {e}")),
+                stats,
+            )
+        })?,
+        None => authority,
     };
 
     let upgrade = is_upgrade(&req);
@@ -165,7 +181,7 @@ async fn forward<'c>(
     strip_hop_by_hop(up.headers_mut(), upgrade);
     action.headers.request.apply(up.headers_mut());
     dest.headers.request.apply(up.headers_mut());
-    forward::set_target(&mut up, cluster.protocol, &out_authority, &path_and_query)
+    forward::set_target(&mut up, cluster.protocol, out_authority, path_and_query)
         .map_err(|e| (e, stats))?;
 
     let guard = endpoint.start_request();

@@ -170,10 +170,11 @@ impl Pool {
         req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
         let slot = {
+            // A panic elsewhere cannot leave the map half-updated: use it as is.
             let mut h2 = self
                 .h2
                 .lock()
-                .map_err(|_| ProxyError::BadRequest("pool poisoned".into()))?;
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             h2.entry(addr).or_default().clone()
         };
         let mut tx = {

@@ -92,15 +92,6 @@ impl ProxyError {
         }
     }
 
-    /// Could another attempt succeed without the upstream having seen this
-    /// one? (Used by retries; connect failures never reached the upstream.)
-    pub fn upstream_never_saw_it(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. }
-        )
-    }
-
     /// The response sent to the client.
     pub fn to_response(&self) -> Response<Body> {
         let mut resp = Response::new(Body::full(format!("{self}\n")));
