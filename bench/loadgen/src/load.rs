@@ -192,6 +192,16 @@ async fn h1_connect(plan: &Plan) -> Result<H1Conn, ErrKind> {
     }
 }
 
+/// One request on an open connection: the checked body length and whether
+/// the connection may be reused (not after an error or `Connection: close`).
+async fn h1_exchange(plan: &Plan, c: &mut H1Conn) -> Result<(u64, bool), ErrKind> {
+    let r = match timeout(plan.timeout, c.request(&plan.h1_request)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(ErrKind::Timeout),
+    };
+    Ok((plan.check(r.status, r.body_len)?, !r.close))
+}
+
 async fn h1_open(plan: &Plan, stats: &Shared, mut ticks: Ticks) {
     let mut conn: Option<H1Conn> = None;
     if Instant::now() < plan.start {
@@ -225,20 +235,12 @@ async fn h1_open(plan: &Plan, stats: &Shared, mut ticks: Ticks) {
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        let result = match timeout(plan.timeout, c.request(&plan.h1_request)).await {
-            Ok(r) => r,
-            Err(_) => Err(ErrKind::Timeout),
-        };
+        let result = h1_exchange(plan, c).await;
         let done = Instant::now();
-        let result = result.and_then(|r| {
-            if r.close {
-                conn = None;
-            }
-            plan.check(r.status, r.body_len)
-        });
-        if result.is_err() {
+        if result.as_ref().map_or(true, |(_, keep)| !keep) {
             conn = None;
         }
+        let result = result.map(|(body, _)| body);
         if record {
             let mut s = stats.borrow_mut();
             match result {
@@ -282,20 +284,12 @@ async fn h1_closed(plan: &Plan, stats: &Shared) {
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        let result = match timeout(plan.timeout, c.request(&plan.h1_request)).await {
-            Ok(r) => r,
-            Err(_) => Err(ErrKind::Timeout),
-        };
+        let result = h1_exchange(plan, c).await;
         let done = Instant::now();
-        let result = result.and_then(|r| {
-            if r.close {
-                conn = None;
-            }
-            plan.check(r.status, r.body_len)
-        });
-        if result.is_err() {
+        if result.as_ref().map_or(true, |(_, keep)| !keep) {
             conn = None;
         }
+        let result = result.map(|(body, _)| body);
         if record {
             let mut s = stats.borrow_mut();
             match result {
