@@ -1,0 +1,18 @@
+//! Resilience decisions: retries, retry budgets, circuit breakers, outlier
+//! detection, fault injection, local rate limits and gRPC deadlines.
+//!
+//! Every file here is a pure decision over plain data: no sockets, no tokio,
+//! no clock reads and no random draws. Time comes in as `Instant` arguments
+//! and randomness as numbers, so each rule is table-tested with simulated
+//! time. The I/O that acts on a decision (sleeping, replaying a request,
+//! writing a local reply, recording metrics) lives in `http/`.
+//!
+//! | file | decides |
+//! |---|---|
+//! | `retry.rs` | whether an attempt's outcome may be retried under a route's `retry_on`, and the jittered backoff before it |
+//!
+//! Shared state that workers update concurrently (budgets, breakers, buckets,
+//! per-endpoint outlier counters) is atomics or one short `Mutex` per object,
+//! never global: each cluster or route owns its own, built when config loads.
+
+pub mod retry;
