@@ -10,9 +10,11 @@
 //! | file | decides |
 //! |---|---|
 //! | `retry.rs` | whether an attempt's outcome may be retried under a route's `retry_on`, and the jittered backoff before it |
+| `budget.rs` | whether a destination's retries still fit its retry budget (a share of its first tries plus a floor per second) |
 //!
 //! Shared state that workers update concurrently (budgets, breakers, buckets,
 //! per-endpoint outlier counters) is atomics or one short `Mutex` per object,
 //! never global: each cluster or route owns its own, built when config loads.
 
+pub mod budget;
 pub mod retry;
