@@ -10,7 +10,7 @@
 //! | file | decides |
 //! |---|---|
 //! | `retry.rs` | whether an attempt's outcome may be retried under a route's `retry_on`, and the jittered backoff before it |
-| `budget.rs` | whether a destination's retries still fit its retry budget (a share of its first tries plus a floor per second) |
+//! | `budget.rs` | whether a destination's retries still fit its retry budget (a share of its first tries plus a floor per second) |
 //!
 //! Shared state that workers update concurrently (budgets, breakers, buckets,
 //! per-endpoint outlier counters) is atomics or one short `Mutex` per object,
