@@ -11,10 +11,12 @@
 //! |---|---|
 //! | `retry.rs` | whether an attempt's outcome may be retried under a route's `retry_on`, and the jittered backoff before it |
 //! | `budget.rs` | whether a destination's retries still fit its retry budget (a share of its first tries plus a floor per second) |
+//! | `breaker.rs` | whether a cluster may open one more connection, queue one more request, send one more request or retry (Istio `connectionPool` limits) |
 //!
 //! Shared state that workers update concurrently (budgets, breakers, buckets,
 //! per-endpoint outlier counters) is atomics or one short `Mutex` per object,
 //! never global: each cluster or route owns its own, built when config loads.
 
+pub mod breaker;
 pub mod budget;
 pub mod retry;
