@@ -15,8 +15,8 @@ pub(crate) const UNARY: &str = "/trellis.test.Echo/Unary";
 pub(crate) const STREAM: &str = "/trellis.test.Echo/Stream";
 pub(crate) const FAIL: &str = "/trellis.test.Echo/Fail";
 
-const OK: &str = "0";
-const INTERNAL: &str = "13";
+pub(crate) const OK: &str = "0";
+pub(crate) const INTERNAL: &str = "13";
 const UNIMPLEMENTED: &str = "12";
 
 pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
@@ -29,8 +29,12 @@ pub(crate) async fn handle(state: &State, req: Request<Incoming>) -> Response<Re
     match req.uri().path() {
         UNARY => unary(state, req.into_body()).await,
         STREAM => stream(state, req.into_body()),
-        FAIL => trailers_only(state, INTERNAL, "boom"),
-        other => trailers_only(state, UNIMPLEMENTED, &format!("unknown method {other}")),
+        FAIL => trailers_only(&state.name, INTERNAL, "boom"),
+        other => trailers_only(
+            &state.name,
+            UNIMPLEMENTED,
+            &format!("unknown method {other}"),
+        ),
     }
 }
 
@@ -88,17 +92,19 @@ pub fn decode_messages(data: &[u8]) -> Option<Vec<Bytes>> {
     (decoder.leftover() == 0).then_some(out)
 }
 
-fn headers(state: &State) -> Response<()> {
+/// Response head of a gRPC answer from upstream `name`.
+pub(crate) fn headers(name: &str) -> Response<()> {
     let mut resp = Response::new(());
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    h.insert("x-upstream", upstream_header(&state.name));
+    h.insert("x-upstream", upstream_header(name));
     resp
 }
 
-fn trailers(name: &str, status: &'static str, message: Option<&str>) -> HeaderMap {
+/// The trailers ending a call: `grpc-status`, `grpc-message`, `x-upstream-trailer`.
+pub(crate) fn trailers(name: &str, status: &str, message: Option<&str>) -> HeaderMap {
     let mut t = HeaderMap::new();
-    t.insert("grpc-status", HeaderValue::from_static(status));
+    t.insert("grpc-status", status_value(status));
     if let Some(msg) = message.and_then(|m| HeaderValue::from_str(m).ok()) {
         t.insert("grpc-message", msg);
     }
@@ -113,13 +119,13 @@ fn channel_response(state: &State) -> (Response<RespBody>, mpsc::Sender<Frame<By
         rx.recv().await.map(|f| (Ok::<_, BoxError>(f), rx))
     });
     let body = StreamBody::new(frames).boxed_unsync();
-    (headers(state).map(|()| body), tx)
+    (headers(&state.name).map(|()| body), tx)
 }
 
 async fn unary(state: &State, body: Incoming) -> Response<RespBody> {
     let data = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) => return trailers_only(state, INTERNAL, &format!("reading request: {e}")),
+        Err(e) => return trailers_only(&state.name, INTERNAL, &format!("reading request: {e}")),
     };
     let mut decoder = Decoder::default();
     decoder.push(&data);
@@ -130,13 +136,13 @@ async fn unary(state: &State, body: Incoming) -> Response<RespBody> {
             frames.len(),
             decoder.leftover()
         );
-        return trailers_only(state, INTERNAL, &msg);
+        return trailers_only(&state.name, INTERNAL, &msg);
     }
     let mut out: Vec<Result<Frame<Bytes>, BoxError>> =
         frames.into_iter().map(|f| Ok(Frame::data(f))).collect();
     out.push(Ok(Frame::trailers(trailers(&state.name, OK, None))));
     let body = StreamBody::new(futures_util::stream::iter(out)).boxed_unsync();
-    headers(state).map(|()| body)
+    headers(&state.name).map(|()| body)
 }
 
 /// Bidirectional: each message goes back as soon as it is complete.
@@ -174,15 +180,19 @@ fn stream(state: &State, mut body: Incoming) -> Response<RespBody> {
 }
 
 /// A trailers-only response: status and message in the one HEADERS frame.
-fn trailers_only(state: &State, status: &'static str, message: &str) -> Response<RespBody> {
+pub(crate) fn trailers_only(name: &str, status: &str, message: &str) -> Response<RespBody> {
     let empty = http_body_util::Empty::new()
         .map_err(|never| match never {})
         .boxed_unsync();
-    let mut resp = headers(state).map(|()| empty);
+    let mut resp = headers(name).map(|()| empty);
     let h = resp.headers_mut();
-    h.insert("grpc-status", HeaderValue::from_static(status));
+    h.insert("grpc-status", status_value(status));
     if let Ok(v) = HeaderValue::from_str(message) {
         h.insert("grpc-message", v);
     }
     resp
+}
+
+fn status_value(status: &str) -> HeaderValue {
+    HeaderValue::from_str(status).unwrap_or_else(|_| HeaderValue::from_static(INTERNAL))
 }
