@@ -12,6 +12,7 @@
 //! | `retry.rs` | whether an attempt's outcome may be retried under a route's `retry_on`, and the jittered backoff before it |
 //! | `budget.rs` | whether a destination's retries still fit its retry budget (a share of its first tries plus a floor per second) |
 //! | `breaker.rs` | whether a cluster may open one more connection, queue one more request, send one more request or retry (Istio `connectionPool` limits) |
+//! | `fault.rs` | whether to delay and/or abort a request under a route's fault injection, from two random rolls |
 //!
 //! Shared state that workers update concurrently (budgets, breakers, buckets,
 //! per-endpoint outlier counters) is atomics or one short `Mutex` per object,
@@ -19,4 +20,5 @@
 
 pub mod breaker;
 pub mod budget;
+pub mod fault;
 pub mod retry;
