@@ -13,6 +13,7 @@
 //! | `budget.rs` | whether a destination's retries still fit its retry budget (a share of its first tries plus a floor per second) |
 //! | `breaker.rs` | whether a cluster may open one more connection, queue one more request, send one more request or retry (Istio `connectionPool` limits) |
 //! | `fault.rs` | whether to delay and/or abort a request under a route's fault injection, from two random rolls |
+//! | `rate_limit.rs` | whether a request gets a token from a local rate limit's token bucket (Envoy `local_ratelimit`) |
 //!
 //! Shared state that workers update concurrently (budgets, breakers, buckets,
 //! per-endpoint outlier counters) is atomics or one short `Mutex` per object,
@@ -21,4 +22,5 @@
 pub mod breaker;
 pub mod budget;
 pub mod fault;
+pub mod rate_limit;
 pub mod retry;
