@@ -14,6 +14,7 @@
 //! | `breaker.rs` | whether a cluster may open one more connection, queue one more request, send one more request or retry (Istio `connectionPool` limits) |
 //! | `fault.rs` | whether to delay and/or abort a request under a route's fault injection, from two random rolls |
 //! | `rate_limit.rs` | whether a request gets a token from a local rate limit's token bucket (Envoy `local_ratelimit`) |
+//! | `grpc_timeout.rs` | a gRPC request's deadline: parsing and writing `grpc-timeout`, and the effective timeout with the route's |
 //!
 //! Shared state that workers update concurrently (budgets, breakers, buckets,
 //! per-endpoint outlier counters) is atomics or one short `Mutex` per object,
@@ -22,5 +23,6 @@
 pub mod breaker;
 pub mod budget;
 pub mod fault;
+pub mod grpc_timeout;
 pub mod rate_limit;
 pub mod retry;
