@@ -1,13 +1,17 @@
 //! One upstream endpoint: its address, weight and locality from config, and
 //! the runtime state the balancer reads (active requests, latency estimate,
-//! health). The state is atomics only, so an `Arc<Endpoint>` is shared by the
-//! cluster's balancer and every in-flight request without locks.
+//! health, outlier ejection). The state the balancer reads is atomics only,
+//! so an `Arc<Endpoint>` is shared by the cluster's balancer and every
+//! in-flight request without locks. The state lives on the endpoint, not in
+//! the balancer, because a config reload reuses unchanged `Arc<Endpoint>`s:
+//! an ejected endpoint stays ejected, and its counters keep counting, across
+//! reloads.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::peak_ewma::Ewma;
@@ -76,6 +80,7 @@ pub struct Endpoint {
     active: AtomicU32,
     healthy: AtomicBool,
     ewma: Ewma,
+    outlier: OutlierState,
 }
 
 impl Endpoint {
@@ -95,6 +100,7 @@ impl Endpoint {
             active: AtomicU32::new(0),
             healthy: AtomicBool::new(true),
             ewma: Ewma::new(Instant::now()),
+            outlier: OutlierState::default(),
         }
     }
 
@@ -107,10 +113,23 @@ impl Endpoint {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Set by health checking and outlier detection; the balancer skips
-    /// unhealthy endpoints from its next pick on.
+    /// Set by health checking; the balancer skips unhealthy endpoints from
+    /// its next pick on. Outlier detection has its own flag
+    /// ([`is_ejected`](Self::is_ejected)) so the two cannot undo each other.
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Ejected by outlier detection (`resilience::outlier`): the balancer
+    /// skips it unless the cluster is in panic (see
+    /// [`Balancer::with_min_health_percent`](super::Balancer::with_min_health_percent)).
+    pub fn is_ejected(&self) -> bool {
+        self.outlier.is_ejected()
+    }
+
+    /// The endpoint's outlier-detection counters and ejection state.
+    pub fn outlier(&self) -> &OutlierState {
+        &self.outlier
     }
 
     /// The peak-EWMA latency estimate at `now` (for `/config_dump` and
@@ -132,6 +151,77 @@ impl Endpoint {
         RequestGuard {
             endpoint: Arc::clone(self),
         }
+    }
+}
+
+/// Outlier-detection state of one endpoint (Envoy's per-host monitor).
+///
+/// Only `resilience::outlier` changes it. The counters and the ejected flag
+/// are atomics, updated from every worker on every response; the ejection
+/// times sit behind a small mutex taken only when an endpoint is ejected or
+/// on the periodic sweep, never on a pick.
+#[derive(Debug, Default)]
+pub struct OutlierState {
+    pub(crate) consecutive_5xx: AtomicU32,
+    pub(crate) consecutive_gateway: AtomicU32,
+    pub(crate) ejected: AtomicBool,
+    /// Ejections over the endpoint's life, for `/config_dump`.
+    pub(crate) times_ejected: AtomicU32,
+    timing: Mutex<EjectionTiming>,
+}
+
+/// When an endpoint was ejected and for how long; see [`OutlierState`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct EjectionTiming {
+    pub(crate) ejected_at: Option<Instant>,
+    pub(crate) duration: Duration,
+    pub(crate) unejected_at: Option<Instant>,
+    /// Envoy's ejection backoff: the next ejection lasts `base × multiplier`
+    /// (after incrementing); decremented for each sweep interval the
+    /// endpoint stays in service.
+    pub(crate) multiplier: u32,
+}
+
+impl OutlierState {
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Consecutive 5xx responses (and local failures) since the last success.
+    pub fn consecutive_5xx(&self) -> u32 {
+        self.consecutive_5xx.load(Ordering::Relaxed)
+    }
+
+    /// Consecutive 502/503/504 responses (and local failures).
+    pub fn consecutive_gateway_errors(&self) -> u32 {
+        self.consecutive_gateway.load(Ordering::Relaxed)
+    }
+
+    /// How many times outlier detection has ejected this endpoint.
+    pub fn times_ejected(&self) -> u32 {
+        self.times_ejected.load(Ordering::Relaxed)
+    }
+
+    /// The multiplier of the base ejection time the endpoint has earned.
+    pub fn ejection_multiplier(&self) -> u32 {
+        self.timing().multiplier
+    }
+
+    /// When the current ejection ends (the sweep after it un-ejects), or
+    /// `None` when not ejected.
+    pub fn ejected_until(&self) -> Option<Instant> {
+        if !self.is_ejected() {
+            return None;
+        }
+        let t = self.timing();
+        t.ejected_at.and_then(|at| at.checked_add(t.duration))
+    }
+
+    /// The timing is plain data written in one assignment, so a panic
+    /// elsewhere while the lock was held cannot leave it half-updated; a
+    /// poisoned lock is used as is.
+    pub(crate) fn timing(&self) -> MutexGuard<'_, EjectionTiming> {
+        self.timing.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -227,6 +317,12 @@ mod tests {
         e.set_healthy(true);
         assert!(e.is_healthy());
         assert_eq!(e.latency_estimate(Instant::now()), DEFAULT_RTT);
+        assert!(!e.is_ejected());
+        assert_eq!(e.outlier().consecutive_5xx(), 0);
+        assert_eq!(e.outlier().consecutive_gateway_errors(), 0);
+        assert_eq!(e.outlier().times_ejected(), 0);
+        assert_eq!(e.outlier().ejection_multiplier(), 0);
+        assert_eq!(e.outlier().ejected_until(), None);
         assert_eq!(
             Endpoint::new(addr, 7, Locality::default(), BTreeMap::new()).weight,
             7

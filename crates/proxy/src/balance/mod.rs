@@ -10,11 +10,16 @@
 //! 1. groups: endpoints are split into locality priorities when the balancer
 //!    is built (see `locality.rs`); the pick uses the lowest priority that has
 //!    an eligible endpoint.
-//! 2. eligibility: healthy and not in `exclude`. Retries pass the endpoints
-//!    already tried; when every healthy endpoint of every priority has been
-//!    tried, `exclude` is ignored (a repeat beats a 503). Excluding the whole
-//!    best priority sends the retry to the next one, which is usually what a
-//!    retry wants.
+//! 2. eligibility: healthy, not ejected by outlier detection, and not in
+//!    `exclude`. Retries pass the endpoints already tried; when every usable
+//!    endpoint of every priority has been tried, `exclude` is ignored (a
+//!    repeat beats a 503). Excluding the whole best priority sends the retry
+//!    to the next one, which is usually what a retry wants. Panic: when fewer
+//!    than `min_health_percent` of the cluster's endpoints are healthy and
+//!    not ejected, ejections are ignored (Istio's `minHealthPercent`: "outlier
+//!    detection will be disabled"), so a cluster whose endpoints all look bad
+//!    spreads load over all of them instead of crushing the few left or
+//!    answering 503.
 //! 3. policy, within the priority (one file each): weighted smooth round
 //!    robin, weighted random, least request (power of two choices), peak EWMA
 //!    (power of two choices on latency × load), ring hash.
@@ -26,8 +31,10 @@
 //!
 //! Cost of a pick in the common case (the first choice is eligible): no
 //! allocation, no lock; one `Arc` clone of the result; each eligibility check
-//! is one relaxed atomic load plus a linear scan of `exclude` (empty on first
-//! attempts). Per policy:
+//! is two relaxed atomic loads plus a linear scan of `exclude` (empty on first
+//! attempts). The panic check is free with `min_health_percent` 0 (the
+//! default); otherwise it is an O(n) scan of two atomics per endpoint on
+//! each pick. Per policy:
 //!
 //! | policy | work |
 //! |---|---|
@@ -60,7 +67,7 @@ mod random;
 mod ring_hash;
 mod round_robin;
 
-pub use endpoint::{Endpoint, Locality, RequestGuard};
+pub use endpoint::{Endpoint, Locality, OutlierState, RequestGuard};
 pub use hash_key::request_hash;
 pub use peak_ewma::{DECAY as PEAK_EWMA_DECAY, DEFAULT_RTT as PEAK_EWMA_DEFAULT_RTT};
 pub use ring_hash::{DEFAULT_MINIMUM_RING_SIZE, MAXIMUM_RING_SIZE};
@@ -134,6 +141,8 @@ pub struct Balancer {
     endpoints: Vec<Arc<Endpoint>>,
     /// Non-empty priority levels, best first.
     levels: Vec<Level>,
+    /// Istio `outlierDetection.minHealthPercent`; 0 disables panic.
+    min_health_percent: u32,
 }
 
 #[derive(Debug)]
@@ -187,7 +196,43 @@ impl Balancer {
             policy,
             endpoints,
             levels,
+            min_health_percent: 0,
         }
+    }
+
+    /// Sets Istio's `outlierDetection.minHealthPercent` (0 to 100, default 0:
+    /// never panic). Builder-style so `Balancer::new` keeps its signature;
+    /// the config layer chains it when a DestinationRule sets outlier
+    /// detection: `Balancer::new(..).with_min_health_percent(p)`.
+    ///
+    /// The share is over all the cluster's endpoints, not per locality
+    /// priority: Istio describes it per load-balancing pool. In panic only
+    /// ejections are ignored; endpoints marked unhealthy stay skipped
+    /// (Envoy would route to those too, but nothing in Trellis marks an
+    /// endpoint unhealthy without proof it cannot serve).
+    pub fn with_min_health_percent(mut self, percent: u32) -> Self {
+        self.min_health_percent = percent;
+        self
+    }
+
+    pub fn min_health_percent(&self) -> u32 {
+        self.min_health_percent
+    }
+
+    /// Whether ejections are being ignored because fewer than
+    /// `min_health_percent` of the endpoints are healthy and not ejected
+    /// (for picks, `/config_dump` and a panic gauge).
+    pub fn in_panic(&self) -> bool {
+        let n = self.endpoints.len() as u64;
+        if self.min_health_percent == 0 || n == 0 {
+            return false;
+        }
+        let usable = self
+            .endpoints
+            .iter()
+            .filter(|e| e.is_healthy() && !e.is_ejected())
+            .count() as u64;
+        100 * usable < u64::from(self.min_health_percent) * n
     }
 
     /// All endpoints, in the order given.
@@ -210,7 +255,8 @@ impl Balancer {
     /// Chooses an endpoint. `hash` is the request's consistent-hash key
     /// (from [`request_hash`]; used only by `RingHash`, which picks at random
     /// when it is `None`). `exclude` holds endpoints already tried, avoided
-    /// while another healthy one exists. `None` when no endpoint is healthy.
+    /// while another usable one exists. `None` when no endpoint is usable
+    /// (healthy, and not ejected unless the cluster is in panic).
     pub fn pick(&self, hash: Option<u64>, exclude: &[SocketAddr]) -> Option<Arc<Endpoint>> {
         RNG.with_borrow_mut(|rng| self.pick_inner(hash, exclude, rng, None))
     }
@@ -234,14 +280,16 @@ impl Balancer {
         rng: &mut impl Rng,
         mut now: Option<Instant>,
     ) -> Option<Arc<Endpoint>> {
-        let untried = |e: &Endpoint| e.is_healthy() && !exclude.contains(&e.addr);
+        let panic = self.in_panic();
+        let usable = |e: &Endpoint| e.is_healthy() && (panic || !e.is_ejected());
+        let untried = |e: &Endpoint| usable(e) && !exclude.contains(&e.addr);
         if let Some(e) = self.pick_best_level(hash, &untried, rng, &mut now) {
             return Some(e);
         }
         if exclude.is_empty() {
             return None;
         }
-        self.pick_best_level(hash, &|e: &Endpoint| e.is_healthy(), rng, &mut now)
+        self.pick_best_level(hash, &usable, rng, &mut now)
     }
 
     fn pick_best_level(

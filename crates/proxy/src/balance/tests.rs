@@ -145,6 +145,128 @@ fn unhealthy_endpoints_are_skipped() {
     }
 }
 
+fn eject(e: &Endpoint, ejected: bool) {
+    e.outlier()
+        .ejected
+        .store(ejected, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[test]
+fn ejected_endpoints_are_never_picked() {
+    // (endpoints, ejected, unhealthy, expected picks)
+    type Case = (u8, &'static [usize], &'static [usize], &'static [u8]);
+    let cases: &[Case] = &[
+        (4, &[1], &[], &[1, 3, 4]),
+        (4, &[0, 3], &[], &[2, 3]),
+        (4, &[0], &[1], &[3, 4]),
+        (3, &[0, 1], &[2], &[]),
+        (3, &[0, 1, 2], &[], &[]),
+        (1, &[], &[], &[1]),
+    ];
+    for policy in all_policies() {
+        for (n, ejected, unhealthy, want) in cases {
+            let b = balancer(policy.clone(), eps(*n));
+            for &i in *ejected {
+                eject(&b.endpoints()[i], true);
+            }
+            for &i in *unhealthy {
+                b.endpoints()[i].set_healthy(false);
+            }
+            assert!(!b.in_panic(), "min_health_percent 0 never panics");
+            let mut r = rng(7);
+            let mut got = std::collections::BTreeSet::new();
+            for k in 0..400 {
+                if let Some(e) = b.pick_with(key(k), &[], &mut r, Instant::now()) {
+                    got.insert(octet(e.addr));
+                }
+            }
+            let want: std::collections::BTreeSet<u8> = want.iter().copied().collect();
+            assert_eq!(
+                got, want,
+                "{policy:?} ejected {ejected:?} unhealthy {unhealthy:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn panic_below_min_health_percent_ignores_ejections() {
+    // (endpoints, ejected, unhealthy, min_health_percent, panic, expected picks)
+    type Case = (
+        u8,
+        &'static [usize],
+        &'static [usize],
+        u32,
+        bool,
+        &'static [u8],
+    );
+    let cases: &[Case] = &[
+        // 2 of 4 usable = 50%: not below 50, so ejections hold.
+        (4, &[0, 1], &[], 50, false, &[3, 4]),
+        // 1 of 4 usable = 25% < 50: panic, ejected ones are picked again.
+        (4, &[0, 1, 2], &[], 50, true, &[1, 2, 3, 4]),
+        // Unhealthy endpoints count against health and stay skipped.
+        (4, &[0, 1], &[3], 50, true, &[1, 2, 3]),
+        // Everything ejected: panic spreads over all rather than a 503.
+        (3, &[0, 1, 2], &[], 1, true, &[1, 2, 3]),
+        // 0 disables panic even with everything ejected.
+        (3, &[0, 1, 2], &[], 0, false, &[]),
+        // 100 panics as soon as one endpoint is out.
+        (4, &[2], &[], 100, true, &[1, 2, 3, 4]),
+        (4, &[], &[], 100, false, &[1, 2, 3, 4]),
+        // Istio's example: 10 endpoints, minHealthPercent 70, 3 ejected is fine.
+        (10, &[0, 1, 2], &[], 70, false, &[4, 5, 6, 7, 8, 9, 10]),
+        (
+            10,
+            &[0, 1, 2, 3],
+            &[],
+            70,
+            true,
+            &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+        ),
+    ];
+    for policy in all_policies() {
+        for &(n, ejected, unhealthy, pct, panic, want) in cases {
+            let b = balancer(policy.clone(), eps(n)).with_min_health_percent(pct);
+            assert_eq!(b.min_health_percent(), pct);
+            for &i in ejected {
+                eject(&b.endpoints()[i], true);
+            }
+            for &i in unhealthy {
+                b.endpoints()[i].set_healthy(false);
+            }
+            let label =
+                format!("{policy:?} n {n} ejected {ejected:?} unhealthy {unhealthy:?} {pct}%");
+            assert_eq!(b.in_panic(), panic, "{label}");
+            let mut r = rng(11);
+            let mut got = std::collections::BTreeSet::new();
+            for k in 0..2000 {
+                if let Some(e) = b.pick_with(key(k), &[], &mut r, Instant::now()) {
+                    got.insert(octet(e.addr));
+                }
+            }
+            let want: std::collections::BTreeSet<u8> = want.iter().copied().collect();
+            assert_eq!(got, want, "{label}");
+        }
+    }
+}
+
+#[test]
+fn exclude_falls_back_to_a_repeat_not_an_ejected_endpoint() {
+    for policy in all_policies() {
+        let b = balancer(policy.clone(), eps(3));
+        eject(&b.endpoints()[0], true);
+        // 2 and 3 tried: repeat one of them rather than use the ejected 1.
+        let got = counts(&b, 300, &[addr(2), addr(3)], 9);
+        assert!(!got.contains_key(&1), "{policy:?}: {got:?}");
+        assert_eq!(got.values().sum::<u32>(), 300, "{policy:?}");
+        // Un-ejected: it is the untried one again.
+        eject(&b.endpoints()[0], false);
+        let got = counts(&b, 300, &[addr(2), addr(3)], 9);
+        assert_eq!(got, BTreeMap::from([(1, 300)]), "{policy:?}");
+    }
+}
+
 #[test]
 fn exclude_is_honoured_when_alternatives_exist() {
     for policy in all_policies() {

@@ -15,6 +15,7 @@
 //! | `fault.rs` | whether to delay and/or abort a request under a route's fault injection, from two random rolls |
 //! | `rate_limit.rs` | whether a request gets a token from a local rate limit's token bucket (Envoy `local_ratelimit`) |
 //! | `grpc_timeout.rs` | a gRPC request's deadline: parsing and writing `grpc-timeout`, and the effective timeout with the route's |
+//! | `outlier.rs` | whether an endpoint is ejected after consecutive errors, for how long, and when it returns (Istio `outlierDetection`; the state lives on `balance::Endpoint`) |
 //!
 //! Shared state that workers update concurrently (budgets, breakers, buckets,
 //! per-endpoint outlier counters) is atomics or one short `Mutex` per object,
@@ -24,5 +25,6 @@ pub mod breaker;
 pub mod budget;
 pub mod fault;
 pub mod grpc_timeout;
+pub mod outlier;
 pub mod rate_limit;
 pub mod retry;
