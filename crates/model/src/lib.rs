@@ -9,9 +9,11 @@ pub mod error;
 pub mod host;
 pub mod load;
 pub mod networking;
+pub mod policy;
 pub mod resource;
 pub mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{load_dir, parse_documents};
+pub use policy::{RetryOn, grpc_code, parse_retry_on};
 pub use resource::{Meta, Resource, ResourceSet};
