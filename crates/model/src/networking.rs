@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, de::Error as _};
 
+use crate::policy::{RetryOn, parse_retry_on};
+
 /// An Istio field Trellis does not implement yet. Deserializing any value
 /// other than `null` fails with a message saying so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -179,9 +181,9 @@ pub struct TrafficPolicy {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_level_settings: Vec<PortTrafficPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connection_pool: Option<NotYetSupported>,
+    pub connection_pool: Option<ConnectionPoolSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outlier_detection: Option<NotYetSupported>,
+    pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<NotYetSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,11 +199,98 @@ pub struct PortTrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancerSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connection_pool: Option<NotYetSupported>,
+    pub connection_pool: Option<ConnectionPoolSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outlier_detection: Option<NotYetSupported>,
+    pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<NotYetSupported>,
+}
+
+/// Istio's ConnectionPoolSettings: limits on the connections and requests to
+/// each endpoint of the destination (Envoy's circuit breakers).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConnectionPoolSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_duration: Option<NotYetSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<NotYetSupported>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpKeepalive {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http1_max_pending_requests: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_max_requests: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub h2_upgrade_policy: Option<NotYetSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_client_protocol: Option<NotYetSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<NotYetSupported>,
+}
+
+/// Istio's OutlierDetection: endpoints that keep failing are ejected from
+/// the load-balancing pool for a while.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutlierDetection {
+    #[serde(
+        default,
+        rename = "consecutive5xxErrors",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub consecutive_5xx_errors: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_errors: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_health_percent: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_errors: Option<NotYetSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_local_origin_failures: Option<NotYetSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_external_local_origin_errors: Option<NotYetSupported>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -346,19 +435,169 @@ pub struct HttpRoute {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegate: Option<NotYetSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retries: Option<NotYetSupported>,
+    pub retries: Option<HttpRetry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fault: Option<NotYetSupported>,
+    pub fault: Option<HttpFaultInjection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror: Option<NotYetSupported>,
+    pub mirror: Option<Destination>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirrors: Option<NotYetSupported>,
+    pub mirrors: Option<Vec<HttpMirrorPolicy>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror_percentage: Option<NotYetSupported>,
+    pub mirror_percentage: Option<Percent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror_percent: Option<NotYetSupported>,
+    pub mirror_percent: Option<DeprecatedMirrorPercent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors_policy: Option<NotYetSupported>,
+}
+
+impl HttpRoute {
+    /// Every mirror of the route, whichever way it was written: `mirrors`, or
+    /// `mirror` with `mirrorPercentage`. Validation allows only one of the two.
+    pub fn mirror_policies(&self) -> Vec<HttpMirrorPolicy> {
+        match (&self.mirror, &self.mirrors) {
+            (Some(d), _) => vec![HttpMirrorPolicy {
+                destination: d.clone(),
+                percentage: self.mirror_percentage,
+            }],
+            (None, Some(ms)) => ms.clone(),
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+/// Istio's deprecated integer `mirrorPercent`. Deserializing any value other
+/// than `null` fails with a pointer to its replacement, `mirrorPercentage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DeprecatedMirrorPercent;
+
+impl<'de> Deserialize<'de> for DeprecatedMirrorPercent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d)?;
+        Err(D::Error::custom(
+            "mirrorPercent is deprecated in Istio and not supported by Trellis: \
+             write mirrorPercentage: {value: N} instead",
+        ))
+    }
+}
+
+/// Istio's Percent: a percentage written as `{value: 12.5}`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Percent {
+    pub value: f64,
+}
+
+/// A percentage that may be unset: unset means 100, as in Istio.
+fn percentage_or_all(p: Option<Percent>) -> f64 {
+    p.map_or(100.0, |p| p.value)
+}
+
+/// Istio's HTTPRetry: how often and when a failed request is retried.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRetry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_remote_localities: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_ignore_previous_hosts: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<NotYetSupported>,
+}
+
+impl HttpRetry {
+    /// Retries after the first try. As in Istio, a `retries` block without
+    /// `attempts` (or with 0) disables retries for the route; Istio's default
+    /// of 2 applies only when the route has no `retries` at all.
+    pub fn num_retries(&self) -> u32 {
+        self.attempts.map_or(0, |a| u32::try_from(a).unwrap_or(0))
+    }
+
+    /// The retry conditions: `retryOn` parsed, or Istio's default conditions
+    /// when it is unset (see [`RetryOn::istio_default`]).
+    pub fn conditions(&self) -> Result<RetryOn, String> {
+        match &self.retry_on {
+            Some(s) => parse_retry_on(s),
+            None => Ok(RetryOn::istio_default()),
+        }
+    }
+}
+
+/// Istio's HTTPFaultInjection: delays and errors injected on the client side.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFaultInjection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultDelay {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_delay: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
+    /// Deprecated in Istio in favour of `percentage`; accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exponential_delay: Option<NotYetSupported>,
+}
+
+impl FaultDelay {
+    /// The share of requests delayed, 0 to 100: `percentage`, else the
+    /// deprecated `percent`, else 100.
+    pub fn effective_percentage(&self) -> f64 {
+        match (self.percentage, self.percent) {
+            (None, Some(p)) => f64::from(p),
+            (p, _) => percentage_or_all(p),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultAbort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_error: Option<NotYetSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
+}
+
+impl FaultAbort {
+    /// The share of requests aborted, 0 to 100 (unset means 100).
+    pub fn effective_percentage(&self) -> f64 {
+        percentage_or_all(self.percentage)
+    }
+}
+
+/// Istio's HTTPMirrorPolicy: a copy of the request is sent to `destination`
+/// and its response dropped.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpMirrorPolicy {
+    pub destination: Destination,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Percent>,
+}
+
+impl HttpMirrorPolicy {
+    /// The share of requests mirrored, 0 to 100 (unset means 100).
+    pub fn effective_percentage(&self) -> f64 {
+        percentage_or_all(self.percentage)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]

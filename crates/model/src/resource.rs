@@ -89,6 +89,11 @@ impl<S> Object<S> {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a Resource lives only between parsing and ResourceSet::push, once per config load; \
+              boxing would only add noise to every match"
+)]
 pub enum Resource {
     ServiceEntry(Object<ServiceEntrySpec>),
     DestinationRule(Object<DestinationRuleSpec>),

@@ -6,11 +6,13 @@
 //! control plane before a resource is accepted.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use crate::duration;
 use crate::error::{ConfigError, ConfigErrors};
 use crate::host;
 use crate::networking::*;
+use crate::policy::{self, GRPC_CODES};
 use crate::resource::{Object, ResourceSet};
 
 /// Largest compiled regex accepted, so a pathological pattern cannot eat the
@@ -87,6 +89,14 @@ struct Validator {
     out: Validated,
     /// The file of the ServiceEntry that defines each host, for conflict messages.
     host_files: BTreeMap<String, String>,
+}
+
+/// What a destination is used for, which decides the ports it may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DestUse {
+    HttpRoute,
+    TcpRoute,
+    Mirror,
 }
 
 /// Where an error is reported: the resource and the path built so far.
@@ -331,6 +341,12 @@ impl Validator {
         if let Some(lb) = &tp.load_balancer {
             self.load_balancer(at, &format!("{f}.loadBalancer"), lb);
         }
+        if let Some(cp) = &tp.connection_pool {
+            self.connection_pool(at, &format!("{f}.connectionPool"), cp);
+        }
+        if let Some(od) = &tp.outlier_detection {
+            self.outlier_detection(at, &format!("{f}.outlierDetection"), od);
+        }
         let mut seen = BTreeSet::new();
         for (i, p) in tp.port_level_settings.iter().enumerate() {
             let pf = format!("{f}.portLevelSettings[{i}]");
@@ -351,6 +367,122 @@ impl Validator {
             if let Some(lb) = &p.load_balancer {
                 self.load_balancer(at, &format!("{pf}.loadBalancer"), lb);
             }
+            if let Some(cp) = &p.connection_pool {
+                self.connection_pool(at, &format!("{pf}.connectionPool"), cp);
+            }
+            if let Some(od) = &p.outlier_detection {
+                self.outlier_detection(at, &format!("{pf}.outlierDetection"), od);
+            }
+        }
+    }
+
+    fn connection_pool(&mut self, at: &At, f: &str, cp: &ConnectionPoolSettings) {
+        if let Some(tcp) = &cp.tcp {
+            let f = format!("{f}.tcp");
+            self.at_least_one(at, &format!("{f}.maxConnections"), tcp.max_connections);
+            if let Some(t) = &tcp.connect_timeout {
+                self.positive_duration(at, &format!("{f}.connectTimeout"), t);
+            }
+            if let Some(ka) = &tcp.tcp_keepalive {
+                for (name, d) in [("time", &ka.time), ("interval", &ka.interval)] {
+                    if let Some(d) = d {
+                        self.positive_duration(at, &format!("{f}.tcpKeepalive.{name}"), d);
+                    }
+                }
+            }
+        }
+        if let Some(http) = &cp.http {
+            let f = format!("{f}.http");
+            self.at_least_one(
+                at,
+                &format!("{f}.http1MaxPendingRequests"),
+                http.http1_max_pending_requests,
+            );
+            self.at_least_one(
+                at,
+                &format!("{f}.http2MaxRequests"),
+                http.http2_max_requests,
+            );
+            if let Some(n) = http.max_requests_per_connection
+                && n < 0
+            {
+                self.push(at.err(
+                    format!("{f}.maxRequestsPerConnection"),
+                    format!("{n} is negative; use 0 (or omit it) for no limit"),
+                ));
+            }
+            if let Some(n) = http.max_retries
+                && n < 0
+            {
+                self.push(at.err(
+                    format!("{f}.maxRetries"),
+                    format!("{n} is negative; use 0 (or omit it) for Istio's default, no limit"),
+                ));
+            }
+            if let Some(t) = &http.idle_timeout {
+                self.positive_duration(at, &format!("{f}.idleTimeout"), t);
+            }
+        }
+    }
+
+    fn outlier_detection(&mut self, at: &At, f: &str, od: &OutlierDetection) {
+        for (name, d) in [
+            ("interval", &od.interval),
+            ("baseEjectionTime", &od.base_ejection_time),
+        ] {
+            if let Some(d) = d {
+                self.positive_duration(at, &format!("{f}.{name}"), d);
+            }
+        }
+        for (name, p) in [
+            ("maxEjectionPercent", od.max_ejection_percent),
+            ("minHealthPercent", od.min_health_percent),
+        ] {
+            if let Some(p) = p
+                && !(0..=100).contains(&p)
+            {
+                self.push(at.err(
+                    format!("{f}.{name}"),
+                    format!("{p} must be between 0 and 100"),
+                ));
+            }
+        }
+    }
+
+    /// A count Istio requires to be positive; unset means Istio's default.
+    fn at_least_one(&mut self, at: &At, f: &str, n: Option<i32>) {
+        if let Some(n) = n
+            && n < 1
+        {
+            self.push(at.err(
+                f,
+                format!("{n} must be at least 1 (omit the field for no limit)"),
+            ));
+        }
+    }
+
+    /// A duration that must parse and be more than zero.
+    fn positive_duration(&mut self, at: &At, f: &str, s: &str) -> Option<Duration> {
+        match duration::parse(s) {
+            Err(e) => {
+                self.push(at.err(f, e));
+                None
+            }
+            Ok(d) if d.is_zero() => {
+                self.push(at.err(f, format!("{s:?} must be greater than zero")));
+                None
+            }
+            Ok(d) => Some(d),
+        }
+    }
+
+    /// An Istio Percent: `value` from 0 to 100.
+    fn percentage(&mut self, at: &At, f: &str, p: &Percent) {
+        if !(0.0..=100.0).contains(&p.value) {
+            self.push(at.err(
+                format!("{f}.value"),
+                format!("{} must be between 0 and 100", p.value),
+            ));
         }
     }
 
@@ -475,8 +607,22 @@ impl Validator {
                 owner.insert(resolved.clone(), format!("{} ({})", vs.key(), vs.source));
                 hosts.push(resolved);
             }
+            // The ports an HTTP route of this VirtualService serves: the HTTP
+            // ports of its service hosts, and "any port" (None) for the others.
+            let request_ports: Vec<Option<u16>> = hosts
+                .iter()
+                .flat_map(|h| match self.out.services.get(h) {
+                    Some(s) => s
+                        .ports
+                        .iter()
+                        .filter(|p| p.protocol.is_http())
+                        .map(|p| Some(p.number))
+                        .collect(),
+                    None => vec![None],
+                })
+                .collect();
             for (i, r) in spec.http.iter().enumerate() {
-                self.http_route(&at, ns, &format!("spec.http[{i}]"), r);
+                self.http_route(&at, ns, &format!("spec.http[{i}]"), r, &request_ports);
             }
             for (i, r) in spec.tcp.iter().enumerate() {
                 let f = format!("spec.tcp[{i}]");
@@ -494,13 +640,20 @@ impl Validator {
                     self.push(at.err(format!("{f}.route"), "at least one destination is required"));
                 }
                 let dests: Vec<_> = r.route.iter().map(|d| (&d.destination, d.weight)).collect();
-                self.destinations(&at, ns, &f, &dests, false);
+                self.destinations(&at, ns, &f, &dests, DestUse::TcpRoute);
             }
             self.out.virtual_services.push((hosts, vs.clone()));
         }
     }
 
-    fn http_route(&mut self, at: &At, ns: &str, f: &str, r: &HttpRoute) {
+    fn http_route(
+        &mut self,
+        at: &At,
+        ns: &str,
+        f: &str,
+        r: &HttpRoute,
+        request_ports: &[Option<u16>],
+    ) {
         for (j, m) in r.matches.iter().enumerate() {
             let mf = format!("{f}.match[{j}]");
             for (name, sm) in [
@@ -540,7 +693,7 @@ impl Validator {
             self.push(at.err(format!("{f}.route"), "at least one destination is required"));
         }
         let dests: Vec<_> = r.route.iter().map(|d| (&d.destination, d.weight)).collect();
-        self.destinations(at, ns, f, &dests, true);
+        self.destinations(at, ns, f, &dests, DestUse::HttpRoute);
         for (k, d) in r.route.iter().enumerate() {
             if let Some(h) = &d.headers {
                 self.headers(at, &format!("{f}.route[{k}].headers"), h);
@@ -583,6 +736,199 @@ impl Validator {
                 ));
             }
         }
+        if let Some(retries) = &r.retries {
+            self.retries(at, &format!("{f}.retries"), retries);
+        }
+        if let Some(fault) = &r.fault {
+            self.fault(at, &format!("{f}.fault"), fault);
+        }
+        self.mirrors(at, ns, f, r, request_ports);
+        // Retries, faults and mirrors act on HTTP requests: a route whose
+        // destination is an opaque port cannot honour them.
+        let policies = [
+            ("retries", "retries", r.retries.is_some()),
+            ("fault", "fault injection", r.fault.is_some()),
+            ("mirror", "mirroring", r.mirror.is_some()),
+            (
+                "mirrors",
+                "mirroring",
+                r.mirrors.as_ref().is_some_and(|m| !m.is_empty()),
+            ),
+        ];
+        if policies.iter().any(|p| p.2) {
+            let opaque = r.route.iter().enumerate().find_map(|(k, d)| {
+                self.implicit_opaque_port(ns, &d.destination, request_ports)
+                    .map(|(host, port)| (k, host, port))
+            });
+            if let Some((k, host, port)) = opaque {
+                for (name, what, _) in policies.iter().filter(|p| p.2) {
+                    self.push(at.err(
+                        format!("{f}.{name}"),
+                        format!(
+                            "{what} cannot be honoured: route[{k}].destination sends to port {} of {host}, \
+                             which is {} (opaque bytes, not HTTP requests); set destination.port to an \
+                             HTTP port of {host}, or remove {name} from this route",
+                            port.number,
+                            port.protocol.name()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn retries(&mut self, at: &At, f: &str, r: &HttpRetry) {
+        if let Some(n) = r.attempts
+            && n < 0
+        {
+            self.push(at.err(
+                format!("{f}.attempts"),
+                format!("{n} is negative; use 0 for no retries"),
+            ));
+        }
+        if let Some(t) = &r.per_try_timeout {
+            self.positive_duration(at, &format!("{f}.perTryTimeout"), t);
+        }
+        if let Some(on) = &r.retry_on
+            && let Err(e) = policy::parse_retry_on(on)
+        {
+            self.push(at.err(format!("{f}.retryOn"), e));
+        }
+    }
+
+    fn fault(&mut self, at: &At, f: &str, fault: &HttpFaultInjection) {
+        if fault.delay.is_none() && fault.abort.is_none() {
+            self.push(at.err(f, "set delay, abort or both"));
+        }
+        if let Some(d) = &fault.delay {
+            let df = format!("{f}.delay");
+            match &d.fixed_delay {
+                Some(t) => {
+                    self.positive_duration(at, &format!("{df}.fixedDelay"), t);
+                }
+                None => self.push(at.err(
+                    format!("{df}.fixedDelay"),
+                    "is required (exponentialDelay is not supported yet)",
+                )),
+            }
+            if let Some(p) = &d.percentage {
+                self.percentage(at, &format!("{df}.percentage"), p);
+            }
+            if let Some(p) = d.percent
+                && !(0..=100).contains(&p)
+            {
+                self.push(at.err(
+                    format!("{df}.percent"),
+                    format!("{p} must be between 0 and 100"),
+                ));
+            }
+            if d.percentage.is_some() && d.percent.is_some() {
+                self.push(at.err(df, "set percentage or the deprecated percent, not both"));
+            }
+        }
+        if let Some(a) = &fault.abort {
+            let af = format!("{f}.abort");
+            if a.http_status.is_some() == a.grpc_status.is_some() {
+                self.push(at.err(
+                    &af,
+                    "set exactly one of httpStatus, grpcStatus (http2Error is not supported yet)",
+                ));
+            }
+            if let Some(s) = a.http_status
+                && !(200..=599).contains(&s)
+            {
+                self.push(at.err(
+                    format!("{af}.httpStatus"),
+                    format!("{s} must be between 200 and 599"),
+                ));
+            }
+            if let Some(g) = &a.grpc_status
+                && policy::grpc_code(g).is_none()
+            {
+                self.push(at.err(
+                    format!("{af}.grpcStatus"),
+                    format!(
+                        "{g:?} is not a gRPC status code name: use one of {}",
+                        join(GRPC_CODES.iter().map(|c| c.0))
+                    ),
+                ));
+            }
+            if let Some(p) = &a.percentage {
+                self.percentage(at, &format!("{af}.percentage"), p);
+            }
+        }
+    }
+
+    fn mirrors(
+        &mut self,
+        at: &At,
+        ns: &str,
+        f: &str,
+        r: &HttpRoute,
+        request_ports: &[Option<u16>],
+    ) {
+        if r.mirror.is_some() && r.mirrors.is_some() {
+            self.push(at.err(f, "set mirror (with mirrorPercentage) or mirrors, not both"));
+        }
+        if r.mirror_percentage.is_some() && r.mirror.is_none() {
+            self.push(at.err(
+                format!("{f}.mirrorPercentage"),
+                "applies to mirror, which is not set (each entry of mirrors has its own percentage)",
+            ));
+        }
+        if let Some(p) = &r.mirror_percentage {
+            self.percentage(at, &format!("{f}.mirrorPercentage"), p);
+        }
+        let mut targets = Vec::new();
+        if let Some(d) = &r.mirror {
+            targets.push((format!("{f}.mirror"), d));
+        }
+        for (i, m) in r.mirrors.iter().flatten().enumerate() {
+            targets.push((format!("{f}.mirrors[{i}].destination"), &m.destination));
+            if let Some(p) = &m.percentage {
+                self.percentage(at, &format!("{f}.mirrors[{i}].percentage"), p);
+            }
+        }
+        for (df, d) in targets {
+            self.destination(at, ns, &df, d, DestUse::Mirror);
+            if let Some((host, port)) = self.implicit_opaque_port(ns, d, request_ports) {
+                self.push(at.err(
+                    df,
+                    format!(
+                        "mirrored requests would go to port {} of {host}, which is {}, not HTTP; \
+                         set port to an HTTP port of {host}",
+                        port.number,
+                        port.protocol.name()
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// For a destination without a port, the first non-HTTP port it may send
+    /// to, picked as the proxy picks it: the request's port if the service
+    /// has it, else the service's only port. (A destination with a port is
+    /// checked by [`Validator::destination`].)
+    fn implicit_opaque_port(
+        &self,
+        ns: &str,
+        d: &Destination,
+        request_ports: &[Option<u16>],
+    ) -> Option<(String, Port)> {
+        if d.port.is_some() {
+            return None;
+        }
+        let host = self.out.resolve(&d.host, ns);
+        let service = self.out.services.get(&host)?;
+        request_ports
+            .iter()
+            .filter_map(|rp| match rp.and_then(|q| service.port(q)) {
+                Some(p) => Some(p),
+                None if service.ports.len() == 1 => service.ports.first(),
+                None => None,
+            })
+            .find(|p| !p.protocol.is_http())
+            .map(|p| (host.clone(), p.clone()))
     }
 
     fn destinations(
@@ -591,7 +937,7 @@ impl Validator {
         ns: &str,
         f: &str,
         dests: &[(&Destination, Option<u32>)],
-        http: bool,
+        usage: DestUse,
     ) {
         if dests.len() == 1 {
             if let Some(w) = dests[0].1
@@ -626,52 +972,64 @@ impl Validator {
             }
         }
         for (k, (d, _)) in dests.iter().enumerate() {
-            let df = format!("{f}.route[{k}].destination");
-            let host = self.out.resolve(&d.host, ns);
-            let Some(service) = self.out.services.get(&host) else {
-                self.push(at.err(
-                    format!("{df}.host"),
-                    format!("{:?} (resolved to {host}) matches no ServiceEntry", d.host),
-                ));
-                continue;
-            };
-            if let Some(p) = d.port {
-                match port_number(p.number) {
-                    None => self
-                        .push(at.err(format!("{df}.port.number"), "must be between 1 and 65535")),
-                    Some(n) => match service.port(n) {
-                        None => self.push(at.err(
+            self.destination(at, ns, &format!("{f}.route[{k}].destination"), d, usage);
+        }
+    }
+
+    /// One destination at `df`: its host is a known service, its port one of
+    /// the service's (an HTTP port unless it is a tcp route's), its subset
+    /// defined by the host's DestinationRule.
+    fn destination(&mut self, at: &At, ns: &str, df: &str, d: &Destination, usage: DestUse) {
+        let host = self.out.resolve(&d.host, ns);
+        let Some(service) = self.out.services.get(&host) else {
+            self.push(at.err(
+                format!("{df}.host"),
+                format!("{:?} (resolved to {host}) matches no ServiceEntry", d.host),
+            ));
+            return;
+        };
+        if let Some(p) = d.port {
+            match port_number(p.number) {
+                None => {
+                    self.push(at.err(format!("{df}.port.number"), "must be between 1 and 65535"))
+                }
+                Some(n) => match service.port(n) {
+                    None => self.push(at.err(
+                        format!("{df}.port.number"),
+                        format!(
+                            "service {host} has no port {n} (ports: {})",
+                            join(service.ports.iter().map(|p| p.number))
+                        ),
+                    )),
+                    Some(port) if usage != DestUse::TcpRoute && !port.protocol.is_http() => {
+                        let fix = if usage == DestUse::Mirror {
+                            "only HTTP requests can be mirrored"
+                        } else {
+                            "route it with a tcp route"
+                        };
+                        self.push(at.err(
                             format!("{df}.port.number"),
                             format!(
-                                "service {host} has no port {n} (ports: {})",
-                                join(service.ports.iter().map(|p| p.number))
-                            ),
-                        )),
-                        Some(port) if http && !port.protocol.is_http() => self.push(at.err(
-                            format!("{df}.port.number"),
-                            format!(
-                                "port {n} of {host} is {}, not HTTP; route it with a tcp route",
+                                "port {n} of {host} is {}, not HTTP; {fix}",
                                 port.protocol.name()
                             ),
-                        )),
-                        Some(_) => {}
-                    },
-                }
+                        ))
+                    }
+                    Some(_) => {}
+                },
             }
-            if let Some(subset) = &d.subset {
-                let defined = self
-                    .out
-                    .destination_rules
-                    .get(&host)
-                    .is_some_and(|dr| dr.spec.subsets.iter().any(|s| &s.name == subset));
-                if !defined {
-                    self.push(at.err(
-                        format!("{df}.subset"),
-                        format!(
-                            "subset {subset:?} is not defined by any DestinationRule for {host}"
-                        ),
-                    ));
-                }
+        }
+        if let Some(subset) = &d.subset {
+            let defined = self
+                .out
+                .destination_rules
+                .get(&host)
+                .is_some_and(|dr| dr.spec.subsets.iter().any(|s| &s.name == subset));
+            if !defined {
+                self.push(at.err(
+                    format!("{df}.subset"),
+                    format!("subset {subset:?} is not defined by any DestinationRule for {host}"),
+                ));
             }
         }
     }

@@ -145,6 +145,173 @@ fn a_realistic_file_validates() {
     assert_eq!(vs.spec.tcp.len(), 1);
 }
 
+/// Resilience policies on the inference service of [`INFERENCE`]: retries,
+/// faults, mirrors, connection pools and outlier detection.
+const RESILIENCE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: shadow, namespace: ml}
+spec:
+  hosts: [shadow]
+  resolution: STATIC
+  ports: [{number: 8080, name: http}]
+  endpoints: [{address: 127.0.10.9}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: inference, namespace: ml}
+spec:
+  host: inference
+  trafficPolicy:
+    connectionPool:
+      tcp:
+        maxConnections: 100
+        connectTimeout: 500ms
+        tcpKeepalive: {probes: 3, time: 7200s, interval: 75s}
+      http:
+        http1MaxPendingRequests: 10
+        http2MaxRequests: 1000
+        maxRequestsPerConnection: 0
+        maxRetries: 3
+        idleTimeout: 30s
+    outlierDetection:
+      consecutive5xxErrors: 7
+      consecutiveGatewayErrors: 0
+      interval: 5m
+      baseEjectionTime: 15m
+      maxEjectionPercent: 100
+      minHealthPercent: 0
+    portLevelSettings:
+    - port: {number: 9000}
+      connectionPool: {tcp: {maxConnections: 5}}
+      outlierDetection: {consecutive5xxErrors: 0}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      connectionPool: {http: {http2MaxRequests: 10}}
+      outlierDetection: {interval: 1s}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: inference, namespace: ml}
+spec:
+  hosts: [inference]
+  http:
+  - name: predict
+    match: [{uri: {prefix: /v1/predict}}]
+    route: [{destination: {host: inference, subset: v1}}]
+    retries:
+      attempts: 3
+      perTryTimeout: 2s
+      retryOn: gateway-error,connect-failure,refused-stream,429
+      retryRemoteLocalities: true
+      retryIgnorePreviousHosts: true
+    mirror: {host: shadow}
+    mirrorPercentage: {value: 12.5}
+  - name: chaos
+    match: [{headers: {x-chaos: {exact: "1"}}}]
+    route: [{destination: {host: inference, subset: v2, port: {number: 8080}}}]
+    fault:
+      delay: {fixedDelay: 2s, percentage: {value: 50}}
+      abort: {grpcStatus: UNAVAILABLE, percentage: {value: 0.1}}
+    retries: {attempts: 0}
+  - route: [{destination: {host: inference}}]
+    fault:
+      delay: {fixedDelay: 100ms, percent: 5}
+      abort: {httpStatus: 503}
+    mirrors:
+    - destination: {host: shadow}
+    - destination: {host: inference, subset: v2}
+      percentage: {value: 1}
+"#;
+
+#[test]
+fn resilience_policies_validate() {
+    let mut rs = parse_documents("inference.yaml", INFERENCE).unwrap();
+    // The ServiceEntry of INFERENCE, with RESILIENCE's rule and routes.
+    rs.retain(|r| r.kind() == trellis_model::resource::Kind::ServiceEntry);
+    rs.extend(parse_documents("resilience.yaml", RESILIENCE).unwrap());
+    let v = trellis_model::validate::validate(&rs.into_iter().collect::<ResourceSet>())
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let host = "inference.ml.svc.cluster.local";
+    let rule = &v.destination_rules[host];
+    let pool = rule
+        .spec
+        .traffic_policy
+        .as_ref()
+        .unwrap()
+        .connection_pool
+        .as_ref();
+    assert_eq!(
+        pool.and_then(|p| p.tcp.as_ref())
+            .and_then(|t| t.max_connections),
+        Some(100)
+    );
+    let (_, vs) = &v.virtual_services[0];
+    let retries = vs.spec.http[0].retries.as_ref().unwrap();
+    let on = retries.conditions().unwrap();
+    assert!(on.gateway_error && on.connect_failure && on.refused_stream && !on.five_xx);
+    assert_eq!(on.status_codes, [429]);
+    assert_eq!(vs.spec.http[2].mirror_policies().len(), 2);
+}
+
+#[test]
+fn every_retry_condition_validates() {
+    for on in trellis_model::policy::RETRY_ON_TOKENS
+        .iter()
+        .map(|t| t.to_string())
+        .chain(["503".into(), "5xx, 409 ,reset".into(), "100,599".into()])
+    {
+        let text = vs(
+            "vs",
+            &format!(
+                "{{hosts: [reviews], http: [{{retries: {{attempts: 1, retryOn: '{on}'}}, route: [{{destination: {{host: reviews}}}}]}}]}}"
+            ),
+        );
+        check_with_base(&text).unwrap_or_else(|e| panic!("{on}: {e}"));
+    }
+}
+
+#[test]
+fn percentages_from_0_to_100_validate() {
+    for p in ["0", "100", "0.001", "99.999"] {
+        let text = vs(
+            "vs",
+            &format!(
+                "{{hosts: [reviews], http: [{{route: [{{destination: {{host: reviews}}}}], \
+                 fault: {{delay: {{fixedDelay: 1ms, percentage: {{value: {p}}}}}, abort: {{httpStatus: 200, percentage: {{value: {p}}}}}}}, \
+                 mirror: {{host: reviews}}, mirrorPercentage: {{value: {p}}}}}, \
+                 {{route: [{{destination: {{host: reviews}}}}], mirrors: [{{destination: {{host: reviews}}, percentage: {{value: {p}}}}}], \
+                 fault: {{delay: {{fixedDelay: 1s, percent: {int}}}, abort: {{httpStatus: 599}}}}}}]}}",
+                int = p.split('.').next().unwrap()
+            ),
+        );
+        check_with_base(&text).unwrap_or_else(|e| panic!("{p}: {e}"));
+    }
+}
+
+#[test]
+fn policies_on_routes_to_http_ports_validate() {
+    // A route to a multi-port service without a port uses the request's
+    // port (9080, HTTP): retries, faults and mirrors are fine there.
+    let text = vs(
+        "vs",
+        "{hosts: [reviews], http: [{route: [{destination: {host: reviews}}], retries: {attempts: 2}, \
+         fault: {abort: {httpStatus: 500, percentage: {value: 1}}}, mirror: {host: ratings.example.com}}]}",
+    );
+    check_with_base(&text).unwrap();
+    // A tcp route may go to the TCP port; policies live on http routes only.
+    let text = vs(
+        "vs",
+        "{hosts: [reviews], tcp: [{route: [{destination: {host: reviews, port: {number: 3306}}}]}]}",
+    );
+    check_with_base(&text).unwrap();
+}
+
 #[test]
 fn short_names_resolve_to_one_service() {
     // From namespace default, these all name reviews.default.svc.cluster.local.

@@ -95,7 +95,7 @@ fn errors_name_each_file_by_its_path() {
         "a.yaml",
         &vs(
             "vs",
-            "{hosts: [reviews], http: [{fault: {delay: {fixedDelay: 1s}}}]}",
+            "{hosts: [reviews], http: [{fault: {delay: {exponentialDelay: 1s}}}]}",
         ),
     );
     write(d, "b/broken.yaml", "kind: [\n");
@@ -116,7 +116,7 @@ fn errors_name_each_file_by_its_path() {
         want(
             &a,
             "VirtualService default/vs",
-            "spec.http[0].fault",
+            "spec.http[0].fault.delay.exponentialDelay",
             "not supported by Trellis yet",
         ),
         want(&b, "-", "-", "not valid YAML: "),

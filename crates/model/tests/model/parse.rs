@@ -248,55 +248,200 @@ fn cases() -> Vec<Case> {
             )],
         ),
         case(
-            "retries are not supported yet",
+            "retry backoff is not supported yet",
             vs(
                 "vs",
-                "{hosts: [reviews], http: [{retries: {attempts: 3}, route: [{destination: {host: reviews}}]}]}",
+                "{hosts: [reviews], http: [{retries: {attempts: 3, backoff: 25ms}, route: [{destination: {host: reviews}}]}]}",
             ),
             vec![want(
                 F,
                 vsd,
-                "spec.http[0].retries",
+                "spec.http[0].retries.backoff",
                 "this Istio field is not supported by Trellis yet (see docs/config.md)",
             )],
         ),
         case(
-            "fault injection is not supported yet",
+            "unknown field in retries",
             vs(
                 "vs",
-                "{hosts: [reviews], http: [{fault: {abort: {httpStatus: 500}}, route: [{destination: {host: reviews}}]}]}",
+                "{hosts: [reviews], http: [{retries: {attempts: 3, retryOnn: 5xx}, route: [{destination: {host: reviews}}]}]}",
             ),
             vec![want(
                 F,
                 vsd,
-                "spec.http[0].fault",
+                "spec.http[0].retries.retryOnn",
+                "unknown field: expected one of `attempts`, `perTryTimeout`, `retryOn`, \
+                 `retryRemoteLocalities`, `retryIgnorePreviousHosts`, `backoff`",
+            )],
+        ),
+        case(
+            "attempts as a string",
+            vs(
+                "vs",
+                "{hosts: [reviews], http: [{retries: {attempts: '3'}, route: [{destination: {host: reviews}}]}]}",
+            ),
+            vec![want(
+                F,
+                vsd,
+                "spec.http[0].retries.attempts",
+                "invalid type: string \"3\", expected i32",
+            )],
+        ),
+        case(
+            "an exponential fault delay is not supported yet",
+            vs(
+                "vs",
+                "{hosts: [reviews], http: [{fault: {delay: {exponentialDelay: 1s}}, route: [{destination: {host: reviews}}]}]}",
+            ),
+            vec![want(
+                F,
+                vsd,
+                "spec.http[0].fault.delay.exponentialDelay",
                 "not supported by Trellis yet",
             )],
         ),
         case(
-            "connectionPool is not supported yet",
-            dr(
-                "r",
-                "{host: reviews, trafficPolicy: {connectionPool: {tcp: {maxConnections: 10}}}}",
+            "an HTTP/2 error fault is not supported yet",
+            vs(
+                "vs",
+                "{hosts: [reviews], http: [{fault: {abort: {http2Error: REFUSED_STREAM}}, route: [{destination: {host: reviews}}]}]}",
             ),
             vec![want(
                 F,
-                "DestinationRule default/r",
-                "spec.trafficPolicy.connectionPool",
+                vsd,
+                "spec.http[0].fault.abort.http2Error",
                 "not supported by Trellis yet",
             )],
         ),
         case(
-            "outlierDetection in a subset is not supported yet",
+            "a percentage is a mapping with value",
+            vs(
+                "vs",
+                "{hosts: [reviews], http: [{fault: {abort: {httpStatus: 503, percentage: 50}}, route: [{destination: {host: reviews}}]}]}",
+            ),
+            vec![want(
+                F,
+                vsd,
+                "spec.http[0].fault.abort.percentage",
+                "invalid type: integer `50`, expected struct Percent",
+            )],
+        ),
+        case(
+            "a percentage needs its value",
+            vs(
+                "vs",
+                "{hosts: [reviews], http: [{mirror: {host: reviews}, mirrorPercentage: {}, route: [{destination: {host: reviews}}]}]}",
+            ),
+            vec![want(
+                F,
+                vsd,
+                "spec.http[0].mirrorPercentage",
+                "missing field `value`",
+            )],
+        ),
+        case(
+            "the deprecated mirrorPercent points to mirrorPercentage",
+            vs(
+                "vs",
+                "{hosts: [reviews], http: [{mirror: {host: reviews}, mirrorPercent: 50, route: [{destination: {host: reviews}}]}]}",
+            ),
+            vec![want(
+                F,
+                vsd,
+                "spec.http[0].mirrorPercent",
+                "mirrorPercent is deprecated in Istio and not supported by Trellis: \
+                 write mirrorPercentage: {value: N} instead",
+            )],
+        ),
+        case(
+            "a mirrors entry needs a destination",
+            vs(
+                "vs",
+                "{hosts: [reviews], http: [{mirrors: [{percentage: {value: 5}}], route: [{destination: {host: reviews}}]}]}",
+            ),
+            vec![want(
+                F,
+                vsd,
+                "spec.http[0].mirrors[0]",
+                "missing field `destination`",
+            )],
+        ),
+        case(
+            "connection pool fields not supported yet",
             dr(
                 "r",
-                "{host: reviews, subsets: [{name: v1, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 3}}}]}",
+                "{host: reviews, trafficPolicy: {connectionPool: {tcp: {maxConnections: 10, idleTimeout: 1h}}}}",
             ),
             vec![want(
                 F,
                 "DestinationRule default/r",
-                "spec.subsets[0].trafficPolicy.outlierDetection",
+                "spec.trafficPolicy.connectionPool.tcp.idleTimeout",
                 "not supported by Trellis yet",
+            )],
+        ),
+        case(
+            "HTTP pool fields not supported yet, port-level",
+            dr(
+                "r",
+                "{host: reviews, trafficPolicy: {portLevelSettings: [{port: {number: 9080}, connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}]}}",
+            ),
+            vec![want(
+                F,
+                "DestinationRule default/r",
+                "spec.trafficPolicy.portLevelSettings[0].connectionPool.http.h2UpgradePolicy",
+                "not supported by Trellis yet",
+            )],
+        ),
+        case(
+            "a misspelled connection pool field",
+            dr(
+                "r",
+                "{host: reviews, trafficPolicy: {connectionPool: {http: {http1MaxPendingRequest: 10}}}}",
+            ),
+            vec![want(
+                F,
+                "DestinationRule default/r",
+                "spec.trafficPolicy.connectionPool.http.http1MaxPendingRequest",
+                "unknown field: expected one of `http1MaxPendingRequests`",
+            )],
+        ),
+        case(
+            "the deprecated consecutiveErrors in a subset is not supported",
+            dr(
+                "r",
+                "{host: reviews, subsets: [{name: v1, trafficPolicy: {outlierDetection: {consecutiveErrors: 3}}}]}",
+            ),
+            vec![want(
+                F,
+                "DestinationRule default/r",
+                "spec.subsets[0].trafficPolicy.outlierDetection.consecutiveErrors",
+                "not supported by Trellis yet",
+            )],
+        ),
+        case(
+            "consecutive5xxErrors is the YAML name",
+            dr(
+                "r",
+                "{host: reviews, trafficPolicy: {outlierDetection: {consecutive5XxErrors: 3}}}",
+            ),
+            vec![want(
+                F,
+                "DestinationRule default/r",
+                "spec.trafficPolicy.outlierDetection.consecutive5XxErrors",
+                "unknown field: expected one of `consecutive5xxErrors`, `consecutiveGatewayErrors`",
+            )],
+        ),
+        case(
+            "a negative error count",
+            dr(
+                "r",
+                "{host: reviews, trafficPolicy: {outlierDetection: {consecutiveGatewayErrors: -1}}}",
+            ),
+            vec![want(
+                F,
+                "DestinationRule default/r",
+                "spec.trafficPolicy.outlierDetection.consecutiveGatewayErrors",
+                "invalid value: integer `-1`, expected u32",
             )],
         ),
         case(
@@ -441,7 +586,7 @@ fn cases() -> Vec<Case> {
                 se("good", SE_SPEC),
                 vs(
                     "vs",
-                    "{hosts: [reviews], http: [{mirror: {host: reviews}, route: [{destination: {host: reviews}}]}]}",
+                    "{hosts: [reviews], http: [{mirror: {host: reviews}, corsPolicy: {allowOrigins: [{exact: '*'}]}, route: [{destination: {host: reviews}}]}]}",
                 ),
                 "- not a mapping\n".to_string(),
                 dr(
@@ -454,7 +599,7 @@ fn cases() -> Vec<Case> {
                 want(
                     F,
                     vsd,
-                    "spec.http[0].mirror",
+                    "spec.http[0].corsPolicy",
                     "not supported by Trellis yet",
                 ),
                 want(F, "document 4", "-", "expected a mapping"),
@@ -640,11 +785,66 @@ fn from_json_uses_the_same_checks() {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
         "metadata": {"name": "vs"},
-        "spec": {"hosts": ["reviews"], "http": [{"retries": {"attempts": 2}}]},
+        "spec": {"hosts": ["reviews"], "http": [{"retries": {"attempts": 2, "backoff": "1s"}}]},
     });
     let e = trellis_model::load::from_json("<api>", value).unwrap_err();
     assert_eq!(
         (e.file.as_str(), e.resource.as_str(), e.field.as_str()),
-        ("<api>", "VirtualService default/vs", "spec.http[0].retries")
+        (
+            "<api>",
+            "VirtualService default/vs",
+            "spec.http[0].retries.backoff"
+        )
     );
+}
+
+#[test]
+fn new_istio_fields_parse_and_default_as_istio_does() {
+    let text = vs(
+        "vs",
+        "{hosts: [reviews], http: [{route: [{destination: {host: reviews}}], \
+         retries: {attempts: 3, perTryTimeout: 2s, retryRemoteLocalities: true, retryIgnorePreviousHosts: false}, \
+         fault: {delay: {fixedDelay: 5s, percent: 10}, abort: {grpcStatus: UNAVAILABLE}}, \
+         mirror: {host: reviews, subset: v2}, mirrorPercentage: {value: 12.5}}, \
+         {route: [{destination: {host: reviews}}], mirrors: [{destination: {host: reviews}}, {destination: {host: ratings}, percentage: {value: 1}}], \
+         fault: {delay: {fixedDelay: 1s, percentage: {value: 0.5}}, abort: {httpStatus: 503}}}]}",
+    );
+    let rs = parse_documents("f.yaml", &text).unwrap();
+    let Resource::VirtualService(o) = &rs[0] else {
+        panic!("not a VirtualService")
+    };
+    let (a, b) = (&o.spec.http[0], &o.spec.http[1]);
+    let retries = a.retries.as_ref().unwrap();
+    assert_eq!(retries.num_retries(), 3);
+    // A `retries` block without attempts disables retries, as in Istio.
+    assert_eq!(
+        trellis_model::networking::HttpRetry::default().num_retries(),
+        0
+    );
+    // No retryOn: Istio's default conditions.
+    assert_eq!(
+        retries.conditions().unwrap(),
+        trellis_model::RetryOn::istio_default()
+    );
+    let fault = a.fault.as_ref().unwrap();
+    assert_eq!(fault.delay.as_ref().unwrap().effective_percentage(), 10.0);
+    let abort = fault.abort.as_ref().unwrap();
+    assert_eq!(abort.effective_percentage(), 100.0, "unset means 100");
+    assert_eq!(
+        abort.grpc_status.as_deref().map(trellis_model::grpc_code),
+        Some(Some(14))
+    );
+    let mirrors = a.mirror_policies();
+    assert_eq!(mirrors.len(), 1);
+    assert_eq!(mirrors[0].destination.subset.as_deref(), Some("v2"));
+    assert_eq!(mirrors[0].effective_percentage(), 12.5);
+
+    let fault = b.fault.as_ref().unwrap();
+    assert_eq!(fault.delay.as_ref().unwrap().effective_percentage(), 0.5);
+    let pcts: Vec<f64> = b
+        .mirror_policies()
+        .iter()
+        .map(|m| m.effective_percentage())
+        .collect();
+    assert_eq!(pcts, [100.0, 1.0]);
 }

@@ -42,6 +42,12 @@ fn entry(fields: &str) -> String {
 
 const TO_REVIEWS: &str = "route: [{destination: {host: reviews}}]";
 
+/// `db.example.com`: one port, 5432, TCP. An HTTP route to it without a port
+/// sends to that opaque port.
+fn db() -> String {
+    entry("resolution: DNS, ports: [{number: 5432, name: tcp}]")
+}
+
 fn cases() -> Vec<Case> {
     vec![
         // ------------------------------------------------------------ weights
@@ -860,6 +866,519 @@ fn cases() -> Vec<Case> {
                 "spec.subsets[0].trafficPolicy.loadBalancer",
                 "set either simple or consistentHash, not both",
             )],
+        ),
+        // ------------------------------------------------------------ retries
+        case(
+            "bad retries",
+            http(&format!(
+                "{{retries: {{attempts: -1, perTryTimeout: 0s, retryOn: '5xx,retriable-headers'}}, {TO_REVIEWS}}}"
+            )),
+            vec![
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].retries.attempts",
+                    "-1 is negative; use 0 for no retries",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].retries.perTryTimeout",
+                    "\"0s\" must be greater than zero",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].retries.retryOn",
+                    "unknown retry condition \"retriable-headers\": supported are 5xx, gateway-error, reset, \
+                     connect-failure, refused-stream, retriable-4xx, retriable-status-codes, cancelled, \
+                     deadline-exceeded, internal, resource-exhausted, unavailable, and HTTP status codes such as 503",
+                ),
+            ],
+        ),
+        case(
+            "retries with an unparsable perTryTimeout and a bad status code",
+            http(&format!(
+                "{{retries: {{attempts: 2, perTryTimeout: 2 s, retryOn: 'connect-failure, 600'}}, {TO_REVIEWS}}}"
+            )),
+            vec![
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].retries.perTryTimeout",
+                    "invalid duration \"2 s\"",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].retries.retryOn",
+                    "retry condition \"600\" is not an HTTP status code (100 to 599)",
+                ),
+            ],
+        ),
+        case(
+            "an empty retryOn",
+            http(&format!(
+                "{{retries: {{attempts: 2, retryOn: ''}}, {TO_REVIEWS}}}"
+            )),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].retries.retryOn",
+                "no retry condition given",
+            )],
+        ),
+        // -------------------------------------------------------------- fault
+        case(
+            "a fault with neither delay nor abort",
+            http(&format!("{{fault: {{}}, {TO_REVIEWS}}}")),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].fault",
+                "set delay, abort or both",
+            )],
+        ),
+        case(
+            "a delay without fixedDelay, with percent and percentage",
+            http(&format!(
+                "{{fault: {{delay: {{percent: 50, percentage: {{value: 50}}}}}}, {TO_REVIEWS}}}"
+            )),
+            vec![
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].fault.delay.fixedDelay",
+                    "is required (exponentialDelay is not supported yet)",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].fault.delay",
+                    "set percentage or the deprecated percent, not both",
+                ),
+            ],
+        ),
+        case(
+            "a zero delay and percentages out of range",
+            http(&format!(
+                "{{fault: {{delay: {{fixedDelay: 0s, percentage: {{value: 100.5}}}}, abort: {{httpStatus: 503, percentage: {{value: -1}}}}}}, {TO_REVIEWS}}}"
+            )),
+            vec![
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].fault.delay.fixedDelay",
+                    "\"0s\" must be greater than zero",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].fault.delay.percentage.value",
+                    "100.5 must be between 0 and 100",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].fault.abort.percentage.value",
+                    "-1 must be between 0 and 100",
+                ),
+            ],
+        ),
+        case(
+            "a deprecated percent out of range, an invalid fixedDelay",
+            http(&format!(
+                "{{fault: {{delay: {{fixedDelay: '5', percent: 101}}}}, {TO_REVIEWS}}}"
+            )),
+            vec![
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].fault.delay.fixedDelay",
+                    "invalid duration \"5\"",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].fault.delay.percent",
+                    "101 must be between 0 and 100",
+                ),
+            ],
+        ),
+        case(
+            "aborts need exactly one status",
+            vs(
+                "vs",
+                &format!(
+                    "{{hosts: [reviews], http: [\
+                     {{fault: {{abort: {{httpStatus: 503, grpcStatus: UNAVAILABLE}}}}, {TO_REVIEWS}}}, \
+                     {{fault: {{abort: {{percentage: {{value: 10}}}}}}, {TO_REVIEWS}}}]}}"
+                ),
+            ),
+            vec![
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].fault.abort",
+                    "set exactly one of httpStatus, grpcStatus (http2Error is not supported yet)",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[1].fault.abort",
+                    "set exactly one of httpStatus, grpcStatus",
+                ),
+            ],
+        ),
+        case(
+            "abort statuses out of range or unknown",
+            vs(
+                "vs",
+                &format!(
+                    "{{hosts: [reviews], http: [\
+                     {{fault: {{abort: {{httpStatus: 100}}}}, {TO_REVIEWS}}}, \
+                     {{fault: {{abort: {{httpStatus: 600}}}}, {TO_REVIEWS}}}, \
+                     {{fault: {{abort: {{grpcStatus: unavailable}}}}, {TO_REVIEWS}}}]}}"
+                ),
+            ),
+            vec![
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].fault.abort.httpStatus",
+                    "100 must be between 200 and 599",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[1].fault.abort.httpStatus",
+                    "600 must be between 200 and 599",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[2].fault.abort.grpcStatus",
+                    "\"unavailable\" is not a gRPC status code name: use one of OK, CANCELLED, UNKNOWN, \
+                     INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, \
+                     RESOURCE_EXHAUSTED, FAILED_PRECONDITION, ABORTED, OUT_OF_RANGE, UNIMPLEMENTED, \
+                     INTERNAL, UNAVAILABLE, DATA_LOSS, UNAUTHENTICATED",
+                ),
+            ],
+        ),
+        // ---------------------------------------------------------- mirroring
+        case(
+            "mirror destinations are checked like route destinations",
+            vs(
+                "vs",
+                &format!(
+                    "{{hosts: [reviews], http: [\
+                     {{mirror: {{host: details}}, {TO_REVIEWS}}}, \
+                     {{mirror: {{host: reviews, subset: v3}}, {TO_REVIEWS}}}, \
+                     {{mirror: {{host: reviews, port: {{number: 8080}}}}, {TO_REVIEWS}}}, \
+                     {{mirror: {{host: reviews, port: {{number: 3306}}}}, {TO_REVIEWS}}}, \
+                     {{mirrors: [{{destination: {{host: ratings.example.com}}}}, {{destination: {{host: ratings.example.com, subset: v1}}}}], {TO_REVIEWS}}}]}}"
+                ),
+            ),
+            vec![
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].mirror.host",
+                    "\"details\" (resolved to details.default.svc.cluster.local) matches no ServiceEntry",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[1].mirror.subset",
+                    "subset \"v3\" is not defined by any DestinationRule for reviews.default.svc.cluster.local",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[2].mirror.port.number",
+                    "service reviews.default.svc.cluster.local has no port 8080 (ports: 9080, 9090, 3306)",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[3].mirror.port.number",
+                    "port 3306 of reviews.default.svc.cluster.local is TCP, not HTTP; only HTTP requests can be mirrored",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[4].mirrors[1].destination.subset",
+                    "subset \"v1\" is not defined by any DestinationRule for ratings.example.com",
+                ),
+            ],
+        ),
+        case(
+            "mirror and mirrors together; mirrorPercentage without mirror",
+            vs(
+                "vs",
+                &format!(
+                    "{{hosts: [reviews], http: [\
+                     {{mirror: {{host: reviews}}, mirrors: [{{destination: {{host: reviews}}}}], {TO_REVIEWS}}}, \
+                     {{mirrorPercentage: {{value: 10}}, mirrors: [{{destination: {{host: reviews}}}}], {TO_REVIEWS}}}]}}"
+                ),
+            ),
+            vec![
+                want(
+                    C,
+                    VS,
+                    "spec.http[0]",
+                    "set mirror (with mirrorPercentage) or mirrors, not both",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[1].mirrorPercentage",
+                    "applies to mirror, which is not set (each entry of mirrors has its own percentage)",
+                ),
+            ],
+        ),
+        case(
+            "mirror percentages out of range",
+            http(&format!(
+                "{{mirror: {{host: reviews}}, mirrorPercentage: {{value: 101}}, {TO_REVIEWS}}}, \
+                 {{mirrors: [{{destination: {{host: reviews}}, percentage: {{value: 50}}}}, {{destination: {{host: reviews}}, percentage: {{value: -0.1}}}}], {TO_REVIEWS}}}"
+            )),
+            vec![
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].mirrorPercentage.value",
+                    "101 must be between 0 and 100",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[1].mirrors[1].percentage.value",
+                    "-0.1 must be between 0 and 100",
+                ),
+            ],
+        ),
+        // ------------------------------------- policies on opaque destinations
+        case(
+            "mirroring to a service whose only port is TCP",
+            docs(&[
+                db(),
+                http(&format!(
+                    "{{mirror: {{host: db.example.com}}, {TO_REVIEWS}}}, \
+                     {{mirrors: [{{destination: {{host: db.example.com, port: {{number: 5432}}}}}}], {TO_REVIEWS}}}"
+                )),
+            ]),
+            vec![
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].mirror",
+                    "mirrored requests would go to port 5432 of db.example.com, which is TCP, not HTTP; \
+                     set port to an HTTP port of db.example.com",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[1].mirrors[0].destination.port.number",
+                    "port 5432 of db.example.com is TCP, not HTTP; only HTTP requests can be mirrored",
+                ),
+            ],
+        ),
+        case(
+            "retries, fault and mirrors on a route to an opaque port",
+            docs(&[
+                db(),
+                http(
+                    "{retries: {attempts: 2}, fault: {abort: {httpStatus: 503}}, mirrors: [{destination: {host: reviews}}], \
+                     route: [{destination: {host: reviews, subset: v1}, weight: 90}, {destination: {host: db.example.com}, weight: 10}]}",
+                ),
+            ]),
+            vec![
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].retries",
+                    "retries cannot be honoured: route[1].destination sends to port 5432 of db.example.com, \
+                     which is TCP (opaque bytes, not HTTP requests); set destination.port to an HTTP port of \
+                     db.example.com, or remove retries from this route",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].fault",
+                    "fault injection cannot be honoured: route[1].destination sends to port 5432 of db.example.com",
+                ),
+                want(
+                    C,
+                    VS,
+                    "spec.http[0].mirrors",
+                    "mirroring cannot be honoured: route[1].destination sends to port 5432 of db.example.com",
+                ),
+            ],
+        ),
+        case(
+            "a mirror on a route to a TLS port named by the request's port",
+            docs(&[
+                se(
+                    "s",
+                    "{hosts: [db.example.com], resolution: DNS, ports: [{number: 9080, name: tls, protocol: TLS}, {number: 5432, name: tcp}]}",
+                ),
+                http("{mirror: {host: reviews}, route: [{destination: {host: db.example.com}}]}"),
+            ]),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].mirror",
+                "mirroring cannot be honoured: route[0].destination sends to port 9080 of db.example.com, which is TLS",
+            )],
+        ),
+        case(
+            "retries on a route to an explicit TCP port: the port is the error",
+            http(
+                "{retries: {attempts: 2}, route: [{destination: {host: reviews, port: {number: 3306}}}]}",
+            ),
+            vec![want(
+                C,
+                VS,
+                "spec.http[0].route[0].destination.port.number",
+                "port 3306 of reviews.default.svc.cluster.local is TCP, not HTTP; route it with a tcp route",
+            )],
+        ),
+        // ------------------------------------------------------ connectionPool
+        case(
+            "connection pool limits and durations",
+            policy(
+                "{connectionPool: {tcp: {maxConnections: 0, connectTimeout: 0s, tcpKeepalive: {probes: 3, time: 2h, interval: soon}}, \
+                 http: {http1MaxPendingRequests: 0, http2MaxRequests: -5, maxRequestsPerConnection: -1, maxRetries: -1, idleTimeout: 0ms}}}",
+            ),
+            vec![
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.connectionPool.tcp.maxConnections",
+                    "0 must be at least 1 (omit the field for no limit)",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.connectionPool.tcp.connectTimeout",
+                    "\"0s\" must be greater than zero",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.interval",
+                    "invalid duration \"soon\"",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.connectionPool.http.http1MaxPendingRequests",
+                    "0 must be at least 1",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.connectionPool.http.http2MaxRequests",
+                    "-5 must be at least 1",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.connectionPool.http.maxRequestsPerConnection",
+                    "-1 is negative; use 0 (or omit it) for no limit",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.connectionPool.http.maxRetries",
+                    "-1 is negative; use 0 (or omit it) for Istio's default, no limit",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.connectionPool.http.idleTimeout",
+                    "\"0ms\" must be greater than zero",
+                ),
+            ],
+        ),
+        case(
+            "keepalive time of zero",
+            policy("{connectionPool: {tcp: {tcpKeepalive: {time: 0s}}}}"),
+            vec![want(
+                C,
+                DR,
+                "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.time",
+                "\"0s\" must be greater than zero",
+            )],
+        ),
+        // ---------------------------------------------------- outlierDetection
+        case(
+            "outlier detection durations and percents",
+            policy(
+                "{outlierDetection: {consecutive5xxErrors: 0, interval: 0s, baseEjectionTime: '30', maxEjectionPercent: -1, minHealthPercent: 150}}",
+            ),
+            vec![
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.outlierDetection.interval",
+                    "\"0s\" must be greater than zero",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.outlierDetection.baseEjectionTime",
+                    "invalid duration \"30\"",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.outlierDetection.maxEjectionPercent",
+                    "-1 must be between 0 and 100",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.outlierDetection.minHealthPercent",
+                    "150 must be between 0 and 100",
+                ),
+            ],
+        ),
+        case(
+            "port-level and subset policies are checked too",
+            dr(
+                "r",
+                "{host: ratings.example.com, trafficPolicy: {portLevelSettings: [{port: {number: 80}, \
+                 connectionPool: {tcp: {maxConnections: -1}}, outlierDetection: {maxEjectionPercent: 101}}]}, \
+                 subsets: [{name: v1, trafficPolicy: {outlierDetection: {baseEjectionTime: 0s}, connectionPool: {http: {http2MaxRequests: 0}}}}]}",
+            ),
+            vec![
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.portLevelSettings[0].connectionPool.tcp.maxConnections",
+                    "-1 must be at least 1",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.trafficPolicy.portLevelSettings[0].outlierDetection.maxEjectionPercent",
+                    "101 must be between 0 and 100",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.subsets[0].trafficPolicy.connectionPool.http.http2MaxRequests",
+                    "0 must be at least 1",
+                ),
+                want(
+                    C,
+                    DR,
+                    "spec.subsets[0].trafficPolicy.outlierDetection.baseEjectionTime",
+                    "\"0s\" must be greater than zero",
+                ),
+            ],
         ),
         // --------------------------------------------------- all reported
         case(
