@@ -1,5 +1,6 @@
-//! Trellis's user API: the Istio-compatible resources users write, how they are
-//! read from YAML, and the checks that make bad input fail loudly.
+//! Trellis's user API: the Istio-compatible resources users write (plus
+//! Trellis's own kinds), how they are read from YAML, and the checks that make
+//! bad input fail loudly.
 //!
 //! Everything here is plain data and pure functions. Nothing does I/O except
 //! [`load::load_dir`], which reads a folder of YAML files.
@@ -11,6 +12,7 @@ pub mod load;
 pub mod networking;
 pub mod policy;
 pub mod resource;
+pub mod trellis;
 pub mod validate;
 
 pub use error::{ConfigError, ConfigErrors};

@@ -237,6 +237,16 @@ fn parse_resource(file: &str, index: usize, doc: Value) -> Result<Resource, Conf
             metadata,
             source,
         }),
+        Kind::RateLimitPolicy => Resource::RateLimitPolicy(Object {
+            spec: typed(spec, "spec").map_err(|(f, r)| err(&f, r))?,
+            metadata,
+            source,
+        }),
+        Kind::RetryBudget => Resource::RetryBudget(Object {
+            spec: typed(spec, "spec").map_err(|(f, r)| err(&f, r))?,
+            metadata,
+            source,
+        }),
     })
 }
 

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::networking::{DestinationRuleSpec, ServiceEntrySpec, VirtualServiceSpec};
+use crate::trellis::{RateLimitPolicySpec, RetryBudgetSpec};
 
 /// Kubernetes object metadata, the part Trellis uses. Other metadata fields
 /// (uid, resourceVersion, ...) are accepted and dropped: they belong to
@@ -26,19 +27,23 @@ pub fn default_namespace() -> String {
     "default".to_string()
 }
 
-/// The kinds Trellis understands.
+/// The kinds Trellis understands: Istio's networking kinds and Trellis's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum Kind {
     ServiceEntry,
     DestinationRule,
     VirtualService,
+    RateLimitPolicy,
+    RetryBudget,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [
+    pub const ALL: [Kind; 5] = [
         Kind::ServiceEntry,
         Kind::DestinationRule,
         Kind::VirtualService,
+        Kind::RateLimitPolicy,
+        Kind::RetryBudget,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +51,8 @@ impl Kind {
             Kind::ServiceEntry => "ServiceEntry",
             Kind::DestinationRule => "DestinationRule",
             Kind::VirtualService => "VirtualService",
+            Kind::RateLimitPolicy => "RateLimitPolicy",
+            Kind::RetryBudget => "RetryBudget",
         }
     }
 
@@ -53,14 +60,18 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.name() == kind)
     }
 
-    /// API groups/versions accepted for this kind: Istio's v1 and the older
-    /// versions still found in the wild, which have the same schema.
+    /// API groups/versions accepted for this kind. Istio's kinds: v1 and the
+    /// older versions still found in the wild, which have the same schema.
+    /// Trellis's kinds: [`crate::trellis::API_VERSION`].
     pub fn api_versions(self) -> &'static [&'static str] {
-        &[
-            "networking.istio.io/v1",
-            "networking.istio.io/v1beta1",
-            "networking.istio.io/v1alpha3",
-        ]
+        match self {
+            Kind::ServiceEntry | Kind::DestinationRule | Kind::VirtualService => &[
+                "networking.istio.io/v1",
+                "networking.istio.io/v1beta1",
+                "networking.istio.io/v1alpha3",
+            ],
+            Kind::RateLimitPolicy | Kind::RetryBudget => &[crate::trellis::API_VERSION],
+        }
     }
 }
 
@@ -98,6 +109,8 @@ pub enum Resource {
     ServiceEntry(Object<ServiceEntrySpec>),
     DestinationRule(Object<DestinationRuleSpec>),
     VirtualService(Object<VirtualServiceSpec>),
+    RateLimitPolicy(Object<RateLimitPolicySpec>),
+    RetryBudget(Object<RetryBudgetSpec>),
 }
 
 impl Resource {
@@ -106,6 +119,8 @@ impl Resource {
             Resource::ServiceEntry(_) => Kind::ServiceEntry,
             Resource::DestinationRule(_) => Kind::DestinationRule,
             Resource::VirtualService(_) => Kind::VirtualService,
+            Resource::RateLimitPolicy(_) => Kind::RateLimitPolicy,
+            Resource::RetryBudget(_) => Kind::RetryBudget,
         }
     }
 
@@ -114,6 +129,8 @@ impl Resource {
             Resource::ServiceEntry(o) => &o.metadata,
             Resource::DestinationRule(o) => &o.metadata,
             Resource::VirtualService(o) => &o.metadata,
+            Resource::RateLimitPolicy(o) => &o.metadata,
+            Resource::RetryBudget(o) => &o.metadata,
         }
     }
 
@@ -122,6 +139,8 @@ impl Resource {
             Resource::ServiceEntry(o) => &o.source,
             Resource::DestinationRule(o) => &o.source,
             Resource::VirtualService(o) => &o.source,
+            Resource::RateLimitPolicy(o) => &o.source,
+            Resource::RetryBudget(o) => &o.source,
         }
     }
 
@@ -139,6 +158,8 @@ pub struct ResourceSet {
     pub service_entries: Vec<Object<ServiceEntrySpec>>,
     pub destination_rules: Vec<Object<DestinationRuleSpec>>,
     pub virtual_services: Vec<Object<VirtualServiceSpec>>,
+    pub rate_limit_policies: Vec<Object<RateLimitPolicySpec>>,
+    pub retry_budgets: Vec<Object<RetryBudgetSpec>>,
 }
 
 impl ResourceSet {
@@ -147,11 +168,17 @@ impl ResourceSet {
             Resource::ServiceEntry(o) => self.service_entries.push(o),
             Resource::DestinationRule(o) => self.destination_rules.push(o),
             Resource::VirtualService(o) => self.virtual_services.push(o),
+            Resource::RateLimitPolicy(o) => self.rate_limit_policies.push(o),
+            Resource::RetryBudget(o) => self.retry_budgets.push(o),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.service_entries.len() + self.destination_rules.len() + self.virtual_services.len()
+        self.service_entries.len()
+            + self.destination_rules.len()
+            + self.virtual_services.len()
+            + self.rate_limit_policies.len()
+            + self.retry_budgets.len()
     }
 
     pub fn is_empty(&self) -> bool {

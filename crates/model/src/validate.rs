@@ -14,6 +14,7 @@ use crate::host;
 use crate::networking::*;
 use crate::policy::{self, GRPC_CODES};
 use crate::resource::{Object, ResourceSet};
+use crate::trellis::{RateLimitPolicySpec, RetryBudgetSpec};
 
 /// Largest compiled regex accepted, so a pathological pattern cannot eat the
 /// proxy's memory.
@@ -58,6 +59,12 @@ pub struct Validated {
     pub destination_rules: BTreeMap<String, Object<DestinationRuleSpec>>,
     /// VirtualServices with their resolved hosts, in load order.
     pub virtual_services: Vec<(Vec<String>, Object<VirtualServiceSpec>)>,
+    /// RateLimitPolicies with their resolved host (a service or VirtualService
+    /// host), in load order. At most one host-wide policy per host, and at most
+    /// one policy per host and route name.
+    pub rate_limits: Vec<(String, Object<RateLimitPolicySpec>)>,
+    /// RetryBudgets by their resolved service host (one per host).
+    pub retry_budgets: BTreeMap<String, Object<RetryBudgetSpec>>,
 }
 
 impl Validated {
@@ -73,10 +80,13 @@ pub fn validate(set: &ResourceSet) -> Result<Validated, ConfigErrors> {
         errors: ConfigErrors::default(),
         out: Validated::default(),
         host_files: BTreeMap::new(),
+        vs_of_host: BTreeMap::new(),
     };
     v.service_entries(&set.service_entries);
     v.destination_rules(&set.destination_rules);
     v.virtual_services(&set.virtual_services);
+    v.rate_limit_policies(&set.rate_limit_policies);
+    v.retry_budgets(&set.retry_budgets);
     if v.errors.is_empty() {
         Ok(v.out)
     } else {
@@ -89,6 +99,9 @@ struct Validator {
     out: Validated,
     /// The file of the ServiceEntry that defines each host, for conflict messages.
     host_files: BTreeMap<String, String>,
+    /// The VirtualService (index into `out.virtual_services`) that routes each
+    /// resolved host.
+    vs_of_host: BTreeMap<String, usize>,
 }
 
 /// What a destination is used for, which decides the ports it may name.
@@ -605,6 +618,8 @@ impl Validator {
                     continue;
                 }
                 owner.insert(resolved.clone(), format!("{} ({})", vs.key(), vs.source));
+                self.vs_of_host
+                    .insert(resolved.clone(), self.out.virtual_services.len());
                 hosts.push(resolved);
             }
             // The ports an HTTP route of this VirtualService serves: the HTTP
@@ -1031,6 +1046,169 @@ impl Validator {
                     format!("subset {subset:?} is not defined by any DestinationRule for {host}"),
                 ));
             }
+        }
+    }
+
+    // --------------------------------------------------------- Trellis kinds
+
+    fn rate_limit_policies(&mut self, policies: &[Object<RateLimitPolicySpec>]) {
+        // (host, route name or None for host-wide) -> the policy that claimed it.
+        let mut claimed: BTreeMap<(String, Option<String>), String> = BTreeMap::new();
+        for rl in policies {
+            let at = at("RateLimitPolicy", rl);
+            let ns = rl.metadata.namespace.as_str();
+            let spec = &rl.spec;
+            let bucket = &spec.token_bucket;
+            if bucket.max_tokens == 0 {
+                self.push(at.err("spec.tokenBucket.maxTokens", "must be at least 1"));
+            }
+            if bucket.tokens_per_fill == Some(0) {
+                self.push(at.err(
+                    "spec.tokenBucket.tokensPerFill",
+                    "must be at least 1 (omit it to refill up to maxTokens)",
+                ));
+            }
+            self.positive_duration(&at, "spec.tokenBucket.fillInterval", &bucket.fill_interval);
+            if spec.host != "*" && !valid_host(&spec.host) {
+                self.push(at.err(
+                    "spec.host",
+                    format!(
+                        "{:?} is not a valid host (a DNS name, *.suffix or *)",
+                        spec.host
+                    ),
+                ));
+                continue;
+            }
+            let host = self.out.resolve(&spec.host, ns);
+            // The host's VirtualService, `namespace/name (file)`, and its route names.
+            let vs: Option<(String, Vec<String>)> = self.vs_of_host.get(&host).map(|i| {
+                let vs = &self.out.virtual_services[*i].1;
+                let names = vs.spec.http.iter().filter_map(|r| r.name.clone());
+                (format!("{} ({})", vs.key(), vs.source), names.collect())
+            });
+            if vs.is_none() && !self.out.services.contains_key(&host) {
+                self.push(at.err(
+                    "spec.host",
+                    format!(
+                        "{:?} (resolved to {host}) matches no ServiceEntry or VirtualService host",
+                        spec.host
+                    ),
+                ));
+                continue;
+            }
+            let me = format!("{} ({})", rl.key(), rl.source);
+            if spec.routes.is_empty() {
+                match claimed.get(&(host.clone(), None)) {
+                    Some(other) => self.push(at.err(
+                        "spec.host",
+                        format!(
+                            "RateLimitPolicy {other} already limits every request to {host}; \
+                             one host-wide RateLimitPolicy per host"
+                        ),
+                    )),
+                    None => {
+                        claimed.insert((host.clone(), None), me.clone());
+                    }
+                }
+            }
+            let mut seen = BTreeSet::new();
+            for (i, name) in spec.routes.iter().enumerate() {
+                let f = format!("spec.routes[{i}]");
+                if !seen.insert(name.as_str()) {
+                    self.push(at.err(f, format!("duplicate route {name:?}")));
+                    continue;
+                }
+                match &vs {
+                    Some((vs, names)) if !names.contains(name) => {
+                        let known = if names.is_empty() {
+                            "it names none of its http routes".to_string()
+                        } else {
+                            format!("its http routes are named {}", join(names))
+                        };
+                        self.push(at.err(
+                            f,
+                            format!(
+                                "VirtualService {vs} for {host} has no http route named {name:?}; {known}"
+                            ),
+                        ));
+                        continue;
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.push(at.err(
+                            f,
+                            format!(
+                                "{host} has no VirtualService, so it has no named routes; \
+                                 omit routes to limit every request to {host}"
+                            ),
+                        ));
+                        continue;
+                    }
+                }
+                let key = (host.clone(), Some(name.clone()));
+                match claimed.get(&key) {
+                    Some(other) => self.push(at.err(
+                        f,
+                        format!(
+                            "RateLimitPolicy {other} already limits route {name:?} of {host}; \
+                             one RateLimitPolicy per host and route"
+                        ),
+                    )),
+                    None => {
+                        claimed.insert(key, me.clone());
+                    }
+                }
+            }
+            self.out.rate_limits.push((host, rl.clone()));
+        }
+    }
+
+    fn retry_budgets(&mut self, budgets: &[Object<RetryBudgetSpec>]) {
+        for rb in budgets {
+            let at = at("RetryBudget", rb);
+            let spec = &rb.spec;
+            if !(spec.retry_ratio.is_finite() && (0.0..=1000.0).contains(&spec.retry_ratio)) {
+                self.push(at.err(
+                    "spec.retryRatio",
+                    format!(
+                        "{} must be between 0 and 1000 (retries per request: 0.2 allows 20% more requests)",
+                        spec.retry_ratio
+                    ),
+                ));
+            }
+            match duration::parse(&spec.ttl) {
+                Err(e) => self.push(at.err("spec.ttl", e)),
+                Ok(d) if d < Duration::from_secs(1) || d > Duration::from_secs(60) => {
+                    self.push(at.err(
+                        "spec.ttl",
+                        format!("{:?} must be between 1s and 60s", spec.ttl),
+                    ))
+                }
+                Ok(_) => {}
+            }
+            let host = self.out.resolve(&spec.host, &rb.metadata.namespace);
+            if !self.out.services.contains_key(&host) {
+                self.push(at.err(
+                    "spec.host",
+                    format!(
+                        "{:?} (resolved to {host}) matches no ServiceEntry",
+                        spec.host
+                    ),
+                ));
+                continue;
+            }
+            if let Some(existing) = self.out.retry_budgets.get(&host) {
+                self.push(at.err(
+                    "spec.host",
+                    format!(
+                        "RetryBudget {} ({}) already applies to {host}; one RetryBudget per host",
+                        existing.key(),
+                        existing.source
+                    ),
+                ));
+                continue;
+            }
+            self.out.retry_budgets.insert(host, rb.clone());
         }
     }
 

@@ -3,7 +3,9 @@
 use trellis_model::networking::{Protocol, SimpleLb};
 use trellis_model::{ResourceSet, parse_documents};
 
-use crate::support::{base, check, check_with_base, docs, dr, se, vs};
+use crate::support::{
+    base, check, check_with_base, docs, dr, rate_limit, retry_budget, se, trellis_doc, vs,
+};
 
 /// A realistic config: one file, a ServiceEntry, a DestinationRule with two
 /// subsets and a VirtualService with a header-matched canary route, an 80/20
@@ -146,7 +148,8 @@ fn a_realistic_file_validates() {
 }
 
 /// Resilience policies on the inference service of [`INFERENCE`]: retries,
-/// faults, mirrors, connection pools and outlier detection.
+/// faults, mirrors, connection pools, outlier detection, a rate limit and a
+/// retry budget.
 const RESILIENCE: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -226,6 +229,36 @@ spec:
     - destination: {host: shadow}
     - destination: {host: inference, subset: v2}
       percentage: {value: 1}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: inference, namespace: ml}
+spec:
+  host: inference
+  tokenBucket: {maxTokens: 1000, fillInterval: 1s}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: predict, namespace: ml}
+spec:
+  host: inference.ml.svc.cluster.local
+  routes: [predict, chaos]
+  tokenBucket: {maxTokens: 10, tokensPerFill: 5, fillInterval: 100ms}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: RetryBudget
+metadata: {name: inference, namespace: ml}
+spec:
+  host: inference
+  retryRatio: 0.5
+  minRetriesPerSecond: 0
+  ttl: 60s
+---
+apiVersion: trellis.dev/v1alpha1
+kind: RetryBudget
+metadata: {name: shadow, namespace: ml}
+spec:
+  host: shadow.ml
 "#;
 
 #[test]
@@ -238,6 +271,44 @@ fn resilience_policies_validate() {
         .unwrap_or_else(|e| panic!("{e}"));
 
     let host = "inference.ml.svc.cluster.local";
+    let limits: Vec<_> = v
+        .rate_limits
+        .iter()
+        .map(|(h, o)| (h.as_str(), o.key(), o.spec.routes.clone()))
+        .collect();
+    assert_eq!(
+        limits,
+        [
+            (host, "ml/inference".to_string(), vec![]),
+            (
+                host,
+                "ml/predict".to_string(),
+                vec!["predict".to_string(), "chaos".to_string()]
+            ),
+        ]
+    );
+    assert_eq!(v.rate_limits[1].1.spec.token_bucket.fill_tokens(), 5);
+
+    let budgets: Vec<_> = v
+        .retry_budgets
+        .iter()
+        .map(|(h, o)| {
+            (
+                h.as_str(),
+                o.spec.retry_ratio,
+                o.spec.min_retries_per_second,
+                o.spec.ttl.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        budgets,
+        [
+            (host, 0.5, 0, "60s"),
+            ("shadow.ml.svc.cluster.local", 0.2, 10, "10s"),
+        ]
+    );
+
     let rule = &v.destination_rules[host];
     let pool = rule
         .spec
@@ -310,6 +381,58 @@ fn policies_on_routes_to_http_ports_validate() {
         "{hosts: [reviews], tcp: [{route: [{destination: {host: reviews, port: {number: 3306}}}]}]}",
     );
     check_with_base(&text).unwrap();
+}
+
+#[test]
+fn rate_limits_may_name_virtual_service_hosts_and_share_a_host() {
+    let text = docs(&[
+        vs(
+            "vs",
+            "{hosts: ['*.example.org', api.internal], http: [{name: read, route: [{destination: {host: ratings.example.com}}]}, \
+             {name: write, route: [{destination: {host: ratings.example.com}}]}]}",
+        ),
+        rate_limit(
+            "a",
+            "{host: '*.example.org', tokenBucket: {maxTokens: 1, fillInterval: 1m}}",
+        ),
+        // One host-wide policy and per-route policies for the same host.
+        rate_limit(
+            "b",
+            "{host: api.internal, tokenBucket: {maxTokens: 100, fillInterval: 1s}}",
+        ),
+        rate_limit(
+            "c",
+            "{host: api.internal, routes: [read], tokenBucket: {maxTokens: 50, fillInterval: 1s}}",
+        ),
+        rate_limit(
+            "d",
+            "{host: api.internal, routes: [write], tokenBucket: {maxTokens: 5, fillInterval: 1s}}",
+        ),
+        // A service host without a VirtualService, written short, from its namespace.
+        trellis_doc(
+            "RateLimitPolicy",
+            "name: e, namespace: default",
+            "{host: reviews, tokenBucket: {maxTokens: 5, fillInterval: 10s}}",
+        ),
+        retry_budget("f", "{host: ratings.example.com, retryRatio: 0}"),
+        retry_budget("g", "{host: reviews, retryRatio: 1000, ttl: 1s}"),
+    ]);
+    let v = check_with_base(&text).unwrap_or_else(|e| panic!("{e}"));
+    let hosts: Vec<_> = v.rate_limits.iter().map(|(h, _)| h.as_str()).collect();
+    assert_eq!(
+        hosts,
+        [
+            "*.example.org",
+            "api.internal",
+            "api.internal",
+            "api.internal",
+            "reviews.default.svc.cluster.local"
+        ]
+    );
+    assert_eq!(
+        v.retry_budgets.keys().collect::<Vec<_>>(),
+        ["ratings.example.com", "reviews.default.svc.cluster.local"]
+    );
 }
 
 #[test]

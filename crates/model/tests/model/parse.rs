@@ -5,7 +5,9 @@ use trellis_model::networking::SimpleLb;
 use trellis_model::resource::Kind;
 use trellis_model::{Resource, parse_documents};
 
-use crate::support::{Want, assert_errors, doc, docs, dr, se, vs, want};
+use crate::support::{
+    Want, assert_errors, doc, docs, dr, rate_limit, retry_budget, se, trellis_doc, vs, want,
+};
 
 const F: &str = "bad.yaml";
 
@@ -81,7 +83,8 @@ fn cases() -> Vec<Case> {
                 F,
                 "Gateway istio-system/gw",
                 "kind",
-                "unknown kind \"Gateway\": Trellis understands ServiceEntry, DestinationRule, VirtualService",
+                "unknown kind \"Gateway\": Trellis understands ServiceEntry, DestinationRule, VirtualService, \
+                 RateLimitPolicy, RetryBudget",
             )],
         ),
         case(
@@ -579,6 +582,97 @@ fn cases() -> Vec<Case> {
                 "missing field `hosts`",
             )],
         ),
+        // ------------------------------------------------------ Trellis kinds
+        case(
+            "a Trellis kind under an Istio apiVersion",
+            doc("RetryBudget", "name: rb", "{host: reviews}"),
+            vec![want(
+                F,
+                "RetryBudget default/rb",
+                "apiVersion",
+                "\"networking.istio.io/v1\" is not an API version of RetryBudget: use one of trellis.dev/v1alpha1",
+            )],
+        ),
+        case(
+            "an Istio kind under the Trellis apiVersion",
+            trellis_doc("VirtualService", "name: vs", VS_SPEC),
+            vec![want(
+                F,
+                vsd,
+                "apiVersion",
+                "\"trellis.dev/v1alpha1\" is not an API version of VirtualService: use one of \
+                 networking.istio.io/v1, networking.istio.io/v1beta1, networking.istio.io/v1alpha3",
+            )],
+        ),
+        case(
+            "a RateLimitPolicy without a token bucket",
+            rate_limit("rl", "{host: reviews}"),
+            vec![want(
+                F,
+                "RateLimitPolicy default/rl",
+                "spec",
+                "missing field `tokenBucket`",
+            )],
+        ),
+        case(
+            "a misspelled token bucket field",
+            rate_limit(
+                "rl",
+                "{host: reviews, tokenBucket: {maxTokens: 10, fillIntervall: 1s}}",
+            ),
+            vec![want(
+                F,
+                "RateLimitPolicy default/rl",
+                "spec.tokenBucket.fillIntervall",
+                "unknown field: expected one of `maxTokens`, `tokensPerFill`, `fillInterval`",
+            )],
+        ),
+        case(
+            "negative maxTokens",
+            rate_limit(
+                "rl",
+                "{host: reviews, tokenBucket: {maxTokens: -1, fillInterval: 1s}}",
+            ),
+            vec![want(
+                F,
+                "RateLimitPolicy default/rl",
+                "spec.tokenBucket.maxTokens",
+                "invalid value: integer `-1`, expected u32",
+            )],
+        ),
+        case(
+            "routes must be a list",
+            rate_limit(
+                "rl",
+                "{host: reviews, routes: canary, tokenBucket: {maxTokens: 1, fillInterval: 1s}}",
+            ),
+            vec![want(
+                F,
+                "RateLimitPolicy default/rl",
+                "spec.routes",
+                "invalid type: string \"canary\", expected a sequence",
+            )],
+        ),
+        case(
+            "a RetryBudget with an unknown field",
+            retry_budget("rb", "{host: reviews, retryPercent: 20}"),
+            vec![want(
+                F,
+                "RetryBudget default/rb",
+                "spec.retryPercent",
+                "unknown field: expected one of `host`, `retryRatio`, `minRetriesPerSecond`, `ttl`",
+            )],
+        ),
+        case(
+            "a RetryBudget without a host",
+            retry_budget("rb", "{retryRatio: 0.5}"),
+            vec![want(
+                F,
+                "RetryBudget default/rb",
+                "spec",
+                "missing field `host`",
+            )],
+        ),
         case(
             "every bad document is reported, good ones are not",
             docs(&[
@@ -647,7 +741,7 @@ fn errors_display_file_resource_field_reason() {
     assert_eq!(
         errs.to_string(),
         "1 error in config\n  bad.yaml: Gateway default/gw: kind: unknown kind \"Gateway\": \
-         Trellis understands ServiceEntry, DestinationRule, VirtualService"
+         Trellis understands ServiceEntry, DestinationRule, VirtualService, RateLimitPolicy, RetryBudget"
     );
 }
 
@@ -795,6 +889,54 @@ fn from_json_uses_the_same_checks() {
             "VirtualService default/vs",
             "spec.http[0].retries.backoff"
         )
+    );
+}
+
+#[test]
+fn trellis_kinds_parse_with_their_defaults() {
+    let text = docs(&[
+        rate_limit(
+            "rl",
+            "{host: reviews, tokenBucket: {maxTokens: 100, fillInterval: 1s}}",
+        ),
+        retry_budget("rb", "{host: reviews}"),
+    ]);
+    let rs = parse_documents("f.yaml", &text).unwrap();
+    let kinds: Vec<_> = rs.iter().map(|r| (r.kind(), r.display_name())).collect();
+    assert_eq!(
+        kinds,
+        [
+            (
+                Kind::RateLimitPolicy,
+                "RateLimitPolicy default/rl".to_string()
+            ),
+            (Kind::RetryBudget, "RetryBudget default/rb".to_string()),
+        ]
+    );
+    let Resource::RateLimitPolicy(rl) = &rs[0] else {
+        panic!("not a RateLimitPolicy")
+    };
+    assert!(rl.spec.routes.is_empty());
+    assert_eq!(rl.spec.token_bucket.tokens_per_fill, None);
+    assert_eq!(
+        rl.spec.token_bucket.fill_tokens(),
+        100,
+        "defaults to maxTokens"
+    );
+    let Resource::RetryBudget(rb) = &rs[1] else {
+        panic!("not a RetryBudget")
+    };
+    assert_eq!(
+        (
+            rb.spec.retry_ratio,
+            rb.spec.min_retries_per_second,
+            rb.spec.ttl.as_str()
+        ),
+        (0.2, 10, "10s")
+    );
+    assert_eq!(
+        Kind::RetryBudget.api_versions(),
+        [trellis_model::trellis::API_VERSION]
     );
 }
 

@@ -60,6 +60,19 @@ pub fn doc(kind: &str, meta: &str, spec: &str) -> String {
     )
 }
 
+/// Like [`doc`], for a Trellis kind (`trellis.dev/v1alpha1`).
+pub fn trellis_doc(kind: &str, meta: &str, spec: &str) -> String {
+    format!("apiVersion: trellis.dev/v1alpha1\nkind: {kind}\nmetadata: {{{meta}}}\nspec: {spec}\n")
+}
+
+pub fn rate_limit(name: &str, spec: &str) -> String {
+    trellis_doc("RateLimitPolicy", &format!("name: {name}"), spec)
+}
+
+pub fn retry_budget(name: &str, spec: &str) -> String {
+    trellis_doc("RetryBudget", &format!("name: {name}"), spec)
+}
+
 pub fn se(name: &str, spec: &str) -> String {
     doc("ServiceEntry", &format!("name: {name}"), spec)
 }

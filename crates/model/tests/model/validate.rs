@@ -1,12 +1,16 @@
 //! Semantic errors found by `validate()` over a whole set of resources. Each
 //! case adds `case.yaml` to the services of `base.yaml` (see `support::base`).
 
-use crate::support::{Want, assert_errors, check, check_with_base, docs, dr, se, vs, want};
+use crate::support::{
+    Want, assert_errors, check, check_with_base, docs, dr, rate_limit, retry_budget, se, vs, want,
+};
 
 const C: &str = "case.yaml";
 const VS: &str = "VirtualService default/vs";
 const DR: &str = "DestinationRule default/r";
 const SE: &str = "ServiceEntry default/s";
+const RL: &str = "RateLimitPolicy default/rl";
+const RB: &str = "RetryBudget default/rb";
 
 struct Case {
     name: &'static str,
@@ -47,6 +51,19 @@ const TO_REVIEWS: &str = "route: [{destination: {host: reviews}}]";
 fn db() -> String {
     entry("resolution: DNS, ports: [{number: 5432, name: tcp}]")
 }
+
+/// A VirtualService for `reviews` whose first two HTTP routes are named.
+fn named_routes() -> String {
+    vs(
+        "vs",
+        "{hosts: [reviews], http: [\
+         {name: canary, match: [{headers: {x-canary: {exact: 'true'}}}], route: [{destination: {host: reviews, subset: v2}}]}, \
+         {name: default, match: [{uri: {prefix: /}}], route: [{destination: {host: reviews, subset: v1}}]}, \
+         {route: [{destination: {host: reviews}}]}]}",
+    )
+}
+
+const BUCKET: &str = "tokenBucket: {maxTokens: 10, fillInterval: 1s}";
 
 fn cases() -> Vec<Case> {
     vec![
@@ -1379,6 +1396,246 @@ fn cases() -> Vec<Case> {
                     "\"0s\" must be greater than zero",
                 ),
             ],
+        ),
+        // ----------------------------------------------------- RateLimitPolicy
+        case(
+            "a rate limit for an unknown host",
+            rate_limit("rl", &format!("{{host: details, {BUCKET}}}")),
+            vec![want(
+                C,
+                RL,
+                "spec.host",
+                "\"details\" (resolved to details.default.svc.cluster.local) matches no ServiceEntry or VirtualService host",
+            )],
+        ),
+        case(
+            "a rate limit's host resolves in its own namespace",
+            crate::support::trellis_doc(
+                "RateLimitPolicy",
+                "name: rl, namespace: prod",
+                &format!("{{host: reviews, {BUCKET}}}"),
+            ),
+            vec![want(
+                C,
+                "RateLimitPolicy prod/rl",
+                "spec.host",
+                "\"reviews\" (resolved to reviews.prod.svc.cluster.local) matches no ServiceEntry or VirtualService host",
+            )],
+        ),
+        case(
+            "a rate limit with an invalid host",
+            rate_limit("rl", &format!("{{host: 'reviews:9080', {BUCKET}}}")),
+            vec![want(
+                C,
+                RL,
+                "spec.host",
+                "\"reviews:9080\" is not a valid host (a DNS name, *.suffix or *)",
+            )],
+        ),
+        case(
+            "an empty token bucket",
+            rate_limit(
+                "rl",
+                "{host: reviews, tokenBucket: {maxTokens: 0, tokensPerFill: 0, fillInterval: 0s}}",
+            ),
+            vec![
+                want(C, RL, "spec.tokenBucket.maxTokens", "must be at least 1"),
+                want(
+                    C,
+                    RL,
+                    "spec.tokenBucket.tokensPerFill",
+                    "must be at least 1 (omit it to refill up to maxTokens)",
+                ),
+                want(
+                    C,
+                    RL,
+                    "spec.tokenBucket.fillInterval",
+                    "\"0s\" must be greater than zero",
+                ),
+            ],
+        ),
+        case(
+            "an unparsable fill interval",
+            rate_limit(
+                "rl",
+                "{host: reviews, tokenBucket: {maxTokens: 5, fillInterval: 1 second}}",
+            ),
+            vec![want(
+                C,
+                RL,
+                "spec.tokenBucket.fillInterval",
+                "invalid duration \"1 second\"",
+            )],
+        ),
+        case(
+            "rate-limited routes must be named routes of the host",
+            docs(&[
+                named_routes(),
+                rate_limit(
+                    "rl",
+                    &format!("{{host: reviews, routes: [canary, nope, canary], {BUCKET}}}"),
+                ),
+            ]),
+            vec![
+                want(
+                    C,
+                    RL,
+                    "spec.routes[1]",
+                    "VirtualService default/vs (case.yaml) for reviews.default.svc.cluster.local has no http \
+                     route named \"nope\"; its http routes are named canary, default",
+                ),
+                want(C, RL, "spec.routes[2]", "duplicate route \"canary\""),
+            ],
+        ),
+        case(
+            "routes of a VirtualService that names none",
+            docs(&[
+                http(&format!("{{{TO_REVIEWS}}}")),
+                rate_limit(
+                    "rl",
+                    &format!("{{host: reviews, routes: [default], {BUCKET}}}"),
+                ),
+            ]),
+            vec![want(
+                C,
+                RL,
+                "spec.routes[0]",
+                "has no http route named \"default\"; it names none of its http routes",
+            )],
+        ),
+        case(
+            "routes of a host without a VirtualService",
+            rate_limit(
+                "rl",
+                &format!("{{host: ratings.example.com, routes: [a], {BUCKET}}}"),
+            ),
+            vec![want(
+                C,
+                RL,
+                "spec.routes[0]",
+                "ratings.example.com has no VirtualService, so it has no named routes; \
+                 omit routes to limit every request to ratings.example.com",
+            )],
+        ),
+        case(
+            "two rate limits for the same host or the same route",
+            docs(&[
+                named_routes(),
+                rate_limit("rl", &format!("{{host: reviews, {BUCKET}}}")),
+                rate_limit("rl2", &format!("{{host: reviews.default, {BUCKET}}}")),
+                rate_limit(
+                    "rl3",
+                    &format!("{{host: reviews, routes: [default, canary], {BUCKET}}}"),
+                ),
+                rate_limit(
+                    "rl4",
+                    &format!("{{host: reviews, routes: [canary], {BUCKET}}}"),
+                ),
+            ]),
+            vec![
+                want(
+                    C,
+                    "RateLimitPolicy default/rl2",
+                    "spec.host",
+                    "RateLimitPolicy default/rl (case.yaml) already limits every request to \
+                     reviews.default.svc.cluster.local; one host-wide RateLimitPolicy per host",
+                ),
+                want(
+                    C,
+                    "RateLimitPolicy default/rl4",
+                    "spec.routes[0]",
+                    "RateLimitPolicy default/rl3 (case.yaml) already limits route \"canary\" of \
+                     reviews.default.svc.cluster.local; one RateLimitPolicy per host and route",
+                ),
+            ],
+        ),
+        // --------------------------------------------------------- RetryBudget
+        case(
+            "a retry budget for an unknown host, or for a host that is only routed",
+            docs(&[
+                vs(
+                    "vs",
+                    &format!("{{hosts: [web.example.org], http: [{{{TO_REVIEWS}}}]}}"),
+                ),
+                retry_budget("rb", "{host: details}"),
+                retry_budget("rb2", "{host: web.example.org}"),
+            ]),
+            vec![
+                want(
+                    C,
+                    RB,
+                    "spec.host",
+                    "\"details\" (resolved to details.default.svc.cluster.local) matches no ServiceEntry",
+                ),
+                want(
+                    C,
+                    "RetryBudget default/rb2",
+                    "spec.host",
+                    "\"web.example.org\" (resolved to web.example.org) matches no ServiceEntry",
+                ),
+            ],
+        ),
+        case(
+            "retry ratios and ttls out of range",
+            docs(&[
+                retry_budget("rb", "{host: reviews, retryRatio: -0.1, ttl: 500ms}"),
+                retry_budget(
+                    "rb2",
+                    "{host: ratings.example.com, retryRatio: 1000.5, ttl: 61s}",
+                ),
+                retry_budget(
+                    "rb3",
+                    "{host: db.example.com, retryRatio: 5000, ttl: ten seconds}",
+                ),
+                db(),
+            ]),
+            vec![
+                want(
+                    C,
+                    RB,
+                    "spec.retryRatio",
+                    "-0.1 must be between 0 and 1000 (retries per request: 0.2 allows 20% more requests)",
+                ),
+                want(C, RB, "spec.ttl", "\"500ms\" must be between 1s and 60s"),
+                want(
+                    C,
+                    "RetryBudget default/rb2",
+                    "spec.retryRatio",
+                    "1000.5 must be between 0 and 1000",
+                ),
+                want(
+                    C,
+                    "RetryBudget default/rb2",
+                    "spec.ttl",
+                    "\"61s\" must be between 1s and 60s",
+                ),
+                want(
+                    C,
+                    "RetryBudget default/rb3",
+                    "spec.retryRatio",
+                    "5000 must be between 0 and 1000",
+                ),
+                want(
+                    C,
+                    "RetryBudget default/rb3",
+                    "spec.ttl",
+                    "invalid duration \"ten seconds\"",
+                ),
+            ],
+        ),
+        case(
+            "two retry budgets for one host",
+            docs(&[
+                retry_budget("rb", "{host: reviews}"),
+                retry_budget("rb2", "{host: reviews.default.svc.cluster.local}"),
+            ]),
+            vec![want(
+                C,
+                "RetryBudget default/rb2",
+                "spec.host",
+                "RetryBudget default/rb (case.yaml) already applies to reviews.default.svc.cluster.local; \
+                 one RetryBudget per host",
+            )],
         ),
         // --------------------------------------------------- all reported
         case(
