@@ -716,3 +716,24 @@ fn the_example_in_docs_config_md_validates() {
         ["inference.ml.svc.cluster.local"]
     );
 }
+
+#[test]
+fn every_yaml_example_in_docs_config_md_validates_together() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/config.md");
+    let doc = std::fs::read_to_string(path).unwrap();
+    let blocks: Vec<&str> = doc
+        .split("```yaml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert!(blocks.len() >= 3, "found {} yaml examples", blocks.len());
+    let rs =
+        parse_documents("docs/config.md", &blocks.join("---\n")).unwrap_or_else(|e| panic!("{e}"));
+    let v = trellis_model::validate::validate(&rs.into_iter().collect::<ResourceSet>())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v.rate_limits.len(), 2);
+    assert_eq!(
+        v.retry_budgets.keys().collect::<Vec<_>>(),
+        ["inference.ml.svc.cluster.local"]
+    );
+}
