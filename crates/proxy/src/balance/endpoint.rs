@@ -183,6 +183,7 @@ pub(crate) struct EjectionTiming {
 }
 
 impl OutlierState {
+    /// See [`Endpoint::is_ejected`].
     pub fn is_ejected(&self) -> bool {
         self.ejected.load(Ordering::Relaxed)
     }

@@ -215,6 +215,7 @@ impl Balancer {
         self
     }
 
+    /// See [`with_min_health_percent`](Self::with_min_health_percent).
     pub fn min_health_percent(&self) -> u32 {
         self.min_health_percent
     }

@@ -21,9 +21,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// The limits of one cluster. `u32::MAX` means unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// Istio `tcp.maxConnections`: open upstream connections.
     pub max_connections: u32,
+    /// Istio `http.http1MaxPendingRequests`: requests waiting for a
+    /// connection.
     pub max_pending: u32,
+    /// Istio `http.http2MaxRequests`: requests in flight.
     pub max_requests: u32,
+    /// Istio `http.maxRetries`: retries in flight across the cluster.
     pub max_retries: u32,
 }
 
@@ -44,9 +49,13 @@ impl Default for Limits {
 /// What a [`Permit`] holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Slot {
+    /// An open upstream connection.
     Connection,
+    /// A request waiting for a connection.
     Pending,
+    /// A request in flight.
     Request,
+    /// A retry in flight.
     Retry,
 }
 
@@ -65,12 +74,16 @@ impl Slot {
 /// the overflow metric can name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum Overflow {
+    /// [`Limits::max_connections`] is full.
     #[error("circuit breaker: max_connections reached")]
     MaxConnections,
+    /// [`Limits::max_pending`] is full.
     #[error("circuit breaker: max_pending_requests reached")]
     MaxPendingRequests,
+    /// [`Limits::max_requests`] is full.
     #[error("circuit breaker: max_requests reached")]
     MaxRequests,
+    /// [`Limits::max_retries`] is full.
     #[error("circuit breaker: max_retries reached")]
     MaxRetries,
 }
@@ -100,9 +113,13 @@ impl Overflow {
 /// Current counts, for `/config_dump`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct BreakerCounts {
+    /// Connection permits held.
     pub connections: u32,
+    /// Pending-request permits held.
     pub pending: u32,
+    /// Request permits held.
     pub requests: u32,
+    /// Retry permits held.
     pub retries: u32,
 }
 
@@ -115,6 +132,9 @@ pub struct Breaker {
 }
 
 impl Breaker {
+    /// A breaker with nothing held. Built once per cluster when config
+    /// loads; a reload builds a new one (its limits may have changed) while
+    /// in-flight permits keep the old one alive until they finish.
     pub fn new(limits: Limits) -> Self {
         Self {
             limits,
@@ -122,6 +142,7 @@ impl Breaker {
         }
     }
 
+    /// The configured limits, for `/config_dump`.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
@@ -154,6 +175,8 @@ impl Breaker {
         })
     }
 
+    /// Permits held now, for `/config_dump` and gauges. Each count is read
+    /// separately, so under load the four are not one instant's snapshot.
     pub fn counts(&self) -> BreakerCounts {
         let get = |s: Slot| self.counts[s.index()].load(Ordering::Relaxed);
         BreakerCounts {
@@ -181,6 +204,7 @@ pub struct Permit {
 }
 
 impl Permit {
+    /// Which slot this permit holds (for metrics and tests).
     pub fn slot(&self) -> Slot {
         self.slot
     }

@@ -96,6 +96,7 @@ impl RetryBudget {
         }
     }
 
+    /// The settings the budget was made with, for `/config_dump`.
     pub fn settings(&self) -> &BudgetSettings {
         &self.settings
     }
@@ -194,6 +195,7 @@ impl RetryBudget {
 pub struct SharedBudget(Mutex<RetryBudget>);
 
 impl SharedBudget {
+    /// See [`RetryBudget::new`].
     pub fn new(settings: BudgetSettings, now: Instant) -> Self {
         Self(Mutex::new(RetryBudget::new(settings, now)))
     }
@@ -213,6 +215,7 @@ impl SharedBudget {
         self.lock().snapshot(now)
     }
 
+    /// See [`RetryBudget::settings`].
     pub fn settings(&self) -> BudgetSettings {
         *self.lock().settings()
     }

@@ -114,9 +114,12 @@ pub enum CallResult {
 /// An endpoint just ejected, for the log line and the ejection metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ejection {
+    /// The ejected endpoint.
     pub addr: SocketAddr,
     /// [`REASON_5XX`] or [`REASON_GATEWAY`].
     pub reason: &'static str,
+    /// How long it stays out (the sweep returns it at the first interval
+    /// after that).
     pub duration: Duration,
 }
 

@@ -58,6 +58,7 @@ impl TokenBucket {
         self.tokens
     }
 
+    /// The bucket's capacity, i.e. the largest burst it allows.
     pub fn max_tokens(&self) -> u32 {
         self.max_tokens
     }
@@ -91,6 +92,7 @@ impl TokenBucket {
 pub struct SharedBucket(Mutex<TokenBucket>);
 
 impl SharedBucket {
+    /// See [`TokenBucket::new`].
     pub fn new(
         max_tokens: u32,
         tokens_per_fill: u32,

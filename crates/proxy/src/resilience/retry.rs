@@ -16,17 +16,29 @@ use std::time::Duration;
 // TODO(integration): replace with trellis_model::policy::RetryOn
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetryOn {
+    /// `5xx`.
     pub five_xx: bool,
+    /// `gateway-error`.
     pub gateway_error: bool,
+    /// `reset`.
     pub reset: bool,
+    /// `connect-failure`.
     pub connect_failure: bool,
+    /// `refused-stream`.
     pub refused_stream: bool,
+    /// `retriable-4xx`.
     pub retriable_4xx: bool,
+    /// `retriable-status-codes` with these codes.
     pub status_codes: Vec<u16>,
+    /// `cancelled`.
     pub grpc_cancelled: bool,
+    /// `deadline-exceeded`.
     pub grpc_deadline_exceeded: bool,
+    /// `internal`.
     pub grpc_internal: bool,
+    /// `resource-exhausted`.
     pub grpc_resource_exhausted: bool,
+    /// `unavailable`.
     pub grpc_unavailable: bool,
 }
 
@@ -39,6 +51,7 @@ pub struct RetryPolicy {
     /// Istio `perTryTimeout`: each try's own deadline, inside the route
     /// timeout. `None` leaves only the route timeout.
     pub per_try_timeout: Option<Duration>,
+    /// Istio `retryOn`: which outcomes are retried; see [`retry_reason`].
     pub retry_on: RetryOn,
     /// Istio `retryRemoteLocalities`: when false a retry stays in the
     /// locality priorities the first try could use.
@@ -79,7 +92,9 @@ pub enum Outcome {
     /// Response headers arrived. `grpc_status` is the `grpc-status` of a
     /// trailers-only response (the only gRPC status known before the body).
     Response {
+        /// The HTTP status.
         status: u16,
+        /// `grpc-status` from the response headers, if any.
         grpc_status: Option<u32>,
     },
     /// No connection could be made to the endpoint.
@@ -110,17 +125,29 @@ pub enum Outcome {
 pub enum RetryReason {
     /// Always retriable, whatever the policy: the upstream never saw it.
     NeverSent,
+    /// `connect-failure`.
     ConnectFailure,
+    /// `refused-stream`.
     RefusedStream,
+    /// `retriable-status-codes` (Istio: a status code in `retryOn`).
     RetriableStatusCode,
+    /// `retriable-4xx` (409).
     Retriable4xx,
+    /// `cancelled` (gRPC 1).
     GrpcCancelled,
+    /// `deadline-exceeded` (gRPC 4).
     GrpcDeadlineExceeded,
+    /// `internal` (gRPC 13).
     GrpcInternal,
+    /// `resource-exhausted` (gRPC 8).
     GrpcResourceExhausted,
+    /// `unavailable` (gRPC 14).
     GrpcUnavailable,
+    /// `reset`: no response at all.
     Reset,
+    /// `gateway-error`: 502/503/504, connect failure, per-try timeout.
     GatewayError,
+    /// `5xx`: any 5xx or no response at all.
     FiveXx,
 }
 
