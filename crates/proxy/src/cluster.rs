@@ -4,6 +4,11 @@
 use std::sync::Arc;
 
 use crate::balance::{Balancer, HashKey};
+use crate::http::pool::UpstreamSettings;
+use crate::resilience::breaker::Breaker;
+use crate::resilience::budget::SharedBudget;
+use crate::resilience::outlier::OutlierSettings;
+use crate::telemetry::metrics::ClusterStats;
 
 /// How the proxy speaks to a cluster's endpoints: from the ServiceEntry port's protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -24,6 +29,17 @@ pub struct Cluster {
     pub balancer: Balancer,
     /// For ring-hash balancing: what in the request is hashed.
     pub hash_key: Option<HashKey>,
+    /// Connecting and keeping connections (`connectionPool`).
+    pub upstream: UpstreamSettings,
+    /// `connectionPool` limits. Kept across reloads while they are unchanged,
+    /// so in-flight requests stay counted.
+    pub breaker: Arc<Breaker>,
+    /// The destination's retry budget, shared by all its clusters (ports,
+    /// subsets) and kept across reloads while its settings are unchanged.
+    pub budget: Arc<SharedBudget>,
+    /// `outlierDetection`, if the DestinationRule sets it.
+    pub outlier: Option<OutlierSettings>,
+    pub stats: ClusterStats,
 }
 
 impl Cluster {

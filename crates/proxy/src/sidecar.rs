@@ -20,11 +20,15 @@ use crate::admin::{self, Admin};
 use crate::balance::Locality;
 use crate::config::compile::system_resolve;
 use crate::config::watch::{Loader, Store};
-use crate::http::pool::{Pool, PoolSettings};
+use crate::http::pool::Pool;
 use crate::http::server::{self, Side};
 use crate::telemetry::logging::LogControl;
 use crate::telemetry::metrics::Metrics;
 use crate::worker::Worker;
+
+/// Idle HTTP/1.1 connections kept per endpoint and worker; more are closed
+/// when they come back.
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -136,7 +140,7 @@ pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError
     for (i, (out_l, in_l)) in outbound.into_iter().zip(inbound).enumerate() {
         let worker = Arc::new(Worker::new(
             store.clone(),
-            Pool::new(PoolSettings::default()),
+            Pool::new(MAX_IDLE_PER_ENDPOINT),
             metrics.clone(),
             settings.app,
         ));

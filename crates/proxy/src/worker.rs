@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::watch::Store;
-use crate::http::pool::Pool;
+use crate::http::pool::{Pool, UpstreamSettings};
+use crate::resilience::breaker::{Breaker, Limits};
 use crate::telemetry::metrics::{Direction, Metrics, RouteStats};
 
 #[derive(Debug)]
@@ -15,6 +16,13 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     /// Where inbound traffic goes: the local application.
     pub app: Option<SocketAddr>,
+    /// How connections to the app are made and kept.
+    pub app_upstream: UpstreamSettings,
+    /// No limits on the app (yet): inbound connectionPool settings are a
+    /// later feature.
+    pub app_breaker: Arc<Breaker>,
+    /// This worker's mirrored requests in flight.
+    pub mirrors: crate::http::mirror::InFlight,
     /// Requests that never reached a route (unknown host, no match).
     pub unrouted: RouteStats,
     pub inbound: RouteStats,
@@ -38,6 +46,9 @@ impl Worker {
             pool,
             metrics,
             app,
+            app_upstream: UpstreamSettings::default(),
+            app_breaker: Arc::new(Breaker::new(Limits::default())),
+            mirrors: Default::default(),
             unrouted,
             inbound,
         }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::{HeaderName, HeaderValue};
 use trellis_model::networking::{
@@ -19,9 +20,15 @@ use trellis_model::{ConfigError, ConfigErrors, host};
 use super::ProxyConfig;
 use crate::balance::{Balancer, Endpoint, HashKey, LbPolicy, Locality, LocalityLb};
 use crate::cluster::{Cluster, UpstreamProtocol};
+use crate::resilience::breaker::{Breaker, Limits};
+use crate::resilience::budget::{BudgetSettings, SharedBudget};
+use crate::resilience::rate_limit::SharedBucket;
+use crate::resilience::retry::RetryPolicy;
+
+use super::policy;
 use crate::route::{
-    HeaderEdits, HeaderOps, PortRoutes, RequestMatch, Rewrite, Route, RouteAction, RouteTable,
-    StringMatcher, TcpRoute, UriRewrite, VirtualHost, WeightedDestination,
+    HeaderEdits, HeaderOps, Mirror, PortRoutes, RateLimit, RequestMatch, Rewrite, Route,
+    RouteAction, RouteTable, StringMatcher, TcpRoute, UriRewrite, VirtualHost, WeightedDestination,
 };
 use crate::telemetry::metrics::{Direction, Metrics};
 
@@ -75,6 +82,8 @@ pub fn compile(v: Validated, ctx: &Context) -> Result<ProxyConfig, ConfigErrors>
         ctx,
         v: &v,
         clusters: BTreeMap::new(),
+        budgets: BTreeMap::new(),
+        rate_limits: BTreeMap::new(),
         errors: ConfigErrors::default(),
     };
     c.build_clusters();
@@ -82,11 +91,12 @@ pub fn compile(v: Validated, ctx: &Context) -> Result<ProxyConfig, ConfigErrors>
     if !c.errors.is_empty() {
         return Err(c.errors);
     }
-    let clusters = c.clusters;
     Ok(ProxyConfig {
         generation: ctx.previous.map_or(1, |p| p.generation + 1),
         outbound,
-        clusters,
+        clusters: c.clusters,
+        budgets: c.budgets,
+        rate_limits: c.rate_limits,
         source: v,
     })
 }
@@ -95,6 +105,10 @@ struct Compiler<'a> {
     ctx: &'a Context<'a>,
     v: &'a Validated,
     clusters: BTreeMap<String, Arc<Cluster>>,
+    /// Retry budgets by destination host.
+    budgets: BTreeMap<String, Arc<SharedBudget>>,
+    /// Rate-limit buckets by policy (and route), see [`ProxyConfig::rate_limits`].
+    rate_limits: BTreeMap<String, Arc<SharedBucket>>,
     errors: ConfigErrors,
 }
 
@@ -153,9 +167,47 @@ impl Compiler<'_> {
                         ));
                     }
                 }
+                let budget = self.budget(&s.host);
                 for (subset, policy, labels) in variants {
                     let name = Cluster::name("outbound", port.number, subset, &s.host);
                     let lb = effective_lb(base_policy, policy, port.number);
+                    let pool = policy::effective(
+                        base_policy,
+                        policy,
+                        port.number,
+                        |t| t.connection_pool.as_ref(),
+                        |p| p.connection_pool.as_ref(),
+                    );
+                    let outlier = policy::effective(
+                        base_policy,
+                        policy,
+                        port.number,
+                        |t| t.outlier_detection.as_ref(),
+                        |p| p.outlier_detection.as_ref(),
+                    );
+                    let dr_err = |(field, reason): policy::FieldError| {
+                        let dr = dr.expect("only a DestinationRule has policies");
+                        ConfigError::new(
+                            &dr.source,
+                            format!("DestinationRule {}", dr.key()),
+                            format!("spec.trafficPolicy...{field}"),
+                            reason,
+                        )
+                    };
+                    let (upstream, limits) = match policy::connection_pool(pool) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            self.errors.push(dr_err(e));
+                            continue;
+                        }
+                    };
+                    let outlier = match outlier.map(policy::outlier).transpose() {
+                        Ok(x) => x,
+                        Err(e) => {
+                            self.errors.push(dr_err(e));
+                            continue;
+                        }
+                    };
                     let eps = endpoints
                         .iter()
                         .filter(|(_, ep)| {
@@ -174,12 +226,19 @@ impl Compiler<'_> {
                         })
                         .map(|(addr, ep)| self.endpoint(&name, addr, ep))
                         .collect();
-                    let (policy, locality_lb, hash_key) = lb_policy(lb);
+                    let (lb_kind, locality_lb, hash_key) = lb_policy(lb);
+                    let min_health = outlier.as_ref().map_or(0, |o| o.min_health_percent);
                     let cluster = Cluster {
                         name: name.clone().into(),
                         protocol: upstream_protocol(port.protocol),
-                        balancer: Balancer::new(policy, locality_lb, self.ctx.locality, eps),
+                        balancer: Balancer::new(lb_kind, locality_lb, self.ctx.locality, eps)
+                            .with_min_health_percent(min_health),
                         hash_key,
+                        upstream,
+                        breaker: self.breaker(&name, limits),
+                        budget: budget.clone(),
+                        outlier,
+                        stats: self.ctx.metrics.cluster_stats(&name),
                     };
                     self.clusters.insert(name, Arc::new(cluster));
                 }
@@ -208,6 +267,92 @@ impl Compiler<'_> {
             out.push((ips, ep));
         }
         Ok(out)
+    }
+
+    /// The destination's retry budget: one per host, shared by its clusters;
+    /// the previous snapshot's is kept while its settings are unchanged, so
+    /// a reload does not hand a storm a fresh allowance.
+    fn budget(&mut self, host: &str) -> Arc<SharedBudget> {
+        if let Some(b) = self.budgets.get(host) {
+            return b.clone();
+        }
+        let spec = self.v.retry_budgets.get(host);
+        let settings = match policy::budget(spec.map(|o| &o.spec)) {
+            Ok(s) => s,
+            Err((field, reason)) => {
+                let o = spec.expect("only a RetryBudget can fail");
+                self.errors.push(ConfigError::new(
+                    &o.source,
+                    format!("RetryBudget {}", o.key()),
+                    field,
+                    reason,
+                ));
+                BudgetSettings::default()
+            }
+        };
+        let budget = self
+            .ctx
+            .previous
+            .and_then(|p| p.budgets.get(host))
+            .filter(|b| b.settings() == settings)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(SharedBudget::new(settings, Instant::now())));
+        self.budgets.insert(host.to_string(), budget.clone());
+        budget
+    }
+
+    /// The cluster's circuit breaker, kept from the previous snapshot while
+    /// its limits are unchanged so in-flight requests stay counted.
+    fn breaker(&self, cluster: &str, limits: Limits) -> Arc<Breaker> {
+        self.ctx
+            .previous
+            .and_then(|p| p.clusters.get(cluster))
+            .map(|c| c.breaker.clone())
+            .filter(|b| *b.limits() == limits)
+            .unwrap_or_else(|| Arc::new(Breaker::new(limits)))
+    }
+
+    /// The RateLimitPolicy for `host` and `route` (None: host-wide), if any.
+    fn rate_limit(&mut self, host: &str, route: Option<&str>) -> Option<RateLimit> {
+        let (_, o) = self.v.rate_limits.iter().find(|(h, o)| {
+            h == host
+                && match route {
+                    Some(r) => o.spec.routes.iter().any(|x| x == r),
+                    None => o.spec.routes.is_empty(),
+                }
+        })?;
+        let (max, per_fill, interval) = match policy::token_bucket(&o.spec.token_bucket) {
+            Ok(b) => b,
+            Err((field, reason)) => {
+                self.errors.push(ConfigError::new(
+                    &o.source,
+                    format!("RateLimitPolicy {}", o.key()),
+                    field,
+                    reason,
+                ));
+                return None;
+            }
+        };
+        let policy = match route {
+            Some(r) => format!("{}|{r}", o.key()),
+            None => o.key(),
+        };
+        // Kept across reloads while the bucket's settings are unchanged.
+        let key = format!("{policy}|{max}|{per_fill}|{interval:?}");
+        let bucket = self
+            .rate_limits
+            .get(&key)
+            .or_else(|| self.ctx.previous.and_then(|p| p.rate_limits.get(&key)))
+            .cloned()
+            .unwrap_or_else(|| {
+                Arc::new(SharedBucket::new(max, per_fill, interval, Instant::now()))
+            });
+        self.rate_limits.insert(key, bucket.clone());
+        Some(RateLimit {
+            rejected: self.ctx.metrics.rate_limited(&policy),
+            policy: policy.into(),
+            bucket,
+        })
     }
 
     /// Reuse the previous snapshot's endpoint when nothing about it changed, so
@@ -269,6 +414,7 @@ impl Compiler<'_> {
                     name: s.host.clone(),
                     ports,
                     any_port: None,
+                    rate_limit: self.rate_limit(&s.host, None),
                 },
             );
         }
@@ -310,7 +456,7 @@ impl Compiler<'_> {
                         let any_port = if vs.spec.http.is_empty() {
                             self.tcp_routes(vs, None).map(|r| PortRoutes::Tcp(r.into()))
                         } else {
-                            Some(PortRoutes::Http(self.http_routes(vs, None).into()))
+                            Some(PortRoutes::Http(self.http_routes(vs, None, host).into()))
                         };
                         vhosts.insert(
                             host.clone(),
@@ -318,6 +464,7 @@ impl Compiler<'_> {
                                 name: host.clone(),
                                 ports: Vec::new(),
                                 any_port,
+                                rate_limit: self.rate_limit(host, None),
                             },
                         );
                     }
@@ -344,11 +491,11 @@ impl Compiler<'_> {
         &mut self,
         vs: &trellis_model::resource::Object<m::VirtualServiceSpec>,
         port: &Port,
-        _host: &str,
+        host: &str,
     ) -> Option<PortRoutes> {
         if port.protocol.is_http() {
             (!vs.spec.http.is_empty())
-                .then(|| PortRoutes::Http(self.http_routes(vs, Some(port.number)).into()))
+                .then(|| PortRoutes::Http(self.http_routes(vs, Some(port.number), host).into()))
         } else {
             self.tcp_routes(vs, Some(port.number))
                 .map(|r| PortRoutes::Tcp(r.into()))
@@ -375,6 +522,10 @@ impl Compiler<'_> {
                 rewrite: None,
                 timeout: None,
                 headers: HeaderOps::default(),
+                retry: RetryPolicy::istio_default(),
+                fault: None,
+                mirrors: Vec::new(),
+                rate_limit: None,
             },
         }
     }
@@ -389,6 +540,7 @@ impl Compiler<'_> {
         &mut self,
         vs: &trellis_model::resource::Object<m::VirtualServiceSpec>,
         port: Option<u16>,
+        host: &str,
     ) -> Vec<Route> {
         let ns = vs.metadata.namespace.as_str();
         let mut routes = Vec::new();
@@ -400,7 +552,12 @@ impl Compiler<'_> {
                 r.name.clone().unwrap_or_else(|| format!("http[{i}]"))
             );
             match self.http_route(ns, &name, r, port) {
-                Ok(route) => routes.push(route),
+                Ok(mut route) => {
+                    if let Some(rn) = r.name.as_deref() {
+                        route.action.rate_limit = self.rate_limit(host, Some(rn));
+                    }
+                    routes.push(route)
+                }
                 Err((field, reason)) => self.errors.push(ConfigError::new(
                     &vs.source,
                     format!("VirtualService {}", vs.key()),
@@ -475,6 +632,18 @@ impl Compiler<'_> {
             .transpose()
             .map_err(|e| ("timeout".to_string(), e))?
             .filter(|d| !d.is_zero());
+        let retry = policy::retry_policy(r.retries.as_ref())?;
+        let fault = r.fault.as_ref().map(policy::fault_policy).transpose()?;
+        let mut mirrors = Vec::new();
+        for (k, mp) in r.mirror_policies().iter().enumerate() {
+            let cluster = self
+                .destination_cluster(ns, &mp.destination, port)
+                .map_err(|e| (format!("mirrors[{k}].destination"), e))?;
+            mirrors.push(Mirror {
+                cluster,
+                percent: mp.effective_percentage(),
+            });
+        }
         Ok(Route {
             name: name.into(),
             matches,
@@ -484,6 +653,10 @@ impl Compiler<'_> {
                 rewrite,
                 timeout,
                 headers: header_ops(r.headers.as_ref()),
+                retry,
+                fault,
+                mirrors,
+                rate_limit: None,
             },
         })
     }

@@ -3,6 +3,7 @@
 //! requests (even on old connections) see the new one.
 
 pub mod compile;
+pub mod policy;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,8 @@ use serde_json::json;
 use trellis_model::validate::Validated;
 
 use crate::cluster::Cluster;
+use crate::resilience::budget::SharedBudget;
+use crate::resilience::rate_limit::SharedBucket;
 use crate::route::RouteTable;
 
 #[derive(Debug, Default)]
@@ -20,6 +23,11 @@ pub struct ProxyConfig {
     pub generation: u64,
     pub outbound: RouteTable,
     pub clusters: BTreeMap<String, Arc<Cluster>>,
+    /// Retry budgets by destination host (kept across reloads).
+    pub budgets: BTreeMap<String, Arc<SharedBudget>>,
+    /// Rate-limit token buckets by `policy|route|settings` (kept across
+    /// reloads while the settings are unchanged).
+    pub rate_limits: BTreeMap<String, Arc<SharedBucket>>,
     /// The validated resources this snapshot was compiled from.
     pub source: Validated,
 }

@@ -16,6 +16,7 @@ use trellis_model::{ConfigErrors, ResourceSet};
 use super::ProxyConfig;
 use super::compile::{self, Context, Resolve};
 use crate::balance::Locality;
+use crate::resilience::outlier;
 use crate::telemetry::metrics::Metrics;
 
 /// The current config and the last rejected change, shared by the workers
@@ -71,8 +72,10 @@ impl Loader {
 pub fn run(loader: Loader, store: Arc<Store>, poll: Duration, dns_refresh: Duration) {
     let mut seen = fingerprint(&loader.dir);
     let mut last_dns = Instant::now();
+    let mut sweeps = OutlierSweeps::default();
     loop {
         std::thread::sleep(poll);
+        sweeps.run(&store.current.load(), Instant::now());
         let now = fingerprint(&loader.dir);
         let dns_due =
             last_dns.elapsed() >= dns_refresh && compile::has_dns(&store.current.load().source);
@@ -85,6 +88,37 @@ pub fn run(loader: Loader, store: Arc<Store>, poll: Duration, dns_refresh: Durat
         let files_changed = now != seen;
         seen = now;
         reload(&loader, &store, files_changed);
+    }
+}
+
+/// Outlier detection's periodic half: each cluster with `outlierDetection`
+/// is swept every `interval` (on this thread, never on a worker), which
+/// returns endpoints whose ejection time is up.
+#[derive(Default)]
+struct OutlierSweeps {
+    last: std::collections::HashMap<String, Instant>,
+}
+
+impl OutlierSweeps {
+    fn run(&mut self, config: &ProxyConfig, now: Instant) {
+        for (name, c) in &config.clusters {
+            let Some(settings) = &c.outlier else {
+                continue;
+            };
+            let last = self.last.entry(name.clone()).or_insert(now);
+            if now.duration_since(*last) < settings.interval {
+                continue;
+            }
+            *last = now;
+            let endpoints = c.balancer.endpoints();
+            for addr in outlier::sweep(settings, endpoints, now) {
+                tracing::info!(cluster = %name, endpoint = %addr, "outlier detection returned an endpoint");
+            }
+            let ejected = endpoints.iter().filter(|e| e.is_ejected()).count();
+            c.stats
+                .ejected
+                .set(i64::try_from(ejected).unwrap_or(i64::MAX));
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::pool::PooledBody;
+use super::replay::ReplayBody;
 
 #[derive(Debug)]
 pub enum Body {
@@ -18,6 +19,8 @@ pub enum Body {
     Incoming(Incoming),
     /// An upstream response body that hands its connection back to the pool at its end.
     Pooled(PooledBody),
+    /// A request body kept for retries and mirrors.
+    Replay(ReplayBody),
 }
 
 impl Body {
@@ -39,6 +42,7 @@ impl http_body::Body for Body {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(b) => Pin::new(b).poll_frame(cx),
             Body::Pooled(b) => Pin::new(b).poll_frame(cx),
+            Body::Replay(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -48,6 +52,7 @@ impl http_body::Body for Body {
             Body::Full(b) => b.is_none(),
             Body::Incoming(b) => b.is_end_stream(),
             Body::Pooled(b) => b.is_end_stream(),
+            Body::Replay(b) => b.is_end_stream(),
         }
     }
 
@@ -57,6 +62,7 @@ impl http_body::Body for Body {
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(b) => b.size_hint(),
             Body::Pooled(b) => b.size_hint(),
+            Body::Replay(b) => b.size_hint(),
         }
     }
 }

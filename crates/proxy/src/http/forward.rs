@@ -9,9 +9,10 @@ use http::{Request, Response, Uri, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::pool::Pool;
+use super::pool::{Pool, UpstreamSettings};
 use super::{Body, ProxyError};
 use crate::cluster::UpstreamProtocol;
+use crate::resilience::breaker::Breaker;
 use crate::telemetry::metrics::ConnectionGuard;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus
@@ -64,8 +65,8 @@ pub fn is_upgrade(req: &Request<hyper::body::Incoming>) -> bool {
 /// HTTP/1.1 origin form with a Host header, HTTP/2 with the authority in the
 /// URI. Reuses the parsed parts; the Host header is only rewritten when it
 /// differs (absolute-form requests, rewrites, HTTP/2 callers).
-pub fn set_target(
-    req: &mut Request<Body>,
+pub fn set_target<B>(
+    req: &mut Request<B>,
     protocol: UpstreamProtocol,
     authority: Authority,
     path_and_query: PathAndQuery,
@@ -102,11 +103,15 @@ pub async fn send(
     pool: &Arc<Pool>,
     protocol: UpstreamProtocol,
     addr: SocketAddr,
+    settings: &UpstreamSettings,
+    breaker: &Arc<Breaker>,
     req: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     match protocol {
-        UpstreamProtocol::Http2 => pool.send_h2(addr, req).await,
-        UpstreamProtocol::Http1 | UpstreamProtocol::Opaque => pool.send_h1(addr, req).await,
+        UpstreamProtocol::Http2 => pool.send_h2(addr, settings, breaker, req).await,
+        UpstreamProtocol::Http1 | UpstreamProtocol::Opaque => {
+            pool.send_h1(addr, settings, breaker, req).await
+        }
     }
 }
 

@@ -5,10 +5,13 @@ pub mod body;
 pub mod detect;
 pub mod forward;
 pub mod inbound;
+pub mod mirror;
 pub mod outbound;
 pub mod pool;
 pub mod reason;
+pub mod replay;
 pub mod server;
+pub mod upstream;
 
 pub use body::Body;
 pub use reason::ProxyError;

@@ -2,13 +2,15 @@
 //! one request at a time, and one multiplexed HTTP/2 connection per endpoint.
 //!
 //! Our own pool rather than hyper-util's client because the proxy must choose
-//! the endpoint (the balancer does) while sending the service's authority, and
-//! later issues need per-cluster limits, idle timeouts and "never written"
-//! retries, which need the connection in hand.
+//! the endpoint (the balancer does) while sending the service's authority,
+//! and it needs per-cluster settings and to know whether a failed request
+//! was ever written (hyper's `try_send_request` hands back a request it
+//! never started), which decides whether it can be retried safely.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -21,51 +23,86 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::reason::ResetKind;
 use super::{Body, ProxyError};
+use crate::resilience::breaker::{Breaker, Permit, Slot};
 
-/// An idle HTTP/1.1 connection and when it became idle.
-type IdleH1 = (Instant, http1::SendRequest<Body>);
+/// An idle HTTP/1.1 connection.
+#[derive(Debug)]
+struct IdleH1 {
+    since: Instant,
+    /// This connection's cluster's idle timeout.
+    idle_timeout: Duration,
+    tx: http1::SendRequest<Body>,
+    /// Requests it has carried, for `maxRequestsPerConnection`.
+    served: u32,
+}
+
 /// The endpoint's HTTP/2 connection; the async lock makes concurrent first
 /// requests share one handshake instead of each opening a connection.
-type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+type H2Slot = Arc<tokio::sync::Mutex<Option<H2Conn>>>;
+
+#[derive(Debug, Clone)]
+struct H2Conn {
+    tx: http2::SendRequest<Body>,
+    /// Streams opened on it, for `maxRequestsPerConnection`.
+    streams: Arc<AtomicU32>,
+}
 
 /// Connections to all endpoints, owned by one worker.
 #[derive(Debug)]
 pub struct Pool {
-    connect_timeout: Duration,
-    idle_timeout: Duration,
     max_idle_per_endpoint: usize,
     h1_idle: Mutex<HashMap<SocketAddr, Vec<IdleH1>>>,
     h2: Mutex<HashMap<SocketAddr, H2Slot>>,
+    /// Signalled when an HTTP/1.1 connection comes back idle, for requests
+    /// waiting at the `maxConnections` limit.
+    returned: tokio::sync::Notify,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct PoolSettings {
+/// How often a request waiting at the `maxConnections` limit looks again.
+const PENDING_POLL: Duration = Duration::from_millis(10);
+
+/// How the proxy connects to one cluster's endpoints and keeps the
+/// connections: from `DestinationRule.trafficPolicy.connectionPool`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct UpstreamSettings {
     pub connect_timeout: Duration,
-    /// Idle keep-alive connections are closed after this long, before common
-    /// upstream keep-alive timeouts (Node.js closes at 5 s) can race a request.
+    /// Idle keep-alive connections are closed after this long. The default
+    /// is below common upstream keep-alive timeouts (Node.js closes at 5 s),
+    /// so the proxy closes first instead of racing the upstream's close.
     pub idle_timeout: Duration,
-    pub max_idle_per_endpoint: usize,
+    /// A connection is retired after this many requests (None: no limit).
+    pub max_requests_per_connection: Option<u32>,
+    pub keepalive: Option<TcpKeepalive>,
 }
 
-impl Default for PoolSettings {
+impl Default for UpstreamSettings {
     fn default() -> Self {
-        PoolSettings {
+        UpstreamSettings {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(4),
-            max_idle_per_endpoint: 256,
+            max_requests_per_connection: None,
+            keepalive: None,
         }
     }
 }
 
+/// TCP keepalive probes on upstream connections (unset parts: the OS's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TcpKeepalive {
+    pub time: Option<Duration>,
+    pub interval: Option<Duration>,
+    pub probes: Option<u32>,
+}
+
 impl Pool {
-    pub fn new(s: PoolSettings) -> Arc<Self> {
+    pub fn new(max_idle_per_endpoint: usize) -> Arc<Self> {
         Arc::new(Pool {
-            connect_timeout: s.connect_timeout,
-            idle_timeout: s.idle_timeout,
-            max_idle_per_endpoint: s.max_idle_per_endpoint,
+            max_idle_per_endpoint,
             h1_idle: Mutex::default(),
             h2: Mutex::default(),
+            returned: tokio::sync::Notify::new(),
         })
     }
 
@@ -74,28 +111,45 @@ impl Pool {
         let now = Instant::now();
         if let Ok(mut idle) = self.h1_idle.lock() {
             idle.retain(|_, conns| {
-                conns.retain(|(since, tx)| now - *since < self.idle_timeout && !tx.is_closed());
+                conns.retain(|c| now - c.since < c.idle_timeout && !c.tx.is_closed());
                 !conns.is_empty()
             });
         }
         if let Ok(mut h2) = self.h2.lock() {
             h2.retain(|_, slot| match slot.try_lock() {
-                Ok(guard) => guard.as_ref().is_some_and(|tx| !tx.is_closed()),
+                Ok(guard) => guard.as_ref().is_some_and(|c| !c.tx.is_closed()),
                 Err(_) => true,
             });
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<TokioIo<TcpStream>, ProxyError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        settings: &UpstreamSettings,
+    ) -> Result<TokioIo<TcpStream>, ProxyError> {
+        let timeout = settings.connect_timeout;
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| ProxyError::ConnectTimeout {
-                addr,
-                timeout: self.connect_timeout,
-            })?
+            .map_err(|_| ProxyError::ConnectTimeout { addr, timeout })?
             .map_err(|source| ProxyError::ConnectFailed { addr, source })?;
         // Latency matters more than packet count on these small requests.
         let _ = stream.set_nodelay(true);
+        if let Some(k) = settings.keepalive {
+            let mut ka = socket2::TcpKeepalive::new();
+            if let Some(t) = k.time {
+                ka = ka.with_time(t);
+            }
+            if let Some(i) = k.interval {
+                ka = ka.with_interval(i);
+            }
+            if let Some(p) = k.probes {
+                ka = ka.with_retries(p);
+            }
+            if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&ka) {
+                tracing::debug!(%addr, error = %e, "could not set TCP keepalive");
+            }
+        }
         Ok(TokioIo::new(stream))
     }
 
@@ -103,31 +157,37 @@ impl Pool {
     pub async fn send_h1(
         self: &Arc<Self>,
         addr: SocketAddr,
+        settings: &UpstreamSettings,
+        breaker: &Arc<Breaker>,
         req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
-        let mut tx = match self.take_idle_h1(addr).await {
-            Some(tx) => tx,
-            None => {
-                let io = self.connect(addr).await?;
-                let (tx, conn) = http1::Builder::new()
-                    .handshake(io)
-                    .await
-                    .map_err(|e| reset(addr, &e))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
-                    }
-                });
-                tx
-            }
-        };
-        let resp = tx.send_request(req).await.map_err(|e| reset(addr, &e))?;
+        let (mut tx, served, reused) = self.h1_connection(addr, settings, breaker).await?;
+        let resp = tx.try_send_request(req).await.map_err(|e| {
+            // hyper hands the request back when it never started writing
+            // it. A reused connection that ends with no response at all was
+            // most likely closed idle by the upstream as we wrote.
+            let kind = if e.message().is_some() {
+                ResetKind::NotSent
+            } else if reused && e.error().is_incomplete_message() {
+                ResetKind::ClosedIdle
+            } else {
+                ResetKind::Reset
+            };
+            reset(addr, e.error(), kind)
+        })?;
+        let served = served + 1;
         let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        let retire = settings
+            .max_requests_per_connection
+            .is_some_and(|max| served >= max);
+        let idle_timeout = settings.idle_timeout;
         Ok(resp.map(|body| {
-            let giveback = (!upgraded).then(|| GiveBack {
+            let giveback = (!upgraded && !retire).then(|| GiveBack {
                 pool: self.clone(),
                 addr,
                 tx,
+                served,
+                idle_timeout,
             });
             Body::Pooled(PooledBody {
                 inner: body,
@@ -136,37 +196,107 @@ impl Pool {
         }))
     }
 
-    async fn take_idle_h1(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
+    /// An idle connection, else a new one if `maxConnections` allows, else
+    /// wait (as a pending request, `http1MaxPendingRequests`) for either,
+    /// at most the connect timeout.
+    async fn h1_connection(
+        &self,
+        addr: SocketAddr,
+        settings: &UpstreamSettings,
+        breaker: &Arc<Breaker>,
+    ) -> Result<(http1::SendRequest<Body>, u32, bool), ProxyError> {
+        let give_up = Instant::now() + settings.connect_timeout;
+        let mut _pending: Option<Permit> = None;
         loop {
-            let (since, mut tx) = self.h1_idle.lock().ok()?.get_mut(&addr)?.pop()?;
-            if since.elapsed() >= self.idle_timeout || tx.is_closed() {
+            if let Some((tx, served)) = self.take_idle_h1(addr).await {
+                return Ok((tx, served, true));
+            }
+            let overflow = match breaker.try_acquire(Slot::Connection) {
+                Ok(slot) => {
+                    let io = self.connect(addr, settings).await?;
+                    let (tx, conn) = http1::Builder::new()
+                        .handshake(io)
+                        .await
+                        .map_err(|e| reset(addr, &e, ResetKind::NotSent))?;
+                    tokio::spawn(async move {
+                        // The slot is the connection's for as long as it lives.
+                        let _slot = slot;
+                        if let Err(e) = conn.with_upgrades().await {
+                            tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
+                        }
+                    });
+                    return Ok((tx, 0, false));
+                }
+                Err(o) => o,
+            };
+            if _pending.is_none() {
+                _pending = Some(breaker.try_acquire(Slot::Pending).map_err(|limit| {
+                    ProxyError::Overflow {
+                        cluster: String::new(),
+                        limit,
+                    }
+                })?);
+            }
+            let now = Instant::now();
+            if now >= give_up {
+                return Err(ProxyError::Overflow {
+                    cluster: String::new(),
+                    limit: overflow,
+                });
+            }
+            // A connection coming back to this worker's pool wakes us; a slot
+            // freed by another worker or a closed connection is seen by
+            // polling, which is fine for a path that only runs at the limit.
+            let wait = (give_up - now).min(PENDING_POLL);
+            tokio::select! {
+                _ = self.returned.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn take_idle_h1(&self, addr: SocketAddr) -> Option<(http1::SendRequest<Body>, u32)> {
+        loop {
+            let mut c = self.h1_idle.lock().ok()?.get_mut(&addr)?.pop()?;
+            if c.since.elapsed() >= c.idle_timeout || c.tx.is_closed() {
                 continue;
             }
             // Ready at once unless the previous response is still being read
             // by hyper's dispatcher; an error means the upstream closed it, and
             // this request was never written to it, so another is safe to use.
-            if tx.ready().await.is_ok() {
-                return Some(tx);
+            if c.tx.ready().await.is_ok() {
+                return Some((c.tx, c.served));
             }
         }
     }
 
-    fn give_back_h1(&self, addr: SocketAddr, tx: http1::SendRequest<Body>) {
-        if tx.is_closed() {
+    fn give_back_h1(&self, g: GiveBack) {
+        if g.tx.is_closed() {
             return;
         }
         if let Ok(mut idle) = self.h1_idle.lock() {
-            let conns = idle.entry(addr).or_default();
+            let conns = idle.entry(g.addr).or_default();
             if conns.len() < self.max_idle_per_endpoint {
-                conns.push((Instant::now(), tx));
+                conns.push(IdleH1 {
+                    since: Instant::now(),
+                    idle_timeout: g.idle_timeout,
+                    tx: g.tx,
+                    served: g.served,
+                });
             }
         }
+        self.returned.notify_waiters();
     }
 
     /// Send over HTTP/2 (prior knowledge). The request URI carries the authority.
+    /// HTTP/2 connections are not counted against `maxConnections`: each
+    /// worker keeps one multiplexed connection per endpoint, and
+    /// `http2MaxRequests` bounds the load on it.
     pub async fn send_h2(
         &self,
         addr: SocketAddr,
+        settings: &UpstreamSettings,
+        _breaker: &Arc<Breaker>,
         req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
         let slot = {
@@ -177,35 +307,72 @@ impl Pool {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             h2.entry(addr).or_default().clone()
         };
-        let mut tx = {
+        let conn = {
             let mut guard = slot.lock().await;
-            match guard.as_ref() {
-                Some(tx) if !tx.is_closed() => tx.clone(),
-                _ => {
-                    let io = self.connect(addr).await?;
+            let usable = guard.as_ref().filter(|c| {
+                !c.tx.is_closed()
+                    && settings
+                        .max_requests_per_connection
+                        .is_none_or(|max| c.streams.load(Ordering::Relaxed) < max)
+            });
+            match usable {
+                Some(c) => c.clone(),
+                None => {
+                    // A retired connection finishes its open streams and
+                    // closes when its last handle is gone.
+                    let io = self.connect(addr, settings).await?;
                     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                         .timer(TokioTimer::new())
                         .keep_alive_interval(Duration::from_secs(30))
                         .handshake(io)
                         .await
-                        .map_err(|e| reset(addr, &e))?;
+                        .map_err(|e| reset(addr, &e, ResetKind::NotSent))?;
                     tokio::spawn(async move {
                         if let Err(e) = conn.await {
                             tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
                         }
                     });
-                    *guard = Some(tx.clone());
-                    tx
+                    let c = H2Conn {
+                        tx,
+                        streams: Arc::default(),
+                    };
+                    *guard = Some(c.clone());
+                    c
                 }
             }
         };
-        tx.ready().await.map_err(|e| reset(addr, &e))?;
-        let resp = tx.send_request(req).await.map_err(|e| reset(addr, &e))?;
+        let mut tx = conn.tx;
+        conn.streams.fetch_add(1, Ordering::Relaxed);
+        tx.ready()
+            .await
+            .map_err(|e| reset(addr, &e, ResetKind::NotSent))?;
+        let resp = tx.try_send_request(req).await.map_err(|e| {
+            let kind = if e.message().is_some() {
+                ResetKind::NotSent
+            } else if h2_reason(e.error()) == Some(h2::Reason::REFUSED_STREAM) {
+                ResetKind::Refused
+            } else {
+                ResetKind::Reset
+            };
+            reset(addr, e.error(), kind)
+        })?;
         Ok(resp.map(Body::Incoming))
     }
 }
 
-fn reset(addr: SocketAddr, e: &hyper::Error) -> ProxyError {
+/// The HTTP/2 error code behind a hyper error, if the peer sent one.
+fn h2_reason(e: &hyper::Error) -> Option<h2::Reason> {
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
+            return h2e.reason();
+        }
+        src = s.source();
+    }
+    None
+}
+
+fn reset(addr: SocketAddr, e: &hyper::Error, kind: ResetKind) -> ProxyError {
     let mut detail = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
@@ -213,7 +380,7 @@ fn reset(addr: SocketAddr, e: &hyper::Error) -> ProxyError {
         detail.push_str(&s.to_string());
         src = s.source();
     }
-    ProxyError::UpstreamReset { addr, detail }
+    ProxyError::UpstreamReset { addr, detail, kind }
 }
 
 #[derive(Debug)]
@@ -221,6 +388,8 @@ struct GiveBack {
     pool: Arc<Pool>,
     addr: SocketAddr,
     tx: http1::SendRequest<Body>,
+    served: u32,
+    idle_timeout: Duration,
 }
 
 /// An HTTP/1.1 response body; when it has been read to the end its
@@ -234,7 +403,8 @@ pub struct PooledBody {
 impl PooledBody {
     fn finish(&mut self) {
         if let Some(g) = self.giveback.take() {
-            g.pool.give_back_h1(g.addr, g.tx);
+            let pool = g.pool.clone();
+            pool.give_back_h1(g);
         }
     }
 }

@@ -40,16 +40,65 @@ pub enum ProxyError {
     },
     #[error("connecting to {addr} timed out after {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
-    #[error("upstream {addr} closed or reset the connection before responding: {detail}")]
-    UpstreamReset { addr: SocketAddr, detail: String },
+    #[error("upstream {addr} closed or reset the connection before responding ({kind}): {detail}")]
+    UpstreamReset {
+        addr: SocketAddr,
+        detail: String,
+        kind: ResetKind,
+    },
     #[error("upstream {addr} did not respond within the route timeout of {timeout:?}")]
     UpstreamTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("the caller's deadline (grpc-timeout) of {timeout:?} passed before {addr} responded")]
+    DeadlineExceeded { addr: SocketAddr, timeout: Duration },
+    #[error("upstream {addr} did not respond within the per-try timeout of {timeout:?}")]
+    PerTryTimeout { addr: SocketAddr, timeout: Duration },
+    #[error(
+        "cluster {cluster} is at its {} limit (DestinationRule connectionPool); the request was not sent",
+        limit.as_str()
+    )]
+    Overflow {
+        cluster: String,
+        limit: crate::resilience::breaker::Overflow,
+    },
+    #[error("rate limit of {policy} exceeded (RateLimitPolicy)")]
+    RateLimited { policy: String },
+    #[error("fault injected by the route's VirtualService (fault.abort)")]
+    FaultAbort {
+        status: StatusCode,
+        grpc: Option<u32>,
+    },
     #[error("cluster {cluster} speaks HTTP/2, which cannot carry an HTTP/1.1 Upgrade")]
     UpgradeUnsupported { cluster: String },
     #[error("no application address is configured for inbound traffic (--app)")]
     NoApp,
     #[error("invalid request: {0}")]
     BadRequest(String),
+}
+
+/// What is known about a request whose connection failed: decides whether
+/// it may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetKind {
+    /// It never reached the upstream (hyper had not started writing it).
+    NotSent,
+    /// A reused keep-alive connection ended with no response at all: the
+    /// upstream most likely closed it idle while the request was on its way.
+    ClosedIdle,
+    /// HTTP/2 REFUSED_STREAM: the server did not process it.
+    Refused,
+    /// It may have been processed.
+    Reset,
+}
+
+impl std::fmt::Display for ResetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ResetKind::NotSent => "request not sent",
+            ResetKind::ClosedIdle => "idle connection closed by the upstream",
+            ResetKind::Refused => "stream refused",
+            ResetKind::Reset => "after the request was sent",
+        })
+    }
 }
 
 impl ProxyError {
@@ -65,7 +114,13 @@ impl ProxyError {
             ProxyError::ConnectFailed { .. } => "upstream_connect_failure",
             ProxyError::ConnectTimeout { .. } => "upstream_connect_timeout",
             ProxyError::UpstreamReset { .. } => "upstream_reset",
-            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::UpstreamTimeout { .. } | ProxyError::DeadlineExceeded { .. } => {
+                "upstream_timeout"
+            }
+            ProxyError::PerTryTimeout { .. } => "upstream_per_try_timeout",
+            ProxyError::Overflow { .. } => "overflow",
+            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::FaultAbort { .. } => "fault_injected",
             ProxyError::UpgradeUnsupported { .. } => "upgrade_unsupported",
             ProxyError::NoApp => "no_app",
             ProxyError::BadRequest(_) => "bad_request",
@@ -88,8 +143,68 @@ impl ProxyError {
             ProxyError::UpstreamReset { .. } | ProxyError::UpgradeUnsupported { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamTimeout { .. }
+            | ProxyError::DeadlineExceeded { .. }
+            | ProxyError::PerTryTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::FaultAbort { status, .. } => *status,
         }
+    }
+
+    /// The gRPC status a gRPC caller gets instead of the HTTP status:
+    /// Envoy's mapping of HTTP statuses, except that timeouts are
+    /// DEADLINE_EXCEEDED and rate limits RESOURCE_EXHAUSTED, which is what
+    /// gRPC clients act on.
+    pub fn grpc_status(&self) -> u32 {
+        match self {
+            ProxyError::FaultAbort {
+                grpc: Some(code), ..
+            } => *code,
+            ProxyError::UpstreamTimeout { .. }
+            | ProxyError::DeadlineExceeded { .. }
+            | ProxyError::PerTryTimeout { .. } => 4,
+            ProxyError::RateLimited { .. } => 8,
+            _ => match self.status().as_u16() {
+                400 => 13,
+                401 => 16,
+                403 => 7,
+                404 => 12,
+                429 | 502..=504 => 14,
+                _ => 2,
+            },
+        }
+    }
+
+    /// The response sent to the client: for a gRPC request, a trailers-only
+    /// gRPC response (HTTP 200, `grpc-status` and `grpc-message` in the
+    /// headers), since gRPC clients ignore HTTP statuses.
+    pub fn to_response_for(&self, grpc: bool) -> Response<Body> {
+        if !grpc {
+            return self.to_response();
+        }
+        let mut resp = Response::new(Body::Empty);
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from(self.grpc_status()));
+        // grpc-message is percent-encoded; ours are plain ASCII, so only the
+        // characters outside the printable range (and '%') need escaping.
+        let msg: String = self
+            .to_string()
+            .chars()
+            .map(|c| match c {
+                ' '..='~' if c != '%' => c.to_string(),
+                c => format!("%{:02X}", c as u32 & 0xff),
+            })
+            .collect();
+        if let Ok(v) = HeaderValue::from_str(&msg) {
+            h.insert("grpc-message", v);
+        }
+        h.insert(REASON_HEADER, HeaderValue::from_static(self.reason()));
+        resp
     }
 
     /// The response sent to the client.
@@ -138,6 +253,7 @@ mod tests {
                 ProxyError::UpstreamReset {
                     addr,
                     detail: "eof".into(),
+                    kind: ResetKind::Reset,
                 },
                 502,
                 "upstream_reset",

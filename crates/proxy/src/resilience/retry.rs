@@ -9,38 +9,10 @@
 
 use std::time::Duration;
 
-/// The retry conditions of a route, one flag per Envoy `retry_on` token.
-///
-/// `status_codes` non-empty means Envoy's `retriable-status-codes` with that
-/// list (Istio writes the codes themselves into `retryOn`, e.g. `"503"`).
-// TODO(integration): replace with trellis_model::policy::RetryOn
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RetryOn {
-    /// `5xx`.
-    pub five_xx: bool,
-    /// `gateway-error`.
-    pub gateway_error: bool,
-    /// `reset`.
-    pub reset: bool,
-    /// `connect-failure`.
-    pub connect_failure: bool,
-    /// `refused-stream`.
-    pub refused_stream: bool,
-    /// `retriable-4xx`.
-    pub retriable_4xx: bool,
-    /// `retriable-status-codes` with these codes.
-    pub status_codes: Vec<u16>,
-    /// `cancelled`.
-    pub grpc_cancelled: bool,
-    /// `deadline-exceeded`.
-    pub grpc_deadline_exceeded: bool,
-    /// `internal`.
-    pub grpc_internal: bool,
-    /// `resource-exhausted`.
-    pub grpc_resource_exhausted: bool,
-    /// `unavailable`.
-    pub grpc_unavailable: bool,
-}
+/// The retry conditions of a route, one flag per Envoy `retry_on` token,
+/// parsed by the model from Istio's `retryOn`. `status_codes` non-empty
+/// means Envoy's `retriable-status-codes` with that list.
+pub use trellis_model::policy::RetryOn;
 
 /// A route's retry policy (Istio `HTTPRetry`), after config defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,6 +14,9 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName};
 
 use crate::cluster::Cluster;
+use crate::resilience::fault::FaultPolicy;
+use crate::resilience::rate_limit::SharedBucket;
+use crate::resilience::retry::RetryPolicy;
 use crate::telemetry::metrics::RouteStats;
 pub use headers::{HeaderEdits, HeaderOps};
 pub use matcher::StringMatcher;
@@ -70,6 +73,8 @@ pub struct VirtualHost {
     pub ports: Vec<(u16, PortRoutes)>,
     /// For VirtualService hosts that are not services: routes for any port.
     pub any_port: Option<PortRoutes>,
+    /// A RateLimitPolicy for the whole host.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl VirtualHost {
@@ -126,6 +131,29 @@ pub struct RouteAction {
     pub rewrite: Option<Rewrite>,
     pub timeout: Option<Duration>,
     pub headers: HeaderOps,
+    /// The route's `retries`, or Istio's default policy.
+    pub retry: RetryPolicy,
+    pub fault: Option<FaultPolicy>,
+    pub mirrors: Vec<Mirror>,
+    /// A RateLimitPolicy naming this route.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Istio `mirror`/`mirrors`: a copy of a share of the requests.
+#[derive(Debug)]
+pub struct Mirror {
+    pub cluster: Arc<Cluster>,
+    /// 0..=100
+    pub percent: f64,
+}
+
+/// A local token bucket from a RateLimitPolicy.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    /// `namespace/name` of the policy (and the route, when per route).
+    pub policy: Arc<str>,
+    pub bucket: Arc<SharedBucket>,
+    pub rejected: prometheus_client::metrics::counter::Counter,
 }
 
 #[derive(Debug)]

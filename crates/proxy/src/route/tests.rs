@@ -304,6 +304,10 @@ fn route(name: &str, matches: Vec<RequestMatch>) -> Route {
             rewrite: None,
             timeout: None,
             headers: HeaderOps::default(),
+            retry: crate::resilience::retry::RetryPolicy::istio_default(),
+            fault: None,
+            mirrors: vec![],
+            rate_limit: None,
         },
     }
 }
@@ -438,6 +442,7 @@ fn route_table_finds_exact_then_most_specific_wildcard() {
             name: n.into(),
             ports: vec![],
             any_port: None,
+            rate_limit: None,
         })
     };
     let mut t = RouteTable::default();

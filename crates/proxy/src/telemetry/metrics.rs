@@ -11,6 +11,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::resilience::breaker::Overflow;
+use crate::resilience::retry::RetryReason;
+
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum Direction {
@@ -39,6 +42,17 @@ pub struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterReasonLabels {
+    pub cluster: String,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: &'static str,
 }
@@ -63,6 +77,14 @@ pub struct Metrics {
     pub connections_total: Family<ListenerLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub tcp_bytes: Family<ClusterLabels, Counter>,
+    retries: Family<ClusterReasonLabels, Counter>,
+    retries_denied: Family<ClusterReasonLabels, Counter>,
+    overflows: Family<ClusterReasonLabels, Counter>,
+    ejections: Family<ClusterReasonLabels, Counter>,
+    ejected: Family<ClusterLabels, Gauge>,
+    mirrors: Family<ClusterReasonLabels, Counter>,
+    faults: Family<ClusterReasonLabels, Counter>,
+    rate_limited: Family<PolicyLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -128,7 +150,63 @@ impl Metrics {
             "Bytes proxied on opaque TCP connections (both directions), by cluster",
             tcp_bytes.clone(),
         );
+        let retries = Family::default();
+        registry.register(
+            "upstream_retries",
+            "Retries sent, by cluster and the retryOn condition that caused them",
+            retries.clone(),
+        );
+        let retries_denied = Family::default();
+        registry.register(
+            "upstream_retries_denied",
+            "Retriable failures not retried, by cluster and why (budget, attempts, max_retries, body, deadline)",
+            retries_denied.clone(),
+        );
+        let overflows = Family::default();
+        registry.register(
+            "upstream_overflow",
+            "Requests refused by a circuit breaker (connectionPool limit), by cluster and limit",
+            overflows.clone(),
+        );
+        let ejections = Family::default();
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection, by cluster and reason",
+            ejections.clone(),
+        );
+        let ejected = Family::default();
+        registry.register(
+            "outlier_ejected_endpoints",
+            "Endpoints ejected now, by cluster",
+            ejected.clone(),
+        );
+        let mirrors = Family::default();
+        registry.register(
+            "mirror_requests",
+            "Mirrored (shadow) requests by mirror cluster and result (sent, failed, skipped_body, skipped_limit)",
+            mirrors.clone(),
+        );
+        let faults = Family::default();
+        registry.register(
+            "faults_injected",
+            "Requests delayed or aborted by VirtualService fault injection, by cluster and kind",
+            faults.clone(),
+        );
+        let rate_limited = Family::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a RateLimitPolicy, by policy",
+            rate_limited.clone(),
+        );
         Metrics {
+            retries,
+            retries_denied,
+            overflows,
+            ejections,
+            ejected,
+            mirrors,
+            faults,
+            rate_limited,
             registry,
             requests,
             request_duration,
@@ -168,6 +246,40 @@ impl Metrics {
             .inc();
     }
 
+    /// Handles for one cluster's resilience events, made once per config load.
+    pub fn cluster_stats(&self, cluster: &str) -> ClusterStats {
+        let labels = |reason: &'static str| ClusterReasonLabels {
+            cluster: cluster.to_string(),
+            reason,
+        };
+        ClusterStats {
+            retries: RetryReason::ALL
+                .map(|r| self.retries.get_or_create(&labels(r.as_str())).clone()),
+            retries_denied: DENIED.map(|d| self.retries_denied.get_or_create(&labels(d)).clone()),
+            overflows: OVERFLOWS.map(|o| self.overflows.get_or_create(&labels(o.as_str())).clone()),
+            ejections: EJECTION_REASONS.map(|r| self.ejections.get_or_create(&labels(r)).clone()),
+            ejected: self
+                .ejected
+                .get_or_create(&ClusterLabels {
+                    direction: Direction::outbound,
+                    cluster: cluster.to_string(),
+                })
+                .clone(),
+            mirrors: MIRROR_RESULTS.map(|r| self.mirrors.get_or_create(&labels(r)).clone()),
+            // One label at a time: a Family's guard must be gone before the
+            // next get_or_create, which may need its write lock.
+            faults: ["delay", "abort"].map(|k| self.faults.get_or_create(&labels(k)).clone()),
+        }
+    }
+
+    pub fn rate_limited(&self, policy: &str) -> Counter {
+        self.rate_limited
+            .get_or_create(&PolicyLabels {
+                policy: policy.to_string(),
+            })
+            .clone()
+    }
+
     pub fn tcp_bytes(&self, direction: Direction, cluster: &str) -> Counter {
         self.tcp_bytes
             .get_or_create(&ClusterLabels {
@@ -197,6 +309,103 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Why a retriable failure was not retried (`upstream_retries_denied` reasons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// The retry budget of the destination was spent.
+    Budget,
+    /// The route's `attempts` were used up.
+    Attempts,
+    /// `connectionPool.http.maxRetries` concurrent retries were in flight.
+    MaxRetries,
+    /// The request body outgrew the replay buffer.
+    Body,
+    /// The route timeout (or the caller's deadline) left no time.
+    Deadline,
+    /// A proxy nearer the upstream already retried it.
+    RetriedUpstream,
+}
+
+const DENIED: [&str; 6] = [
+    "budget",
+    "attempts",
+    "max_retries",
+    "body",
+    "deadline",
+    "retried_upstream",
+];
+
+impl Denied {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+const OVERFLOWS: [Overflow; 4] = [
+    Overflow::MaxConnections,
+    Overflow::MaxPendingRequests,
+    Overflow::MaxRequests,
+    Overflow::MaxRetries,
+];
+
+pub const EJECTION_REASONS: [&str; 2] = ["consecutive_5xx", "consecutive_gateway_errors"];
+const MIRROR_RESULTS: [&str; 4] = ["sent", "failed", "skipped_body", "skipped_limit"];
+
+/// What happened to a mirrored request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorResult {
+    Sent,
+    Failed,
+    /// Its body was too large to copy.
+    SkippedBody,
+    /// Too many mirrored requests were already in flight.
+    SkippedLimit,
+}
+
+/// Pre-made handles for one cluster's resilience events.
+#[derive(Debug, Clone)]
+pub struct ClusterStats {
+    retries: [Counter; RetryReason::ALL.len()],
+    retries_denied: [Counter; 6],
+    overflows: [Counter; OVERFLOWS.len()],
+    ejections: [Counter; 2],
+    pub ejected: Gauge,
+    mirrors: [Counter; 4],
+    faults: [Counter; 2],
+}
+
+impl ClusterStats {
+    pub fn retry(&self, reason: RetryReason) {
+        if let Some(i) = RetryReason::ALL.iter().position(|r| *r == reason) {
+            self.retries[i].inc();
+        }
+    }
+
+    pub fn denied(&self, why: Denied) {
+        self.retries_denied[why.index()].inc();
+    }
+
+    pub fn overflow(&self, o: Overflow) {
+        if let Some(i) = OVERFLOWS.iter().position(|x| *x == o) {
+            self.overflows[i].inc();
+        }
+    }
+
+    pub fn ejection(&self, reason: &str) {
+        if let Some(i) = EJECTION_REASONS.iter().position(|r| *r == reason) {
+            self.ejections[i].inc();
+        }
+    }
+
+    pub fn mirror(&self, result: MirrorResult) {
+        self.mirrors[result as usize].inc();
+    }
+
+    pub fn fault(&self, abort: bool) {
+        self.faults[usize::from(abort)].inc();
     }
 }
 

@@ -160,8 +160,8 @@ async fn invalid_changes_are_explained_and_kept_out() {
     for (extra, field, reason) in [
         ("  timeoutt: 1s\n", "spec.http[0].timeoutt", "unknown field"),
         (
-            "  fault: {abort: {httpStatus: 500}}\n",
-            "spec.http[0].fault",
+            "  corsPolicy: {allowOrigins: [{exact: x}]}\n",
+            "spec.http[0].corsPolicy",
             "not supported by Trellis yet",
         ),
     ] {
