@@ -51,15 +51,45 @@ impl ProxyConfig {
                             "locality": e.locality.to_string(),
                             "labels": e.labels,
                             "healthy": e.is_healthy(),
+                            "ejected": e.is_ejected(),
+                            "times_ejected": e.outlier().times_ejected(),
+                            "ejected_for_ms": e.outlier().ejected_until()
+                                .map(|t| t.saturating_duration_since(now).as_millis()),
                             "active_requests": e.active(),
                             "latency_estimate_ms": e.latency_estimate(now).as_secs_f64() * 1e3,
                         })
                     })
                     .collect();
+                let limits = c.breaker.limits();
+                let limit = |v: u32| (v != u32::MAX).then_some(v);
+                let budget = c.budget.snapshot(now);
+                let budget_settings = c.budget.settings();
                 json!({
                     "name": &*c.name,
                     "protocol": c.protocol,
                     "load_balancer": format!("{:?}", c.balancer.policy()),
+                    "upstream": c.upstream,
+                    "circuit_breaker": {
+                        "max_connections": limit(limits.max_connections),
+                        "max_pending_requests": limit(limits.max_pending),
+                        "max_requests": limit(limits.max_requests),
+                        "max_retries": limit(limits.max_retries),
+                        "in_use": c.breaker.counts(),
+                    },
+                    "retry_budget": {
+                        "retry_ratio": budget_settings.ratio,
+                        "min_retries_per_second": budget_settings.min_per_sec,
+                        "ttl_ms": budget_settings.ttl.as_millis(),
+                        "window": budget,
+                    },
+                    "outlier_detection": c.outlier.map(|o| json!({
+                        "consecutive_5xx": o.consecutive_5xx,
+                        "consecutive_gateway_errors": o.consecutive_gateway,
+                        "interval_ms": o.interval.as_millis(),
+                        "base_ejection_time_ms": o.base_ejection_time.as_millis(),
+                        "max_ejection_percent": o.max_ejection_percent,
+                        "min_health_percent": o.min_health_percent,
+                    })),
                     "endpoints": endpoints,
                 })
             })

@@ -189,18 +189,30 @@ pub async fn send(
 ) -> Result<(Response<Body>, Arc<Endpoint>), Failed> {
     cluster.budget.on_request(Instant::now());
     let mut tried: Vec<SocketAddr> = Vec::new();
+    // The first try's endpoint, for retryRemoteLocalities (an Arc clone, not
+    // a copy of its locality: nothing is allocated when nothing fails).
+    let mut first: Option<Arc<Endpoint>> = None;
     let mut retries = 0u32;
     let mut resends = 0u32;
     // Held while a retry is in flight (`maxRetries` counts concurrent retries).
     let mut _retry_permit: Option<Permit> = None;
     loop {
-        let endpoint =
-            cluster
-                .balancer
-                .pick(hash, &tried)
-                .ok_or_else(|| ProxyError::NoHealthyUpstream {
-                    cluster: cluster.name.to_string(),
-                })?;
+        let mut endpoint = cluster.balancer.pick(hash, &tried);
+        // Istio's retryRemoteLocalities: false keeps retries in the first
+        // try's locality; when every endpoint there has been tried, one of
+        // them is tried again rather than a remote one.
+        if let (Some(first), Some(e)) = (&first, &endpoint)
+            && !policy.retry_remote_localities
+            && e.locality != first.locality
+        {
+            endpoint = cluster.balancer.pick(hash, &[]);
+        }
+        let endpoint = endpoint.ok_or_else(|| ProxyError::NoHealthyUpstream {
+            cluster: cluster.name.to_string(),
+        })?;
+        if first.is_none() {
+            first = Some(endpoint.clone());
+        }
         let _request = cluster
             .breaker
             .try_acquire(Slot::Request)
