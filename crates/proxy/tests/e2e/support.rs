@@ -507,3 +507,99 @@ pub fn head_header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
 }
+
+// -------------------------------------------------------------- resilience
+
+/// The cluster of `host`'s port 9080 (namespace `default`), as metrics and
+/// local replies name it.
+pub fn cluster_9080(host: &str) -> String {
+    format!("outbound|9080||{host}.default.svc.cluster.local")
+}
+
+/// A Trellis `RateLimitPolicy` `name` for `host`: `routes` empty limits the
+/// whole host; `bucket` is the inline `tokenBucket` mapping, e.g.
+/// `{maxTokens: 5, fillInterval: 1h}`.
+pub fn rate_limit_policy(name: &str, host: &str, routes: &[&str], bucket: &str) -> String {
+    let mut y = format!(
+        "apiVersion: trellis.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  host: {host}\n  tokenBucket: {bucket}\n"
+    );
+    if !routes.is_empty() {
+        y += &format!("  routes: [{}]\n", routes.join(", "));
+    }
+    y
+}
+
+/// `GET url` with extra headers.
+pub fn get_headers(url: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::new())).expect("request")
+}
+
+/// One reply and how long it took.
+#[derive(Debug)]
+pub struct Timed {
+    pub reply: Reply,
+    pub took: Duration,
+}
+
+/// Send `n` requests made by `make(i)` through `client` (the proxy's `h1` or
+/// `h2`), at most `concurrency` at a time; the replies come back in request
+/// order.
+pub async fn send_many<F>(
+    proxy: &Proxy,
+    client: &FixedClient,
+    n: usize,
+    concurrency: usize,
+    make: F,
+) -> Vec<Timed>
+where
+    F: Fn(usize) -> Request<Full<Bytes>>,
+{
+    use futures_util::stream::{self, StreamExt};
+    stream::iter((0..n).map(|i| {
+        let req = make(i);
+        async move {
+            let started = Instant::now();
+            let reply = send_with(client, req, &proxy.process).await;
+            Timed {
+                reply,
+                took: started.elapsed(),
+            }
+        }
+    }))
+    .buffered(concurrency)
+    .collect()
+    .await
+}
+
+impl Proxy {
+    /// The cluster `name` as `/config_dump` shows it (limits, counts in use,
+    /// endpoints with their outlier state).
+    pub async fn cluster_dump(&self, name: &str) -> Value {
+        let dump = self.config_dump().await;
+        dump["config"]["clusters"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no cluster {name} in /config_dump: {dump}"))
+    }
+
+    /// Wait until `series` has the value `want` (an absent series reads 0).
+    pub async fn wait_metric(&self, series: &str, want: f64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.metric(series).await.unwrap_or(0.0);
+            if v == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} is {v}, not {want}, after {timeout:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
