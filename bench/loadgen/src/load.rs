@@ -192,14 +192,18 @@ async fn h1_connect(plan: &Plan) -> Result<H1Conn, ErrKind> {
     }
 }
 
-/// One request on an open connection: the checked body length and whether
-/// the connection may be reused (not after an error or `Connection: close`).
-async fn h1_exchange(plan: &Plan, c: &mut H1Conn) -> Result<(u64, bool), ErrKind> {
-    let r = match timeout(plan.timeout, c.request(&plan.h1_request)).await {
-        Ok(r) => r?,
-        Err(_) => return Err(ErrKind::Timeout),
-    };
-    Ok((plan.check(r.status, r.body_len)?, !r.close))
+/// One request on an open connection: its verdict (the checked body length,
+/// or why it failed) and whether the connection may be reused. A complete
+/// response keeps the connection whatever its status or size: a 503 is an
+/// answer, not a broken connection, and reconnecting after each one would
+/// turn a failing upstream into a connection storm of our own. Only an I/O
+/// error, a timeout or `Connection: close` ends it.
+async fn h1_exchange(plan: &Plan, c: &mut H1Conn) -> (Result<u64, ErrKind>, bool) {
+    match timeout(plan.timeout, c.request(&plan.h1_request)).await {
+        Ok(Ok(r)) => (plan.check(r.status, r.body_len), !r.close),
+        Ok(Err(e)) => (Err(e), false),
+        Err(_) => (Err(ErrKind::Timeout), false),
+    }
 }
 
 async fn h1_open(plan: &Plan, stats: &Shared, mut ticks: Ticks) {
@@ -235,12 +239,14 @@ async fn h1_open(plan: &Plan, stats: &Shared, mut ticks: Ticks) {
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        let result = h1_exchange(plan, c).await;
+        if record {
+            stats.borrow_mut().sent += 1;
+        }
+        let (result, keep) = h1_exchange(plan, c).await;
         let done = Instant::now();
-        if result.as_ref().map_or(true, |(_, keep)| !keep) {
+        if !keep {
             conn = None;
         }
-        let result = result.map(|(body, _)| body);
         if record {
             let mut s = stats.borrow_mut();
             match result {
@@ -284,12 +290,14 @@ async fn h1_closed(plan: &Plan, stats: &Shared) {
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        let result = h1_exchange(plan, c).await;
+        if record {
+            stats.borrow_mut().sent += 1;
+        }
+        let (result, keep) = h1_exchange(plan, c).await;
         let done = Instant::now();
-        if result.as_ref().map_or(true, |(_, keep)| !keep) {
+        if !keep {
             conn = None;
         }
-        let result = result.map(|(body, _)| body);
         if record {
             let mut s = stats.borrow_mut();
             match result {
@@ -383,6 +391,9 @@ async fn h2_conn(plan: &Plan, stats: &Shared, mut ticks: Option<Ticks>) {
                     } else {
                         intended
                     };
+                    if measuring(plan, intended) {
+                        stats.borrow_mut().sent += 1;
+                    }
                     conn.start(
                         &plan.h2,
                         Tag {
@@ -395,6 +406,9 @@ async fn h2_conn(plan: &Plan, stats: &Shared, mut ticks: Option<Ticks>) {
                 }
             } else if now < plan.end {
                 while conn.can_start() && conn.in_flight() < per_conn {
+                    if measuring(plan, now) {
+                        stats.borrow_mut().sent += 1;
+                    }
                     conn.start(
                         &plan.h2,
                         Tag {

@@ -417,6 +417,7 @@ fn run_load(a: LoadArgs) -> Result<(), String> {
         "duration_s": secs,
         "requests": requests,
         "ok": stats.ok,
+        "sent": stats.sent,
         "errors": stats.errors,
         "error_total": errors,
         "achieved_rps": (requests as f64 / secs).round(),

@@ -18,6 +18,10 @@ pub struct Stats {
     /// How late the load generator sent relative to when it could have (open loop only).
     pub send_lag: Histogram<u64>,
     pub ok: u64,
+    /// Requests written to the target (measured window), whatever became of
+    /// them. Requests that timed out in the queue, or found no connection,
+    /// are errors but were never sent.
+    pub sent: u64,
     pub errors: BTreeMap<String, u64>,
     pub body_bytes: u64,
 }
@@ -38,6 +42,7 @@ impl Stats {
             from_intended: hist(),
             send_lag: hist(),
             ok: 0,
+            sent: 0,
             errors: BTreeMap::new(),
             body_bytes: 0,
         }
@@ -63,6 +68,7 @@ impl Stats {
         let _ = self.from_intended.add(&other.from_intended);
         let _ = self.send_lag.add(&other.send_lag);
         self.ok += other.ok;
+        self.sent += other.sent;
         self.body_bytes += other.body_bytes;
         for (k, v) in &other.errors {
             *self.errors.entry(k.clone()).or_insert(0) += v;
