@@ -165,10 +165,13 @@ impl Pool {
         let resp = tx.try_send_request(req).await.map_err(|e| {
             // hyper hands the request back when it never started writing
             // it. A reused connection that ends with no response at all was
-            // most likely closed idle by the upstream as we wrote.
+            // most likely closed idle by the upstream as we wrote: we see
+            // either its FIN (an incomplete message) or, when our request
+            // was still unread in its socket as it closed, the RST its
+            // kernel sends then.
             let kind = if e.message().is_some() {
                 ResetKind::NotSent
-            } else if reused && e.error().is_incomplete_message() {
+            } else if reused && (e.error().is_incomplete_message() || closed_by_peer(e.error())) {
                 ResetKind::ClosedIdle
             } else {
                 ResetKind::Reset
@@ -358,6 +361,23 @@ impl Pool {
         })?;
         Ok(resp.map(Body::Incoming))
     }
+}
+
+/// Is this hyper error the peer's RST (or a write after it closed)?
+fn closed_by_peer(e: &hyper::Error) -> bool {
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+            );
+        }
+        src = s.source();
+    }
+    false
 }
 
 /// The HTTP/2 error code behind a hyper error, if the peer sent one.
