@@ -252,7 +252,9 @@ async fn forward<'c>(
         path_and_query,
     )
     .map_err(|e| failed(e, stats))?;
-    let deadline = upstream::deadline(start, action.timeout, req.headers(), grpc);
+    // The route timeout starts now, after any injected delay, as Envoy's
+    // router starts it after the fault filter: a delay must not use it up.
+    let deadline = upstream::deadline(Instant::now(), action.timeout, req.headers(), grpc);
     let template = RequestTemplate::new(req, grpc, DEFAULT_REPLAY_LIMIT);
 
     // Mirrors of body-less requests go at once; others once the body has

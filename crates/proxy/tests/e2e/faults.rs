@@ -179,3 +179,41 @@ async fn grpc_abort_gives_a_grpc_status() {
     assert_eq!(r.reason(), Some("fault_injected"));
     assert_eq!(up.attempts(), 0, "an aborted call reached the upstream");
 }
+
+#[tokio::test]
+async fn a_fault_delay_does_not_use_up_the_route_timeout() {
+    let up = ChaosServer::start("reviews").await;
+    // As in Envoy, where the fault filter waits before the router starts the
+    // route's timeout: the timeout covers the upstream, not the injected delay.
+    let vs = virtual_service(
+        "reviews",
+        &["reviews"],
+        "- fault: {delay: {fixedDelay: 300ms}}\n  timeout: 200ms\n  route: [{destination: {host: reviews}}]\n",
+    );
+    let proxy = Proxy::start(&[
+        ("se.yaml", http_service("reviews", &[up.addr()])),
+        ("vs.yaml", vs),
+    ])
+    .await;
+    let t = send_many(&proxy, &proxy.h1, 1, 1, |_| get("http://reviews:9080/")).await;
+    let t = &t[0];
+    assert_eq!(
+        (t.reply.status.as_u16(), t.reply.reason()),
+        (200, None),
+        "{}",
+        t.reply.text()
+    );
+    assert!(t.took >= Duration::from_millis(300), "{:?}", t.took);
+    // The timeout still bounds the upstream's part.
+    let t = send_many(&proxy, &proxy.h1, 1, 1, |_| {
+        get_headers("http://reviews:9080/", &[("x-chaos-delay", "1000")])
+    })
+    .await;
+    let t = &t[0];
+    t.reply.assert_local(504, "upstream_timeout");
+    assert!(
+        t.took >= Duration::from_millis(500) && t.took < Duration::from_millis(1000),
+        "{:?}",
+        t.took
+    );
+}
