@@ -603,3 +603,91 @@ impl Proxy {
         }
     }
 }
+
+// ------------------------------------------------------ retries, timeouts
+
+/// The series of `trellis_upstream_retries_total` for `cluster` and `reason`.
+pub fn retries_series(cluster: &str, reason: &str) -> String {
+    format!(r#"trellis_upstream_retries_total{{cluster="{cluster}",reason="{reason}"}}"#)
+}
+
+/// The series of `trellis_upstream_retries_denied_total` for `cluster` and `reason`.
+pub fn denied_series(cluster: &str, reason: &str) -> String {
+    format!(r#"trellis_upstream_retries_denied_total{{cluster="{cluster}",reason="{reason}"}}"#)
+}
+
+/// A gRPC call as its client sees it: the HTTP reply, the trailers (none
+/// for a trailers-only reply) and how long it took.
+#[derive(Debug)]
+pub struct GrpcReply {
+    pub reply: Reply,
+    pub trailers: Option<HeaderMap>,
+    pub took: Duration,
+}
+
+impl GrpcReply {
+    /// `grpc-status`: from the trailers, else from the headers
+    /// (trailers-only reply).
+    pub fn grpc_status(&self) -> Option<u32> {
+        self.trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .or_else(|| self.reply.headers.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// The messages of the body, unframed.
+    pub fn messages(&self) -> Vec<Bytes> {
+        trellis_testing::decode_messages(&self.reply.body)
+            .unwrap_or_else(|| panic!("not gRPC framing: {:?}", self.reply))
+    }
+}
+
+/// A unary gRPC call through the proxy's outbound listener over h2c: `POST
+/// url` with `message` framed, `content-type: application/grpc`, and
+/// `headers`.
+pub async fn grpc_call(
+    proxy: &Proxy,
+    url: &str,
+    headers: &[(&str, &str)],
+    message: &[u8],
+) -> GrpcReply {
+    use http_body_util::BodyExt;
+    let mut b = Request::post(url)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b
+        .body(Full::new(trellis_testing::encode_message(message)))
+        .expect("request");
+    let started = Instant::now();
+    let call = async {
+        let resp = proxy.h2.request(req).await?;
+        let (parts, body) = resp.into_parts();
+        let collected = body.collect().await?;
+        let trailers = collected.trailers().cloned();
+        Ok::<_, trellis_testing::BoxError>((parts, trailers, collected.to_bytes()))
+    };
+    match tokio::time::timeout(trellis_testing::SEND_TIMEOUT, call).await {
+        Ok(Ok((parts, trailers, body))) => GrpcReply {
+            reply: Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            },
+            trailers,
+            took: started.elapsed(),
+        },
+        Ok(Err(e)) => panic!(
+            "gRPC call {url}: {e}; proxy output:\n{}",
+            proxy.process.logs()
+        ),
+        Err(_) => panic!(
+            "gRPC call {url}: no reply; proxy output:\n{}",
+            proxy.process.logs()
+        ),
+    }
+}
