@@ -251,3 +251,57 @@ async fn max_requests_per_connection_one_opens_a_connection_per_request() {
     // Without the limit the same requests share one keep-alive connection.
     assert_eq!(reuse.connections(), 1);
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_requests_counted_against_unchanged_limits() {
+    let a = ChaosServer::start("a").await;
+    let cluster_a = cluster_9080("a");
+    let proxy = Proxy::start(&[
+        ("se.yaml", http_service("a", &[a.addr()])),
+        (
+            "dr.yaml",
+            destination_rule(
+                "a",
+                &[],
+                Some(
+                    "connectionPool:\n  tcp: {maxConnections: 1}\n  http: {http1MaxPendingRequests: 1}",
+                ),
+            ),
+        ),
+    ])
+    .await;
+    let hung: Vec<_> = (0..2)
+        .map(|_| {
+            let client = proxy.h2.clone();
+            tokio::spawn(async move {
+                try_send(
+                    &client,
+                    get_headers("http://a:9080/hang", &[("x-chaos-hang", "1")]),
+                )
+                .await
+            })
+        })
+        .collect();
+    eventually("a saturated", Duration::from_secs(5), || async {
+        let c = proxy.cluster_dump(&cluster_a).await;
+        let in_use = &c["circuit_breaker"]["in_use"];
+        (in_use["connections"] == 1 && in_use["pending"] == 1).then_some(())
+    })
+    .await;
+    // An unrelated change reloads the config; `a` is as saturated as before.
+    let g = proxy.generation().await;
+    proxy
+        .config
+        .write("other.yaml", &http_service("other", &[a.addr()]));
+    proxy.wait_generation_above(g, Duration::from_secs(5)).await;
+    let started = Instant::now();
+    proxy
+        .send_h2(get("http://a:9080/more"))
+        .await
+        .assert_local(503, "overflow");
+    assert!(started.elapsed() < FAST, "{:?}", started.elapsed());
+    assert_eq!(a.connections(), 1);
+    for h in hung {
+        h.abort();
+    }
+}

@@ -227,3 +227,68 @@ async fn a_hanging_mirror_does_not_slow_the_primary() {
     }
     assert_eq!(primary.attempts(), N as u64);
 }
+
+#[tokio::test]
+async fn request_bodies_are_mirrored_up_to_the_replay_buffer() {
+    let primary = ChaosServer::start("reviews").await;
+    let shadow = ChaosServer::start("shadow").await;
+    let proxy = Proxy::start(&[
+        (
+            "se.yaml",
+            [
+                http_service("reviews", &[primary.addr()]),
+                http_service("shadow", &[shadow.addr()]),
+            ]
+            .join("---\n"),
+        ),
+        (
+            "vs.yaml",
+            virtual_service(
+                "reviews",
+                &["reviews"],
+                "- route: [{destination: {host: reviews}}]\n  mirror: {host: shadow}\n",
+            ),
+        ),
+    ])
+    .await;
+    let body = bytes::Bytes::from(vec![b'x'; 10_000]);
+    for i in 0..4u32 {
+        let req = http::Request::post(format!("http://reviews:9080/post/{i}"))
+            .body(http_body_util::Full::new(body.clone()))
+            .expect("request");
+        let r = if i.is_multiple_of(2) {
+            proxy.send(req).await
+        } else {
+            proxy.send_h2(req).await
+        };
+        assert_eq!((r.status.as_u16(), r.upstream()), (200, "reviews"));
+    }
+    let cluster = cluster_9080("shadow");
+    assert_eq!(settled_copies(&proxy, &shadow, &cluster).await, 4);
+    for seen in shadow.requests() {
+        assert_eq!(seen.method, http::Method::POST);
+        let len = seen
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(len, Some("10000"), "{seen:?}");
+    }
+    // A body past the 64 KiB replay buffer cannot be copied: the primary
+    // goes through, the copy is skipped and counted.
+    let req = http::Request::post("http://reviews:9080/big")
+        .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+            b'x';
+            100_000
+        ])))
+        .expect("request");
+    let r = proxy.send(req).await;
+    assert_eq!((r.status.as_u16(), r.upstream()), (200, "reviews"));
+    proxy
+        .wait_metric(
+            &mirrored(&cluster, "skipped_body"),
+            1.0,
+            Duration::from_secs(2),
+        )
+        .await;
+    assert_eq!(shadow.attempts(), 4);
+}

@@ -213,3 +213,44 @@ async fn below_min_health_percent_ejections_are_ignored() {
         "in panic both endpoints take traffic: {before:?} -> {after:?}"
     );
 }
+
+#[tokio::test]
+async fn an_ejection_survives_a_reload() {
+    let good = ChaosServer::start("good").await;
+    let bad = ChaosServer::start("bad").await;
+    bad.set(failing());
+    let cluster = cluster_9080("reviews");
+    let proxy = Proxy::start(&[
+        ("se.yaml", http_service("reviews", &[good.addr(), bad.addr()])),
+        (
+            "dr.yaml",
+            destination_rule(
+                "reviews",
+                &[],
+                Some(
+                    "outlierDetection:\n  consecutive5xxErrors: 2\n  baseEjectionTime: 30s\n  maxEjectionPercent: 50",
+                ),
+            ),
+        ),
+        ("vs.yaml", no_retries("reviews")),
+    ])
+    .await;
+    for _ in 0..200 {
+        proxy.get("http://reviews:9080/").await;
+        if bad.attempts() == 2 {
+            break;
+        }
+    }
+    assert_eq!(proxy.metric(&ejections(&cluster)).await, Some(1.0));
+    // A config change elsewhere keeps the endpoint, and so its ejection.
+    let g = proxy.generation().await;
+    proxy
+        .config
+        .write("other.yaml", &http_service("other", &[good.addr()]));
+    proxy.wait_generation_above(g, Duration::from_secs(5)).await;
+    for _ in 0..20 {
+        let r = proxy.get("http://reviews:9080/").await;
+        assert_eq!((r.status.as_u16(), from_upstream(&r)), (200, "good"));
+    }
+    assert_eq!(bad.attempts(), 2);
+}

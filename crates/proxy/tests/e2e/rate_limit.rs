@@ -131,3 +131,44 @@ async fn the_bucket_refills_after_its_fill_interval() {
     assert!(proxy.metric(&limited("default/rl")).await >= Some(1.0));
     assert_eq!(up.attempts() as usize, passed + 1);
 }
+
+#[tokio::test]
+async fn a_reload_keeps_an_unchanged_bucket() {
+    let up = ChaosServer::start("details").await;
+    let proxy = Proxy::start(&[
+        ("se.yaml", http_service("details", &[up.addr()])),
+        (
+            "rl.yaml",
+            rate_limit_policy("rl", "details", &[], "{maxTokens: 3, fillInterval: 1h}"),
+        ),
+    ])
+    .await;
+    for _ in 0..3 {
+        assert_eq!(proxy.get("http://details:9080/").await.status, 200);
+    }
+    proxy
+        .get("http://details:9080/")
+        .await
+        .assert_local(429, "rate_limited");
+    // An unrelated change: the bucket must not come back full, or every
+    // config push would hand out a fresh burst.
+    let g = proxy.generation().await;
+    proxy
+        .config
+        .write("other.yaml", &http_service("other", &[up.addr()]));
+    proxy.wait_generation_above(g, Duration::from_secs(5)).await;
+    proxy
+        .get("http://details:9080/")
+        .await
+        .assert_local(429, "rate_limited");
+    // A changed bucket is a new bucket, full.
+    proxy.config.write(
+        "rl.yaml",
+        &rate_limit_policy("rl", "details", &[], "{maxTokens: 4, fillInterval: 1h}"),
+    );
+    eventually("the new bucket", Duration::from_secs(5), || async {
+        (proxy.get("http://details:9080/").await.status == 200).then_some(())
+    })
+    .await;
+    assert_eq!(up.attempts(), 4);
+}
