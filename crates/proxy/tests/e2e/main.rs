@@ -24,6 +24,7 @@ mod rate_limit;
 mod reload;
 mod resilience_config;
 mod retries;
+mod retry_budget;
 mod rewrite;
 mod shutdown;
 mod split;

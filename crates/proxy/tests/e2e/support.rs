@@ -616,6 +616,14 @@ pub fn denied_series(cluster: &str, reason: &str) -> String {
     format!(r#"trellis_upstream_retries_denied_total{{cluster="{cluster}",reason="{reason}"}}"#)
 }
 
+/// A Trellis `RetryBudget` for `host` (namespace `default`).
+pub fn retry_budget(host: &str, ratio: f64, min_per_sec: u32, ttl: &str) -> String {
+    format!(
+        "apiVersion: trellis.dev/v1alpha1\nkind: RetryBudget\nmetadata:\n  name: {}\n  namespace: default\nspec:\n  host: {host}\n  retryRatio: {ratio}\n  minRetriesPerSecond: {min_per_sec}\n  ttl: {ttl}\n",
+        host.replace('.', "-")
+    )
+}
+
 /// A gRPC call as its client sees it: the HTTP reply, the trailers (none
 /// for a trailers-only reply) and how long it took.
 #[derive(Debug)]
