@@ -284,7 +284,9 @@ pub async fn send(
         cluster.stats.retry(reason);
         tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr,
             reason = reason.as_str(), attempt, "retrying");
-        drop(result);
+        if let Ok(resp) = result {
+            drain(resp);
+        }
         drop(guard);
         if policy.ignore_previous_hosts {
             tried.push(endpoint.addr);
@@ -306,6 +308,29 @@ pub async fn send(
         };
         tokio::time::sleep(pause).await;
     }
+}
+
+/// Read a failed response to its end in the background, so its HTTP/1.1
+/// connection goes back to the pool instead of being closed: a storm of
+/// retries should not also be a storm of new connections. Small bodies only,
+/// and not for long; anything else just closes.
+fn drain(resp: Response<Body>) {
+    const DRAIN_MAX: u64 = 64 * 1024;
+    const DRAIN_TIME: Duration = Duration::from_secs(1);
+    let body = resp.into_body();
+    if http_body::Body::is_end_stream(&body) {
+        return;
+    }
+    if http_body::Body::size_hint(&body)
+        .upper()
+        .is_none_or(|n| n > DRAIN_MAX)
+    {
+        return;
+    }
+    tokio::spawn(async move {
+        use http_body_util::BodyExt;
+        let _ = tokio::time::timeout(DRAIN_TIME, body.collect()).await;
+    });
 }
 
 fn finish(
