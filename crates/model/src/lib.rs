@@ -5,6 +5,7 @@
 //! Everything here is plain data and pure functions. Nothing does I/O except
 //! [`load::load_dir`], which reads a folder of YAML files.
 
+pub mod conflict;
 pub mod duration;
 pub mod error;
 pub mod host;
@@ -16,6 +17,6 @@ pub mod trellis;
 pub mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use load::{load_dir, parse_documents};
+pub use load::{Document, load_dir, load_dir_raw, parse_documents, parse_documents_raw};
 pub use policy::{RetryOn, grpc_code, parse_retry_on};
 pub use resource::{Meta, Resource, ResourceSet};

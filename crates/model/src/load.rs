@@ -16,6 +16,22 @@ const MAX_FILE_BYTES: u64 = 16 << 20;
 
 /// Parse every document of one YAML text. All problems are collected.
 pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Resource>, ConfigErrors> {
+    Ok(parse_documents_raw(file, text)?
+        .into_iter()
+        .map(|d| d.resource)
+        .collect())
+}
+
+/// A parsed resource together with the document as written (as JSON), for
+/// stores that keep and show resources as they were applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub resource: Resource,
+    pub raw: Value,
+}
+
+/// Like [`parse_documents`], keeping each document as written.
+pub fn parse_documents_raw(file: &str, text: &str) -> Result<Vec<Document>, ConfigErrors> {
     let mut errors = ConfigErrors::default();
     let docs: Vec<Value> = match serde_saphyr::from_multiple(text) {
         Ok(docs) => docs,
@@ -37,8 +53,8 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Resource>, ConfigEr
     };
     let mut out = Vec::with_capacity(docs.len());
     for (i, doc) in docs.into_iter().enumerate() {
-        match parse_resource(file, i + 1, doc) {
-            Ok(r) => out.push(r),
+        match parse_resource(file, i + 1, doc.clone()) {
+            Ok(resource) => out.push(Document { resource, raw: doc }),
             Err(e) => errors.push(e),
         }
     }
@@ -52,6 +68,11 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Resource>, ConfigEr
 /// Read every `*.yaml` / `*.yml` file under `dir` (recursively, sorted by
 /// path; hidden files and editor backups skipped) and parse all documents.
 pub fn load_dir(dir: &Path) -> Result<Vec<Resource>, ConfigErrors> {
+    Ok(load_dir_raw(dir)?.into_iter().map(|d| d.resource).collect())
+}
+
+/// Like [`load_dir`], keeping each document as written.
+pub fn load_dir_raw(dir: &Path) -> Result<Vec<Document>, ConfigErrors> {
     let mut files = Vec::new();
     let mut errors = ConfigErrors::default();
     if let Err(e) = collect_files(dir, &mut files) {
@@ -74,7 +95,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Resource>, ConfigErrors> {
                 continue;
             }
         };
-        match parse_documents(&name, &text) {
+        match parse_documents_raw(&name, &text) {
             Ok(rs) => out.extend(rs),
             Err(es) => errors.0.extend(es.0),
         }

@@ -144,6 +144,18 @@ impl Resource {
         }
     }
 
+    /// Say where the resource came from (a file, or e.g. `api`): errors name it.
+    pub fn set_source(&mut self, source: impl Into<String>) {
+        let source = source.into();
+        match self {
+            Resource::ServiceEntry(o) => o.source = source,
+            Resource::DestinationRule(o) => o.source = source,
+            Resource::VirtualService(o) => o.source = source,
+            Resource::RateLimitPolicy(o) => o.source = source,
+            Resource::RetryBudget(o) => o.source = source,
+        }
+    }
+
     /// `Kind namespace/name`, the way errors name a resource.
     pub fn display_name(&self) -> String {
         let m = self.meta();
