@@ -1,0 +1,288 @@
+//! The HTTP API (`docs/api.md`): apply, list, get and delete resources, plus
+//! `/healthz` and `/metrics`. JSON in and out; errors are
+//! `{"error": "...", "details": [...]}` ([`error::ApiError`]).
+//!
+//! Store operations take a mutex and may write to disk, so they run on
+//! tokio's blocking pool, never on a runtime worker.
+
+mod error;
+pub mod view;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use trellis_model::ConfigErrors;
+use trellis_model::resource::Kind;
+
+pub use error::ApiError;
+
+use crate::ControlPlane;
+use crate::kind;
+use crate::store::{API_SOURCE, Incoming, Key, Store};
+
+/// Largest request body: the same limit as a config file.
+const MAX_BODY: usize = 16 << 20;
+
+pub fn router(plane: Arc<ControlPlane>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/apply", axum::routing::post(apply))
+        .route("/api/v1/resources", get(list_all))
+        .route("/api/v1/resources/{kind}", get(list_kind))
+        .route(
+            "/api/v1/resources/{kind}/{namespace}/{name}",
+            get(get_one).delete(delete_one),
+        )
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(plane)
+}
+
+/// Run a store operation on the blocking pool.
+async fn with_store<R: Send + 'static>(
+    plane: &Arc<ControlPlane>,
+    f: impl FnOnce(&mut Store) -> R + Send + 'static,
+) -> Result<R, ApiError> {
+    let plane = plane.clone();
+    tokio::task::spawn_blocking(move || plane.with_store(f))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the store operation failed: {e}"),
+            )
+        })
+}
+
+async fn healthz(State(plane): State<Arc<ControlPlane>>) -> Json<Value> {
+    let generation = plane.subscribe().borrow().generation;
+    Json(json!({"status": "ok", "generation": generation}))
+}
+
+async fn metrics(State(plane): State<Arc<ControlPlane>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        plane.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {method} {uri}; the API is described in docs/api.md"),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct ApplyQuery {
+    #[serde(default)]
+    dry_run: bool,
+    /// What to call the body in errors (e.g. its file name).
+    file: Option<String>,
+}
+
+/// The JSON form of an apply: several named files at once, so errors name
+/// the file each resource came from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplyFiles {
+    files: Vec<ApplyFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplyFile {
+    name: String,
+    content: String,
+}
+
+async fn apply(
+    State(plane): State<Arc<ControlPlane>>,
+    Query(q): Query<ApplyQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let files: Vec<ApplyFile> = if is_json {
+        serde_json::from_slice::<ApplyFiles>(&body)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "the JSON body is not {{\"files\": [{{\"name\": ..., \"content\": ...}}]}}: {e}"
+                    ),
+                )
+            })?
+            .files
+    } else {
+        let content = String::from_utf8(body.to_vec()).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "the request body is not UTF-8 text",
+            )
+        })?;
+        vec![ApplyFile {
+            name: q.file.clone().unwrap_or_else(|| API_SOURCE.to_string()),
+            content,
+        }]
+    };
+    let mut incoming = Vec::new();
+    let mut errors = ConfigErrors::default();
+    for f in files {
+        match trellis_model::parse_documents_raw(&f.name, &f.content) {
+            Ok(docs) => incoming.extend(docs.into_iter().map(|doc| Incoming {
+                file: f.name.clone(),
+                doc,
+            })),
+            Err(es) => errors.0.extend(es.0),
+        }
+    }
+    if !errors.is_empty() {
+        plane.metrics.apply(false);
+        let n = errors.0.len();
+        return Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: format!(
+                "the change was rejected ({n} error{}); nothing was applied",
+                if n == 1 { "" } else { "s" }
+            ),
+            details: errors.0,
+        });
+    }
+    if incoming.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the request holds no resources (an empty YAML document?)",
+        ));
+    }
+    let dry_run = q.dry_run;
+    let (results, generation) = with_store(&plane, move |s| {
+        s.apply(incoming, dry_run)
+            .map(|r| (r, s.snapshot().generation))
+    })
+    .await??;
+    for a in &results {
+        tracing::info!(resource = %a.key, action = %a.action, accepted = a.status.accepted, dry_run, "apply");
+    }
+    Ok(Json(json!({
+        "dryRun": dry_run,
+        "generation": generation,
+        "results": results.iter().map(view::applied).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    namespace: Option<String>,
+}
+
+async fn list_all(
+    State(plane): State<Arc<ControlPlane>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    list(plane, None, q.namespace).await
+}
+
+async fn list_kind(
+    State(plane): State<Arc<ControlPlane>>,
+    Path(kind): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let kind = parse_kind(&kind)?;
+    list(plane, Some(kind), q.namespace).await
+}
+
+async fn list(
+    plane: Arc<ControlPlane>,
+    kind: Option<Kind>,
+    namespace: Option<String>,
+) -> Result<Json<Value>, ApiError> {
+    with_store(&plane, move |s| {
+        let items: Vec<Value> = s
+            .list(kind, namespace.as_deref())
+            .iter()
+            .map(|(e, st)| view::resource(e, st))
+            .collect();
+        let snapshot = s.snapshot();
+        let mut body = json!({
+            "generation": snapshot.generation,
+            "items": items,
+        });
+        if kind.is_none() {
+            body["conflicts"] = json!(snapshot.conflicts);
+            if let Some(errors) = s.file_errors() {
+                body["configDirErrors"] = json!(errors.0);
+            }
+        }
+        Json(body)
+    })
+    .await
+}
+
+async fn get_one(
+    State(plane): State<Arc<ControlPlane>>,
+    Path((kind, namespace, name)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let key = Key::new(parse_kind(&kind)?, namespace, name);
+    with_store(&plane, move |s| match s.get(&key) {
+        Some((e, st)) => Ok(Json(view::resource(e, &st))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{key} not found"),
+        )),
+    })
+    .await?
+}
+
+#[derive(Debug, Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn delete_one(
+    State(plane): State<Arc<ControlPlane>>,
+    Path((kind, namespace, name)): Path<(String, String, String)>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let key = Key::new(parse_kind(&kind)?, namespace, name);
+    let dry_run = q.dry_run;
+    let k = key.clone();
+    let generation = with_store(&plane, move |s| {
+        s.delete(&k, dry_run).map(|()| s.snapshot().generation)
+    })
+    .await??;
+    tracing::info!(resource = %key, dry_run, "delete");
+    Ok(Json(json!({
+        "kind": key.kind,
+        "namespace": key.namespace,
+        "name": key.name,
+        "action": "deleted",
+        "dryRun": dry_run,
+        "generation": generation,
+    })))
+}
+
+fn parse_kind(s: &str) -> Result<Kind, ApiError> {
+    kind::parse(s).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown kind {s:?}: Trellis understands {}", kind::known()),
+        )
+    })
+}

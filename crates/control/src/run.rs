@@ -1,0 +1,270 @@
+//! Starting and stopping `trellis control`: the data directory, the store,
+//! the listeners, the config-directory watcher, signals.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use trellis_model::ConfigErrors;
+
+use crate::ControlPlane;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "store.redb";
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Holds the store (0700; the database file is 0600).
+    pub data_dir: PathBuf,
+    /// A folder of YAML watched for changes; its resources join the API's.
+    pub config_dir: Option<PathBuf>,
+    /// The xDS (ADS over gRPC) listener. Bound now, served later (issue 4 item 6).
+    pub xds: SocketAddr,
+    /// The HTTP API, `/healthz` and `/metrics`.
+    pub api: SocketAddr,
+    /// Where to write the bound addresses as JSON once listening.
+    pub addr_file: Option<PathBuf>,
+    /// How often the config directory is polled.
+    pub poll: Duration,
+}
+
+/// The per-user state directory: `$XDG_STATE_HOME/trellis`, else
+/// `~/.local/state/trellis`. The caller passes the environment's values.
+pub fn default_data_dir(xdg_state_home: Option<&str>, home: Option<&str>) -> Option<PathBuf> {
+    match (
+        xdg_state_home.filter(|s| !s.is_empty()),
+        home.filter(|s| !s.is_empty()),
+    ) {
+        (Some(x), _) => Some(Path::new(x).join("trellis")),
+        (None, Some(h)) => Some(Path::new(h).join(".local/state/trellis")),
+        (None, None) => None,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{summary}\n{errors}")]
+    Config {
+        summary: String,
+        errors: ConfigErrors,
+    },
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("cannot listen on {addr} for the {what}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the address file {}: {source}", path.display())]
+    AddrFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl From<StoreError> for StartError {
+    fn from(e: StoreError) -> StartError {
+        match e {
+            StoreError::Invalid { summary, errors } => StartError::Config { summary, errors },
+            e => StartError::Store(e),
+        }
+    }
+}
+
+/// The addresses actually bound (port 0 resolved).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Addresses {
+    pub api: SocketAddr,
+    pub xds: SocketAddr,
+}
+
+/// Run until SIGINT or SIGTERM.
+pub fn run(settings: Settings) -> Result<(), StartError> {
+    create_private_dir(&settings.data_dir)?;
+    let files = match &settings.config_dir {
+        Some(dir) => {
+            Some(
+                trellis_model::load_dir_raw(dir).map_err(|errors| StartError::Config {
+                    summary: format!("the config directory {} is not valid", dir.display()),
+                    errors,
+                })?,
+            )
+        }
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let store = Store::open(&settings.data_dir.join(DB_FILE), files, metrics.clone())?;
+    let generation = store.snapshot().generation;
+    let plane = ControlPlane::new(store, metrics);
+
+    let bind = |what, addr| {
+        std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| StartError::Bind { what, addr, source })
+    };
+    let api_listener = bind("HTTP API", settings.api)?;
+    let xds_listener = bind("xDS server", settings.xds)?;
+    let local = |l: &std::net::TcpListener, what, addr| {
+        l.local_addr()
+            .map_err(|source| StartError::Bind { what, addr, source })
+    };
+    let addrs = Addresses {
+        api: local(&api_listener, "HTTP API", settings.api)?,
+        xds: local(&xds_listener, "xDS server", settings.xds)?,
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    if let Some(dir) = settings.config_dir.clone() {
+        let (plane, stop, poll) = (plane.clone(), stop.clone(), settings.poll);
+        std::thread::Builder::new()
+            .name("trellis-config-watch".into())
+            .spawn(move || crate::watch::run(dir, plane, poll, stop))
+            .map_err(StartError::Runtime)?;
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("trellis-control")
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    let result = rt.block_on(async {
+        let api = tokio::net::TcpListener::from_std(api_listener).map_err(StartError::Runtime)?;
+        let xds = tokio::net::TcpListener::from_std(xds_listener).map_err(StartError::Runtime)?;
+        let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(false);
+        let router = crate::api::router(plane.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(api, router)
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown_rx.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        tokio::spawn(serve_xds(xds, plane.clone()));
+        tracing::info!(
+            data_dir = %settings.data_dir.display(),
+            config_dir = settings.config_dir.as_ref().map(|d| d.display().to_string()),
+            generation,
+            "store open"
+        );
+        tracing::info!(listener = "api", addr = %addrs.api, "listening");
+        tracing::info!(listener = "xds", addr = %addrs.xds, "listening (reserved: the xDS server is not served yet)");
+        if let Some(path) = &settings.addr_file {
+            write_addr_file(path, &addrs).map_err(|source| StartError::AddrFile {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        wait_for_signal().await;
+        tracing::info!("stopping");
+        let _ = shutdown_tx.send(true);
+        // In-flight API requests get a moment to finish; a store change in
+        // progress completes (or not) atomically either way.
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        Ok(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    tracing::info!("stopped");
+    result
+}
+
+/// Where the ADS server plugs in (issue 4 item 6): it gets the bound xDS
+/// listener and the control plane, whose `subscribe()` yields every new
+/// config generation. Until then, connections are closed at once, so a proxy
+/// pointed here fails fast instead of hanging.
+pub async fn serve_xds(listener: tokio::net::TcpListener, _plane: Arc<ControlPlane>) {
+    loop {
+        match listener.accept().await {
+            Ok((conn, peer)) => {
+                tracing::debug!(%peer, "xDS connection closed: the xDS server is not served yet");
+                drop(conn);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "xDS accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Create `dir` (and missing parents) readable by its owner only, and make
+/// sure an existing one is too: it holds the store (and later the CA keys).
+fn create_private_dir(dir: &Path) -> Result<(), StartError> {
+    let err = |source| StartError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
+    let mode = std::fs::metadata(dir).map_err(err)?.permissions().mode() & 0o777;
+    if mode != 0o700 {
+        tracing::info!(dir = %dir.display(), mode = format!("{mode:o}"), "data directory made private (0700)");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Written once every listener is bound, atomically (rename).
+fn write_addr_file(path: &Path, addrs: &Addresses) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(addrs)?)?;
+    std::fs::rename(tmp, path)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_data_dir;
+    use std::path::PathBuf;
+
+    #[test]
+    fn data_dir_follows_xdg() {
+        let cases = [
+            (Some("/x/state"), Some("/home/u"), Some("/x/state/trellis")),
+            (
+                Some(""),
+                Some("/home/u"),
+                Some("/home/u/.local/state/trellis"),
+            ),
+            (None, Some("/home/u"), Some("/home/u/.local/state/trellis")),
+            (None, None, None),
+        ];
+        for (xdg, home, want) in cases {
+            assert_eq!(default_data_dir(xdg, home), want.map(PathBuf::from));
+        }
+    }
+}
