@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-/// One problem in the user's config.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
+/// One problem in the user's config. (Deserialize: API clients read it back.)
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{file}: {resource}: {field}: {reason}")]
 pub struct ConfigError {
     /// The file the resource came from (or `<api>` for resources applied through an API).

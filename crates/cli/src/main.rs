@@ -1,0 +1,401 @@
+//! `trellis`: the control plane (`trellis control`) and the verbs that talk
+//! to it (`apply`, `get`, `delete`), plus offline `check`. kubectl's habits:
+//! `-f FILE|DIR`, `-n NS`, `-o yaml|json|table`, exit 1 on errors.
+
+mod client;
+mod files;
+mod output;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use http::Method;
+use serde_json::Value;
+use trellis_model::{ConfigError, ConfigErrors, ResourceSet};
+
+use client::{Client, ClientError, DEFAULT_SERVER};
+use output::Format;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "trellis",
+    version,
+    about = "Trellis service mesh: control plane and CLI"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the control plane: config store, HTTP API (and soon the xDS server).
+    Control(ControlArgs),
+    /// Create or update resources from files (validated first; all or nothing).
+    Apply(ApplyArgs),
+    /// Show resources and their status.
+    Get(GetArgs),
+    /// Delete a resource applied through the API.
+    Delete(DeleteArgs),
+    /// Validate files offline, as a standalone trellis-proxy would; no control plane needed.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+struct ControlArgs {
+    /// Where the store lives [default: $XDG_STATE_HOME/trellis or ~/.local/state/trellis].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A folder of YAML resources, watched for changes (GitOps style).
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
+    /// xDS (ADS over gRPC) listener, plaintext, loopback only.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds: SocketAddr,
+    /// HTTP API, /healthz and /metrics.
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    api: SocketAddr,
+    /// Write the bound addresses here as JSON once listening (useful with port 0).
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
+    /// Log filter: error, warn, info, debug, trace, or target=level directives.
+    #[arg(long, default_value = "info", env = "TRELLIS_LOG")]
+    log_level: String,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ServerArgs {
+    /// The control plane's HTTP API.
+    #[arg(long, env = "TRELLIS_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+}
+
+#[derive(Args, Debug)]
+struct ApplyArgs {
+    /// A YAML file, a folder of them (recursively), or - for standard input. Repeatable.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    /// Validate and report what would change, without changing anything.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Args, Debug)]
+struct GetArgs {
+    /// A kind (VirtualService, virtualservices, vs, ...) or `all`.
+    kind: String,
+    /// One resource's name; all of the kind without it.
+    name: Option<String>,
+    /// Namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// Every namespace.
+    #[arg(short = 'A', long, conflicts_with = "name")]
+    all_namespaces: bool,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Format,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Args, Debug)]
+struct DeleteArgs {
+    /// A kind (VirtualService, virtualservices, vs, ...).
+    kind: String,
+    name: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// Check that the delete would be accepted, without deleting.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// A YAML file, a folder of them (recursively), or - for standard input. Repeatable.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+}
+
+/// A failed command: one sentence, then the config errors behind it.
+struct Failure {
+    message: String,
+    details: Vec<ConfigError>,
+    code: u8,
+}
+
+impl Failure {
+    fn new(message: impl std::fmt::Display) -> Failure {
+        Failure {
+            message: message.to_string(),
+            details: Vec::new(),
+            code: 1,
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        Failure {
+            details: e.details().to_vec(),
+            message: e.to_string(),
+            code: 1,
+        }
+    }
+}
+
+impl From<files::FilesError> for Failure {
+    fn from(e: files::FilesError) -> Failure {
+        Failure::new(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Control(a) => control(a),
+        Command::Apply(a) => apply(a),
+        Command::Get(a) => get(a),
+        Command::Delete(a) => delete(a),
+        Command::Check(a) => check(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            for d in &f.details {
+                eprintln!("  {d}");
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn control(a: ControlArgs) -> Result<(), Failure> {
+    init_logging(&a.log_level, a.log_json).map_err(|e| Failure {
+        code: 2,
+        ..Failure::new(e)
+    })?;
+    let data_dir = match a.data_dir {
+        Some(d) => d,
+        None => trellis_control::default_data_dir(
+            std::env::var("XDG_STATE_HOME").ok().as_deref(),
+            std::env::var("HOME").ok().as_deref(),
+        )
+        .ok_or_else(|| {
+            Failure::new("no --data-dir given, and neither XDG_STATE_HOME nor HOME is set")
+        })?,
+    };
+    let settings = trellis_control::Settings {
+        data_dir,
+        config_dir: a.config_dir,
+        xds: a.xds,
+        api: a.api,
+        addr_file: a.addr_file,
+        poll: Duration::from_millis(200),
+    };
+    trellis_control::run(settings).map_err(|e| match e {
+        trellis_control::StartError::Config { summary, errors } => Failure {
+            message: format!("cannot start: {summary}"),
+            details: errors.0,
+            code: 2,
+        },
+        e => Failure::new(format!("cannot start: {e}")),
+    })
+}
+
+fn init_logging(level: &str, json: bool) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_new(level).map_err(|e| format!("invalid --log-level {level:?}: {e}"))?;
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let result = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    result.map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+fn apply(a: ApplyArgs) -> Result<(), Failure> {
+    let files = files::read(&a.files)?;
+    let body = serde_json::json!({
+        "files": files
+            .iter()
+            .map(|(name, content)| serde_json::json!({"name": name, "content": content}))
+            .collect::<Vec<_>>(),
+    });
+    let client = Client::new(&a.server.server)?;
+    let path = if a.dry_run {
+        "/api/v1/apply?dry_run=true"
+    } else {
+        "/api/v1/apply"
+    };
+    let answer = client.call(
+        Method::POST,
+        path,
+        Some("application/json"),
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )?;
+    let suffix = if a.dry_run { " (dry run)" } else { "" };
+    for r in answer["results"].as_array().into_iter().flatten() {
+        let name = format!(
+            "{} {}/{}",
+            r["kind"].as_str().unwrap_or("?"),
+            r["namespace"].as_str().unwrap_or("?"),
+            r["name"].as_str().unwrap_or("?")
+        );
+        let action = r["action"].as_str().unwrap_or("?");
+        let status = &r["status"];
+        if status["accepted"].as_bool().unwrap_or(true) {
+            println!("{name} {action}{suffix}");
+        } else {
+            // Stored, but an older resource keeps what it claims.
+            let reasons: Vec<&str> = status["conflicts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["loser"]["name"] == r["name"] && c["loser"]["kind"] == r["kind"])
+                .filter_map(|c| c["reason"].as_str())
+                .collect();
+            println!(
+                "{name} {action}{suffix}, but not in effect: {}",
+                reasons.join("; ")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn get(a: GetArgs) -> Result<(), Failure> {
+    let client = Client::new(&a.server.server)?;
+    let all_kinds = a.kind.eq_ignore_ascii_case("all");
+    let kind = if all_kinds {
+        None
+    } else {
+        Some(trellis_control::kind::parse(&a.kind).ok_or_else(|| {
+            Failure::new(format!(
+                "unknown kind {:?}: Trellis understands {}, or `all`",
+                a.kind,
+                trellis_control::kind::known()
+            ))
+        })?)
+    };
+    let (path, single) = match (&a.name, kind) {
+        (Some(name), Some(kind)) => (
+            format!("/api/v1/resources/{kind}/{}/{name}", a.namespace),
+            true,
+        ),
+        (Some(_), None) => return Err(Failure::new("`get all` takes no name; name a kind")),
+        (None, kind) => {
+            let base = match kind {
+                Some(k) => format!("/api/v1/resources/{k}"),
+                None => "/api/v1/resources".to_string(),
+            };
+            if a.all_namespaces {
+                (base, false)
+            } else {
+                (format!("{base}?namespace={}", a.namespace), false)
+            }
+        }
+    };
+    let body = client.call(Method::GET, &path, None, Vec::new())?;
+    if !single && a.output == Format::Table && body["items"].as_array().is_none_or(Vec::is_empty) {
+        if a.all_namespaces {
+            eprintln!("No resources found.");
+        } else {
+            eprintln!("No resources found in {} namespace.", a.namespace);
+        }
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    print!(
+        "{}",
+        output::render(a.output, &body, single, all_kinds, a.all_namespaces, now)
+    );
+    if all_kinds && a.output == Format::Table {
+        print_config_dir_errors(&body);
+    }
+    Ok(())
+}
+
+fn print_config_dir_errors(body: &Value) {
+    if let Ok(errors) = serde_json::from_value::<Vec<ConfigError>>(body["configDirErrors"].clone())
+        && !errors.is_empty()
+    {
+        eprintln!(
+            "warning: the last config directory change was rejected; the previous files stay in effect:"
+        );
+        for e in errors {
+            eprintln!("  {e}");
+        }
+    }
+}
+
+fn delete(a: DeleteArgs) -> Result<(), Failure> {
+    let kind = trellis_control::kind::parse(&a.kind).ok_or_else(|| {
+        Failure::new(format!(
+            "unknown kind {:?}: Trellis understands {}",
+            a.kind,
+            trellis_control::kind::known()
+        ))
+    })?;
+    let client = Client::new(&a.server.server)?;
+    let mut path = format!("/api/v1/resources/{kind}/{}/{}", a.namespace, a.name);
+    if a.dry_run {
+        path.push_str("?dry_run=true");
+    }
+    client.call(Method::DELETE, &path, None, Vec::new())?;
+    let suffix = if a.dry_run { " (dry run)" } else { "" };
+    println!("{kind} {}/{} deleted{suffix}", a.namespace, a.name);
+    Ok(())
+}
+
+fn check(a: CheckArgs) -> Result<(), Failure> {
+    let files = files::read(&a.files)?;
+    let mut errors = ConfigErrors::default();
+    let mut set = ResourceSet::default();
+    for (name, text) in &files {
+        match trellis_model::parse_documents(name, text) {
+            Ok(rs) => rs.into_iter().for_each(|r| set.push(r)),
+            Err(es) => errors.0.extend(es.0),
+        }
+    }
+    if errors.is_empty()
+        && let Err(es) = trellis_model::validate::validate(&set)
+    {
+        errors = es;
+    }
+    if !errors.is_empty() {
+        let n = errors.0.len();
+        return Err(Failure {
+            message: format!("{n} error{} in config", if n == 1 { "" } else { "s" }),
+            details: errors.0,
+            code: 1,
+        });
+    }
+    let (r, f) = (set.len(), files.len());
+    println!(
+        "{r} resource{} in {f} file{} valid",
+        if r == 1 { "" } else { "s" },
+        if f == 1 { " is" } else { "s are" }
+    );
+    Ok(())
+}
