@@ -366,3 +366,113 @@ fn a_second_control_plane_on_one_data_dir_is_refused() {
         .expect("the second must not start");
     assert!(err.contains("in use by another `trellis control`"), "{err}");
 }
+
+#[test]
+fn the_http_api_speaks_json_with_detailed_errors() {
+    let data = tempfile::tempdir().unwrap();
+    let control = Control::start(data.path(), &[]);
+    let api = &control.api;
+    let json = |s: &str| -> serde_json::Value {
+        serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+    };
+
+    let (status, ct, body) = support::http(api, "GET", "/healthz", "text/plain", "");
+    assert_eq!((status, ct.as_str()), (200, "application/json"));
+    assert_eq!(json(&body)["status"], "ok");
+
+    // A raw YAML body, named by ?file= in errors.
+    let text = format!("{SE}---\n{}", vs("reviews", 100));
+    let (status, _, body) = support::http(
+        api,
+        "POST",
+        "/api/v1/apply?file=mesh.yaml",
+        "application/yaml",
+        &text,
+    );
+    assert_eq!(status, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["dryRun"], false);
+    assert_eq!(v["results"][1]["action"], "created");
+    assert_eq!(v["results"][1]["kind"], "VirtualService");
+
+    let bad = vs("reviews", 100).replace("weight: 0", "weight: 5");
+    let (status, ct, body) = support::http(
+        api,
+        "POST",
+        "/api/v1/apply?file=bad.yaml",
+        "application/yaml",
+        &bad,
+    );
+    assert_eq!((status, ct.as_str()), (422, "application/json"));
+    let v = json(&body);
+    assert_eq!(
+        v["error"],
+        "the change was rejected (1 error); nothing was applied"
+    );
+    assert_eq!(
+        v["details"][0],
+        serde_json::json!({
+            "file": "bad.yaml",
+            "resource": "VirtualService default/reviews",
+            "field": "spec.http[0].route",
+            "reason": v["details"][0]["reason"],
+        })
+    );
+    assert!(
+        v["details"][0]["reason"].as_str().unwrap().contains("105"),
+        "{v}"
+    );
+
+    let (status, _, body) = support::http(
+        api,
+        "GET",
+        "/api/v1/resources/virtualservices/default/reviews",
+        "",
+        "",
+    );
+    assert_eq!(status, 200);
+    let v = json(&body);
+    assert_eq!(v["status"]["generation"], 1);
+    assert_eq!(v["spec"]["http"][0]["route"][0]["weight"], 100);
+
+    let (status, _, body) = support::http(api, "GET", "/api/v1/resources/Gateway", "", "");
+    assert_eq!(status, 404);
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown kind \"Gateway\""),
+        "{body}"
+    );
+    let (status, _, body) = support::http(
+        api,
+        "DELETE",
+        "/api/v1/resources/se/default/reviews",
+        "",
+        "",
+    );
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        json(&body)["details"][0]["resource"],
+        "VirtualService default/reviews"
+    );
+    let (status, _, body) = support::http(api, "GET", "/nowhere", "", "");
+    assert_eq!(status, 404);
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("docs/api.md")
+    );
+
+    let (status, _, body) = support::http(api, "GET", "/metrics", "", "");
+    assert_eq!(status, 200);
+    for line in [
+        "trellis_control_resources{kind=\"VirtualService\",accepted=\"true\"} 1",
+        "trellis_control_applies_total{result=\"accepted\"} 1",
+        "trellis_control_applies_total{result=\"rejected\"} 1",
+        "trellis_control_deletes_total{result=\"rejected\"} 1",
+    ] {
+        assert!(body.contains(line), "{line} in\n{body}");
+    }
+}

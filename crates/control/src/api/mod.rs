@@ -153,7 +153,9 @@ async fn apply(
         }
     }
     if !errors.is_empty() {
-        plane.metrics.apply(false);
+        if !q.dry_run {
+            plane.metrics.apply(false);
+        }
         let n = errors.0.len();
         return Err(ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,

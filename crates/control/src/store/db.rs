@@ -22,10 +22,18 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// A resource applied through the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
+    /// The document as applied.
     pub document: Value,
+    /// Always `api` today; kept so other writers (e.g. `trellis up`) can say who they are.
+    #[serde(default = "api_source")]
+    pub source: String,
     pub generation: u64,
     pub created_ms: u64,
     pub order: u64,
+}
+
+fn api_source() -> String {
+    super::API_SOURCE.to_string()
 }
 
 /// Bookkeeping for a resource read from the config directory, so that its

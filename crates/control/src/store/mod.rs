@@ -393,6 +393,7 @@ impl Store {
                 key.db_key(),
                 Record {
                     document: e.document.clone(),
+                    source: API_SOURCE.to_string(),
                     generation: e.generation,
                     created_ms: e.created_ms,
                     order: e.order,
