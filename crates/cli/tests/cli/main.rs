@@ -77,10 +77,17 @@ fn apply_get_and_restart_keep_resources() {
         .ok()
         .json();
     assert_eq!(v["metadata"]["generation"], 2);
-    let yaml = control.cli(&["get", "se", "-o", "yaml"]).ok().stdout;
+    let yaml = control.cli(&["get", "all", "-o", "yaml"]).ok().stdout;
     assert!(
         yaml.contains("kind: ServiceEntry") && yaml.contains("10.0.0.2"),
         "{yaml}"
+    );
+    // What `get -o yaml` prints applies again, unchanged.
+    let again = write(files.path(), "again.yaml", &yaml);
+    let out = control.cli(&["apply", "-f", again.to_str().unwrap()]).ok();
+    assert_eq!(
+        out.stdout,
+        "ServiceEntry default/reviews unchanged\nVirtualService default/reviews unchanged\n"
     );
     assert!(control.stop("INT").success());
 }
