@@ -1,0 +1,375 @@
+//! The incremental ("delta") ADS protocol for one stream, as a state
+//! machine: requests and snapshots in, responses and events out. No I/O.
+//!
+//! Per type URL it keeps the subscription (explicit names and/or `*`), the
+//! version of every resource the client holds as far as the server knows
+//! (from `initial_resource_versions` on a reconnect, then from what was
+//! sent), and whether a response awaits its ACK/NACK. The rules (Envoy's xDS
+//! protocol doc, "Incremental xDS"):
+//!
+//! - A response carries only resources that are new or changed for the
+//!   client, plus `removed_resources`: resources the client holds that are
+//!   gone (or no longer wanted), and explicitly subscribed names that do not
+//!   exist (so the client need not wait for a timeout to learn that).
+//! - `resource_names_subscribe` of a name the client already has must still
+//!   be answered with the resource (the client may have dropped it), except
+//!   in the first request of a type on a stream, where
+//!   `initial_resource_versions` says what the client really has.
+//! - Legacy wildcard: a first request with neither subscriptions nor
+//!   unsubscriptions means `*` for Listener and Cluster. Unlike SotW,
+//!   subscribing to a name later keeps `*`; only unsubscribing from `*`
+//!   ends it.
+//! - Unsubscribing needs no answer, except a name that the wildcard may
+//!   also cover: then the client must be told whether to keep it (the
+//!   resource again, or its name in `removed_resources`).
+//! - Subscription changes count even with a stale nonce; only the ACK/NACK
+//!   meaning needs the current nonce.
+//! - At most one unanswered response per type; later changes coalesce into
+//!   the response sent after the ACK/NACK. A NACKed resource is not sent
+//!   again until its version changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
+};
+
+use crate::protocol::{
+    Event, Nack, Nonces, Output, ProtocolError, Subscription, TypeStatus, WILDCARD,
+};
+use crate::resource::{Fnv64, Resources, Snapshot, TypeUrl, type_url};
+
+/// One delta ADS stream.
+#[derive(Debug)]
+pub struct DeltaStream {
+    snapshot: Arc<Snapshot>,
+    types: BTreeMap<TypeUrl, TypeState>,
+    nonces: Nonces,
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    sub: Subscription,
+    /// Resource versions the client holds (as sent, or as it told us).
+    known: BTreeMap<String, String>,
+    /// Explicit names already reported as not existing, so they are not
+    /// reported in every response.
+    told_absent: BTreeSet<String>,
+    /// Names the next response must mention (as a resource or as removed):
+    /// wildcard clients unsubscribing a specific name.
+    must_report: BTreeSet<String>,
+    /// Answer the next chance even if there is nothing to say (first
+    /// request of the type: the client waits for it to finish initialising).
+    force: bool,
+    /// Whether something other than the snapshot changed since the last
+    /// computation (subscriptions, known versions): then the unchanged-map
+    /// shortcut does not apply.
+    dirty: bool,
+    /// The type's map the last computation used; the same `Arc` again with
+    /// nothing dirty means nothing to send, without walking the map.
+    computed_from: Option<Arc<Resources>>,
+    computed: bool,
+    /// `system_version_info` and nonce of the last response sent.
+    sent: Option<(String, String)>,
+    pending: bool,
+    acked_version: Option<String>,
+    last_nack: Option<Nack>,
+    pushes: u64,
+    acks: u64,
+    nacks: u64,
+}
+
+impl DeltaStream {
+    /// A stream that will serve `snapshot` until told of a newer one.
+    pub fn new(snapshot: Arc<Snapshot>) -> DeltaStream {
+        DeltaStream {
+            snapshot,
+            types: BTreeMap::new(),
+            nonces: Nonces::default(),
+        }
+    }
+
+    /// Handles one request from the client.
+    ///
+    /// # Errors
+    /// [`ProtocolError`] if the request is not valid on an ADS stream; the
+    /// stream should then be closed.
+    pub fn on_request(
+        &mut self,
+        req: &DeltaDiscoveryRequest,
+    ) -> Result<Output<DeltaDiscoveryResponse>, ProtocolError> {
+        if req.type_url.is_empty() {
+            return Err(ProtocolError::MissingTypeUrl);
+        }
+        let mut out = Output::default();
+        let first = !self.types.contains_key(&req.type_url);
+        let state = self.types.entry(req.type_url.clone()).or_default();
+
+        if !req.response_nonce.is_empty() {
+            let answers_pending = state.pending
+                && state
+                    .sent
+                    .as_ref()
+                    .is_some_and(|(_, nonce)| *nonce == req.response_nonce);
+            if answers_pending {
+                state.pending = false;
+                let version = state
+                    .sent
+                    .as_ref()
+                    .map(|(v, _)| v.clone())
+                    .unwrap_or_default();
+                if let Some(err) = &req.error_detail {
+                    state.nacks += 1;
+                    let nack = Nack {
+                        type_url: req.type_url.clone(),
+                        rejected_version: version,
+                        client_version: String::new(),
+                        nonce: req.response_nonce.clone(),
+                        code: err.code,
+                        message: err.message.clone(),
+                    };
+                    state.last_nack = Some(nack.clone());
+                    out.events.push(Event::Nack(nack));
+                } else {
+                    state.acks += 1;
+                    state.acked_version = Some(version.clone());
+                    state.last_nack = None;
+                    out.events.push(Event::Ack {
+                        type_url: req.type_url.clone(),
+                        version,
+                        nonce: req.response_nonce.clone(),
+                    });
+                }
+            } else {
+                out.events.push(Event::Stale {
+                    type_url: req.type_url.clone(),
+                    nonce: req.response_nonce.clone(),
+                });
+            }
+        }
+
+        if first {
+            state.force = true;
+            state.dirty = true;
+            state.known.extend(
+                req.initial_resource_versions
+                    .iter()
+                    .map(|(n, v)| (n.clone(), v.clone())),
+            );
+            if req.resource_names_subscribe.is_empty()
+                && req.resource_names_unsubscribe.is_empty()
+                && type_url::legacy_wildcard(&req.type_url)
+            {
+                state.sub.wildcard = true;
+            }
+        }
+        for name in &req.resource_names_subscribe {
+            state.dirty = true;
+            state.sub.explicit = true;
+            if name == WILDCARD {
+                state.sub.wildcard = true;
+                continue;
+            }
+            state.sub.names.insert(name.clone());
+            state.told_absent.remove(name);
+            if !first {
+                // The client may have dropped it while staying subscribed.
+                state.known.remove(name);
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            state.dirty = true;
+            if name == WILDCARD {
+                state.sub.wildcard = false;
+                // What the wildcard alone brought, the client drops with it.
+                let names = &state.sub.names;
+                state.known.retain(|n, _| names.contains(n));
+                continue;
+            }
+            state.sub.names.remove(name);
+            state.told_absent.remove(name);
+            state.known.remove(name);
+            if state.sub.wildcard {
+                state.must_report.insert(name.clone());
+            }
+        }
+
+        if !state.pending
+            && let Some(resp) = push(&self.snapshot, &req.type_url, state, &mut self.nonces)
+        {
+            out.responses.push(resp);
+        }
+        Ok(out)
+    }
+
+    /// Takes a newer snapshot and returns the responses it calls for: one
+    /// per type with changes for the client and no response pending, in
+    /// make-before-break order (CDS, EDS, LDS, RDS, ...).
+    pub fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<DeltaDiscoveryResponse> {
+        self.snapshot = snapshot;
+        let mut out = Output::default();
+        let mut order: Vec<TypeUrl> = self.types.keys().cloned().collect();
+        order.sort_by_key(|t| type_url::push_rank(t));
+        for t in order {
+            let Some(state) = self.types.get_mut(&t) else {
+                continue;
+            };
+            if state.pending {
+                continue;
+            }
+            if let Some(resp) = push(&self.snapshot, &t, state, &mut self.nonces) {
+                out.responses.push(resp);
+            }
+        }
+        out
+    }
+
+    /// The snapshot being served.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    /// Per-type state, for the API and tests.
+    pub fn status(&self) -> BTreeMap<TypeUrl, TypeStatus> {
+        self.types
+            .iter()
+            .map(|(t, s)| {
+                (
+                    t.clone(),
+                    TypeStatus {
+                        wildcard: s.sub.wildcard,
+                        names: s.sub.names.iter().cloned().collect(),
+                        sent_version: s.sent.as_ref().map(|(v, _)| v.clone()),
+                        sent_nonce: s.sent.as_ref().map(|(_, n)| n.clone()),
+                        acked_version: s.acked_version.clone(),
+                        pending: s.pending,
+                        last_nack: s.last_nack.clone(),
+                        pushes: s.pushes,
+                        acks: s.acks,
+                        nacks: s.nacks,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The resource versions the server believes the client holds for a
+    /// type (for tests and debugging).
+    pub fn known(&self, type_url: &str) -> BTreeMap<String, String> {
+        self.types
+            .get(type_url)
+            .map(|s| s.known.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Computes what the client lacks for `type_url` and, if anything (or
+/// `force`), builds the response and records it as sent and pending.
+fn push(
+    snapshot: &Snapshot,
+    type_url: &str,
+    state: &mut TypeState,
+    nonces: &mut Nonces,
+) -> Option<DeltaDiscoveryResponse> {
+    let source = snapshot.of_type(type_url).cloned();
+    let same_source = state.computed
+        && match (&state.computed_from, &source) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+    if same_source && !state.dirty && !state.force {
+        return None;
+    }
+    state.computed = true;
+    state.computed_from = source.clone();
+    state.dirty = false;
+    let empty = Resources::new();
+    let resources = source.as_deref().unwrap_or(&empty);
+
+    let mut updates: Vec<(&String, &crate::resource::Resource)> = Vec::new();
+    let wanted: Box<dyn Iterator<Item = (&String, &crate::resource::Resource)>> =
+        if state.sub.wildcard || state.sub.names.len() > resources.len() {
+            Box::new(resources.iter().filter(|(n, _)| state.sub.wants(n)))
+        } else {
+            Box::new(
+                state
+                    .sub
+                    .names
+                    .iter()
+                    .filter_map(|n| resources.get_key_value(n)),
+            )
+        };
+    for (name, r) in wanted {
+        if state.known.get(name) != Some(&r.version) || state.must_report.contains(name) {
+            updates.push((name, r));
+        }
+    }
+
+    let mut removed: BTreeSet<String> = BTreeSet::new();
+    // Held but gone or no longer wanted.
+    for name in state.known.keys() {
+        if !(state.sub.wants(name) && resources.contains_key(name)) {
+            removed.insert(name.clone());
+        }
+    }
+    // Asked for by name but not existing: say so once.
+    for name in &state.sub.names {
+        if !resources.contains_key(name) && !state.told_absent.contains(name) {
+            removed.insert(name.clone());
+        }
+    }
+    // Unsubscribed under a wildcard and not covered by it.
+    for name in &state.must_report {
+        if !(state.sub.wants(name) && resources.contains_key(name)) {
+            removed.insert(name.clone());
+        }
+    }
+
+    if updates.is_empty() && removed.is_empty() && !state.force {
+        return None;
+    }
+
+    let mut h = Fnv64::new();
+    let mut out_resources = Vec::with_capacity(updates.len());
+    for (name, r) in updates {
+        h.write_str(name);
+        h.write_str(&r.version);
+        state.known.insert(name.clone(), r.version.clone());
+        state.told_absent.remove(name);
+        out_resources.push(DeltaResource {
+            name: name.clone(),
+            version: r.version.clone(),
+            resource: Some(r.body.clone()),
+            ..Default::default()
+        });
+    }
+    for name in &removed {
+        h.write_str("-");
+        h.write_str(name);
+        state.known.remove(name);
+        if state.sub.names.contains(name) {
+            state.told_absent.insert(name.clone());
+        }
+    }
+    state.must_report.clear();
+    state.force = false;
+
+    let nonce = nonces.next();
+    let version = h.hex();
+    state.sent = Some((version.clone(), nonce.clone()));
+    state.pending = true;
+    state.pushes += 1;
+    Some(DeltaDiscoveryResponse {
+        system_version_info: version,
+        resources: out_resources,
+        type_url: type_url.to_string(),
+        removed_resources: removed.into_iter().collect(),
+        nonce,
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,412 @@
+//! Table tests: each scenario is a list of steps (a snapshot, or a request
+//! from the client) and, per step, what the server must say back, printed as
+//! lines: `push CDS a@1 -b` (a response: resources sent, `-name` removed),
+//! `ack CDS`, `nack CDS <message>`, `stale CDS`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
+use envoy_types::pb::google::rpc::Status;
+
+use super::DeltaStream;
+use crate::protocol::{Event, Output, ProtocolError};
+use crate::testutil::{alias, label, snapshot, strings, url};
+
+type Entries = &'static [(&'static str, &'static str, &'static str)];
+type Names = &'static [&'static str];
+
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// A new snapshot: `(type, name, version)`.
+    Snap(Entries),
+    /// A request without nonce: (type, subscribe, unsubscribe).
+    Sub(&'static str, Names, Names),
+    /// A first request on a reconnected stream: (type, subscribe,
+    /// initial_resource_versions as (name, version)).
+    Init(&'static str, Names, &'static [(&'static str, &'static str)]),
+    /// The ACK of the last response of the type, with (subscribe,
+    /// unsubscribe).
+    Ack(&'static str, Names, Names),
+    /// The NACK of the last response of the type.
+    Nack(&'static str, &'static str),
+    /// A request with the nonce of an older response: (type, subscribe,
+    /// unsubscribe).
+    Stale(&'static str, Names, Names),
+}
+use Step::*;
+
+struct Client {
+    stream: DeltaStream,
+    nonces: BTreeMap<String, Vec<String>>,
+}
+
+fn request(t: &str, sub: Names, unsub: Names, nonce: String) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: url(t).into(),
+        resource_names_subscribe: strings(sub),
+        resource_names_unsubscribe: strings(unsub),
+        response_nonce: nonce,
+        ..Default::default()
+    }
+}
+
+impl Client {
+    fn new(initial: Step) -> Client {
+        let Snap(entries) = initial else {
+            panic!("scenarios start with a snapshot")
+        };
+        Client {
+            stream: DeltaStream::new(Arc::new(snapshot(entries))),
+            nonces: BTreeMap::new(),
+        }
+    }
+
+    fn last(&self, t: &str) -> String {
+        self.nonces
+            .get(url(t))
+            .and_then(|v| v.last().cloned())
+            .unwrap_or_else(|| panic!("no response of {t} to answer"))
+    }
+
+    fn step(&mut self, step: Step) -> Vec<String> {
+        let out = match step {
+            Snap(entries) => self.stream.on_snapshot(Arc::new(snapshot(entries))),
+            Sub(t, sub, unsub) => self.send(request(t, sub, unsub, String::new())),
+            Init(t, sub, initial) => {
+                let mut req = request(t, sub, &[], String::new());
+                req.initial_resource_versions = initial
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect();
+                self.send(req)
+            }
+            Ack(t, sub, unsub) => {
+                let nonce = self.last(t);
+                self.send(request(t, sub, unsub, nonce))
+            }
+            Nack(t, msg) => {
+                let mut req = request(t, &[], &[], self.last(t));
+                req.error_detail = Some(Status {
+                    code: 3,
+                    message: msg.into(),
+                    details: vec![],
+                });
+                self.send(req)
+            }
+            Stale(t, sub, unsub) => {
+                let seen = &self.nonces[url(t)];
+                let nonce = seen[seen.len() - 2].clone();
+                self.send(request(t, sub, unsub, nonce))
+            }
+        };
+        self.print(out)
+    }
+
+    fn send(&mut self, req: DeltaDiscoveryRequest) -> Output<DeltaDiscoveryResponse> {
+        self.stream.on_request(&req).expect("valid request")
+    }
+
+    fn print(&mut self, out: Output<DeltaDiscoveryResponse>) -> Vec<String> {
+        let mut lines = Vec::new();
+        for e in &out.events {
+            lines.push(match e {
+                Event::Ack { type_url, .. } => format!("ack {}", alias(type_url)),
+                Event::Nack(n) => format!("nack {} {}", alias(&n.type_url), n.message),
+                Event::Stale { type_url, .. } => format!("stale {}", alias(type_url)),
+            });
+        }
+        for r in out.responses {
+            let mut line = format!("push {}", alias(&r.type_url));
+            for res in &r.resources {
+                let body = res.resource.as_ref().expect("resource body");
+                assert_eq!(label(body), format!("{}@{}", res.name, res.version));
+                line.push(' ');
+                line.push_str(&label(body));
+            }
+            for name in &r.removed_resources {
+                line.push_str(" -");
+                line.push_str(name);
+            }
+            self.nonces
+                .entry(r.type_url.clone())
+                .or_default()
+                .push(r.nonce.clone());
+            lines.push(line);
+        }
+        lines
+    }
+}
+
+/// A step and the lines it must produce.
+type Expect = (Step, &'static [&'static str]);
+/// A named list of steps.
+type Scenario = (&'static str, &'static [Expect]);
+
+fn run(name: &str, steps: &[Expect]) -> Client {
+    let mut client = Client::new(steps[0].0);
+    for (i, (step, want)) in steps.iter().enumerate().skip(1) {
+        let got = client.step(*step);
+        assert_eq!(got, *want, "scenario {name:?}, step {i}: {step:?}");
+    }
+    client
+}
+
+const C1: Entries = &[("CDS", "a", "1"), ("CDS", "b", "1")];
+const C2: Entries = &[("CDS", "a", "2"), ("CDS", "b", "1")];
+const C3: Entries = &[("CDS", "a", "3"), ("CDS", "b", "1")];
+const NONE: Names = &[];
+
+#[test]
+fn scenarios() {
+    let scenarios: &[Scenario] = &[
+        (
+            "legacy wildcard: everything first, then only what changed",
+            &[
+                (Snap(C1), &[]),
+                (Sub("CDS", NONE, NONE), &["push CDS a@1 b@1"]),
+                (Ack("CDS", NONE, NONE), &["ack CDS"]),
+                (Snap(C1), &[]),
+                (Snap(C2), &["push CDS a@2"]),
+                (Ack("CDS", NONE, NONE), &["ack CDS"]),
+            ],
+        ),
+        (
+            "explicit `*` is the wildcard too",
+            &[
+                (Snap(C1), &[]),
+                (Sub("CDS", &["*"], NONE), &["push CDS a@1 b@1"]),
+            ],
+        ),
+        (
+            "deleted resources are removed_resources; added ones are sent alone",
+            &[
+                (Snap(C1), &[]),
+                (Sub("CDS", NONE, NONE), &["push CDS a@1 b@1"]),
+                (Ack("CDS", NONE, NONE), &["ack CDS"]),
+                (
+                    Snap(&[("CDS", "b", "1"), ("CDS", "c", "1")]),
+                    &["push CDS c@1 -a"],
+                ),
+                (Ack("CDS", NONE, NONE), &["ack CDS"]),
+            ],
+        ),
+        (
+            "one unacknowledged push per type: later snapshots coalesce",
+            &[
+                (Snap(C1), &[]),
+                (Sub("CDS", NONE, NONE), &["push CDS a@1 b@1"]),
+                (Snap(C2), &[]),
+                (Snap(&[("CDS", "a", "3")]), &[]),
+                (Ack("CDS", NONE, NONE), &["ack CDS", "push CDS a@3 -b"]),
+            ],
+        ),
+        (
+            "a NACKed version is not sent again; the next version is",
+            &[
+                (Snap(C1), &[]),
+                (Sub("CDS", NONE, NONE), &["push CDS a@1 b@1"]),
+                (Ack("CDS", NONE, NONE), &["ack CDS"]),
+                (Snap(C2), &["push CDS a@2"]),
+                (Nack("CDS", "bad a"), &["nack CDS bad a"]),
+                (Snap(C2), &[]),
+                (Snap(C3), &["push CDS a@3"]),
+                (Ack("CDS", NONE, NONE), &["ack CDS"]),
+            ],
+        ),
+        (
+            "explicit names: only those; a missing one is reported removed, once",
+            &[
+                (Snap(&[("EDS", "x", "1"), ("EDS", "y", "1")]), &[]),
+                (Sub("EDS", &["x", "ghost"], NONE), &["push EDS x@1 -ghost"]),
+                (Ack("EDS", NONE, NONE), &["ack EDS"]),
+                (
+                    Snap(&[("EDS", "x", "2"), ("EDS", "y", "2")]),
+                    &["push EDS x@2"],
+                ),
+                (Ack("EDS", NONE, NONE), &["ack EDS"]),
+                (
+                    Snap(&[("EDS", "x", "2"), ("EDS", "ghost", "1")]),
+                    &["push EDS ghost@1"],
+                ),
+                (Ack("EDS", NONE, NONE), &["ack EDS"]),
+                (Snap(&[("EDS", "x", "2")]), &["push EDS -ghost"]),
+            ],
+        ),
+        (
+            "subscribing again to a held resource resends it",
+            &[
+                (Snap(&[("RDS", "r", "1")]), &[]),
+                (Sub("RDS", &["r"], NONE), &["push RDS r@1"]),
+                (Ack("RDS", NONE, NONE), &["ack RDS"]),
+                (Sub("RDS", &["r"], NONE), &["push RDS r@1"]),
+            ],
+        ),
+        (
+            "unsubscribing needs no answer, and the name is forgotten",
+            &[
+                (Snap(&[("EDS", "x", "1"), ("EDS", "y", "1")]), &[]),
+                (Sub("EDS", &["x", "y"], NONE), &["push EDS x@1 y@1"]),
+                (Ack("EDS", NONE, &["y"]), &["ack EDS"]),
+                (Snap(&[("EDS", "x", "1"), ("EDS", "y", "2")]), &[]),
+                (Snap(&[("EDS", "x", "1")]), &[]),
+            ],
+        ),
+        (
+            "reconnect: initial_resource_versions are not re-sent, stale ones are",
+            &[
+                (
+                    Snap(&[("EDS", "x", "1"), ("EDS", "y", "2"), ("EDS", "z", "1")]),
+                    &[],
+                ),
+                (
+                    Init(
+                        "EDS",
+                        &["x", "y", "gone"],
+                        &[("x", "1"), ("y", "1"), ("gone", "1")],
+                    ),
+                    &["push EDS y@2 -gone"],
+                ),
+            ],
+        ),
+        (
+            "reconnect with nothing changed is still answered (the client waits for it)",
+            &[
+                (Snap(C1), &[]),
+                (Init("CDS", NONE, &[("a", "1"), ("b", "1")]), &["push CDS"]),
+                (Ack("CDS", NONE, NONE), &["ack CDS"]),
+                (Snap(C2), &["push CDS a@2"]),
+            ],
+        ),
+        (
+            "wildcard plus a name: unsubscribing the name re-states it (the doc's exception)",
+            &[
+                (Snap(C1), &[]),
+                (Sub("CDS", NONE, NONE), &["push CDS a@1 b@1"]),
+                // `a` is resent although held: the client may have dropped it.
+                (
+                    Ack("CDS", &["a", "zz"], NONE),
+                    &["ack CDS", "push CDS a@1 -zz"],
+                ),
+                (
+                    Ack("CDS", NONE, &["a", "zz"]),
+                    &["ack CDS", "push CDS a@1 -zz"],
+                ),
+                (Ack("CDS", NONE, NONE), &["ack CDS"]),
+            ],
+        ),
+        (
+            "legacy wildcard survives an explicit subscription; unsubscribing `*` ends it",
+            &[
+                (Snap(C1), &[]),
+                (Sub("CDS", NONE, NONE), &["push CDS a@1 b@1"]),
+                (Ack("CDS", &["a"], NONE), &["ack CDS", "push CDS a@1"]),
+                (Ack("CDS", NONE, &["*"]), &["ack CDS"]),
+                (
+                    Snap(&[("CDS", "a", "1"), ("CDS", "b", "2"), ("CDS", "c", "1")]),
+                    &[],
+                ),
+                (Snap(&[("CDS", "a", "2")]), &["push CDS a@2"]),
+            ],
+        ),
+        (
+            "no legacy wildcard for EDS: an empty first request gets an empty answer",
+            &[
+                (Snap(&[("EDS", "x", "1")]), &[]),
+                (Sub("EDS", NONE, NONE), &["push EDS"]),
+                (Ack("EDS", NONE, NONE), &["ack EDS"]),
+                (Snap(&[("EDS", "x", "2")]), &[]),
+            ],
+        ),
+        (
+            "subscriptions with a stale nonce count (after the pending ACK)",
+            &[
+                (Snap(&[("EDS", "x", "1"), ("EDS", "y", "1")]), &[]),
+                (Sub("EDS", &["x"], NONE), &["push EDS x@1"]),
+                (Ack("EDS", NONE, NONE), &["ack EDS"]),
+                (
+                    Snap(&[("EDS", "x", "2"), ("EDS", "y", "1")]),
+                    &["push EDS x@2"],
+                ),
+                (Stale("EDS", &["y"], NONE), &["stale EDS"]),
+                (Ack("EDS", NONE, NONE), &["ack EDS", "push EDS y@1"]),
+            ],
+        ),
+        (
+            "a spontaneous subscription while nothing is pending is answered at once",
+            &[
+                (Snap(&[("EDS", "x", "1"), ("EDS", "y", "1")]), &[]),
+                (Sub("EDS", &["x"], NONE), &["push EDS x@1"]),
+                (Ack("EDS", NONE, NONE), &["ack EDS"]),
+                (Sub("EDS", &["y"], NONE), &["push EDS y@1"]),
+            ],
+        ),
+        (
+            "one generation touching several types goes out CDS, EDS, LDS, RDS",
+            &[
+                (Snap(&[]), &[]),
+                (Sub("RDS", &["r"], NONE), &["push RDS -r"]),
+                (Ack("RDS", NONE, NONE), &["ack RDS"]),
+                (Sub("LDS", NONE, NONE), &["push LDS"]),
+                (Ack("LDS", NONE, NONE), &["ack LDS"]),
+                (Sub("EDS", &["c"], NONE), &["push EDS -c"]),
+                (Ack("EDS", NONE, NONE), &["ack EDS"]),
+                (Sub("CDS", NONE, NONE), &["push CDS"]),
+                (Ack("CDS", NONE, NONE), &["ack CDS"]),
+                (
+                    Snap(&[
+                        ("RDS", "r", "1"),
+                        ("LDS", "l", "1"),
+                        ("EDS", "c", "1"),
+                        ("CDS", "c", "1"),
+                    ]),
+                    &[
+                        "push CDS c@1",
+                        "push EDS c@1",
+                        "push LDS l@1",
+                        "push RDS r@1",
+                    ],
+                ),
+            ],
+        ),
+    ];
+    for (name, steps) in scenarios {
+        run(name, steps);
+    }
+}
+
+#[test]
+fn acks_and_nacks_update_status_and_known_versions() {
+    let mut c = run(
+        "status",
+        &[
+            (Snap(C1), &[]),
+            (Sub("CDS", NONE, NONE), &["push CDS a@1 b@1"]),
+            (Ack("CDS", NONE, NONE), &["ack CDS"]),
+            (Snap(C2), &["push CDS a@2"]),
+        ],
+    );
+    let st = c.stream.status()[url("CDS")].clone();
+    assert!(st.pending && st.wildcard);
+    let acked = st.acked_version.clone().expect("acked");
+    c.step(Nack("CDS", "bad"));
+    let st = c.stream.status()[url("CDS")].clone();
+    assert!(!st.pending);
+    assert_eq!(st.acked_version, Some(acked));
+    assert_eq!(st.last_nack.map(|n| n.message), Some("bad".to_string()));
+    assert_eq!((st.pushes, st.acks, st.nacks), (2, 1, 1));
+    // The rejected version counts as held, so it is not resent.
+    assert_eq!(
+        c.stream.known(url("CDS")).get("a").map(String::as_str),
+        Some("2")
+    );
+}
+
+#[test]
+fn a_request_without_type_url_is_a_protocol_error() {
+    let mut s = DeltaStream::new(Arc::new(snapshot(C1)));
+    let err = s.on_request(&DeltaDiscoveryRequest::default()).unwrap_err();
+    assert_eq!(err, ProtocolError::MissingTypeUrl);
+}

@@ -1,0 +1,218 @@
+//! What the state-of-the-world ([`crate::sotw`]) and delta ([`crate::delta`])
+//! state machines share: subscriptions, events, per-type status, errors.
+//! Plain data: no I/O, no clocks, no tokio.
+
+use std::collections::BTreeSet;
+
+use crate::resource::type_url;
+
+/// The name that subscribes to every resource of a type.
+pub const WILDCARD: &str = "*";
+
+/// A request the protocol does not allow; the server ends the stream with
+/// `INVALID_ARGUMENT` and this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// On an aggregated stream every request must say which type it is about.
+    #[error("request has no type_url (required on an aggregated (ADS) stream)")]
+    MissingTypeUrl,
+}
+
+/// Something a request told the server, for metrics, logs and the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The client applied the response with this nonce.
+    Ack {
+        /// The type acknowledged.
+        type_url: String,
+        /// The version it now runs (the response's `version_info` in SotW,
+        /// its `system_version_info` in delta).
+        version: String,
+        /// The response's nonce.
+        nonce: String,
+    },
+    /// The client rejected the response with this nonce and keeps running
+    /// what it had.
+    Nack(Nack),
+    /// A request answering an older response than the last one sent: it is
+    /// neither an ACK nor a NACK (the client has not seen the newest
+    /// response yet), only its subscription changes count.
+    Stale {
+        /// The request's type.
+        type_url: String,
+        /// The nonce it carried.
+        nonce: String,
+    },
+}
+
+/// A rejected response: what was rejected and the client's reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nack {
+    /// The type rejected.
+    pub type_url: String,
+    /// The version that was rejected (what the server had sent).
+    pub rejected_version: String,
+    /// The version the client says it still runs (`version_info`).
+    pub client_version: String,
+    /// The rejected response's nonce.
+    pub nonce: String,
+    /// `error_detail.code` (a `google.rpc.Code`).
+    pub code: i32,
+    /// `error_detail.message`: the client's explanation.
+    pub message: String,
+}
+
+/// What one call into a state machine produced: responses to send, in
+/// order, and events to record.
+#[derive(Debug)]
+pub struct Output<R> {
+    /// Responses to write to the stream, in this order.
+    pub responses: Vec<R>,
+    /// What the requests meant (ACKs, NACKs, stale nonces).
+    pub events: Vec<Event>,
+}
+
+impl<R> Default for Output<R> {
+    fn default() -> Self {
+        Output {
+            responses: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+}
+
+/// The state of one type on one stream, for the API and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TypeStatus {
+    /// Whether the client subscribed to everything of this type.
+    pub wildcard: bool,
+    /// Names subscribed explicitly (besides the wildcard).
+    pub names: Vec<String>,
+    /// Version of the last response sent.
+    pub sent_version: Option<String>,
+    /// Nonce of the last response sent.
+    pub sent_nonce: Option<String>,
+    /// Version of the last response the client ACKed.
+    pub acked_version: Option<String>,
+    /// Whether a response is awaiting its ACK/NACK (then nothing else of
+    /// this type is sent).
+    pub pending: bool,
+    /// The last NACK, kept until a later response is ACKed.
+    pub last_nack: Option<Nack>,
+    /// Responses sent.
+    pub pushes: u64,
+    /// ACKs received.
+    pub acks: u64,
+    /// NACKs received.
+    pub nacks: u64,
+}
+
+/// Which names of a type a stream wants, with the protocol's wildcard
+/// rules (xDS protocol, "How the client specifies what resources to
+/// return").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Subscription {
+    /// Subscribed to `*` (explicitly, or by the legacy empty request).
+    pub(crate) wildcard: bool,
+    /// Names subscribed explicitly, never containing `*`.
+    pub(crate) names: BTreeSet<String>,
+    /// Whether the client ever named a resource (or `*`) for this type:
+    /// from then on an empty list means "nothing", not the legacy wildcard.
+    pub(crate) explicit: bool,
+}
+
+impl Subscription {
+    /// Whether `name` is wanted.
+    pub(crate) fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// Applies a state-of-the-world request's full list of names. Returns
+    /// whether the subscription changed.
+    ///
+    /// Legacy wildcard: while every request so far had no names, an empty
+    /// list means `*` (Listener and Cluster only). Once any name was sent,
+    /// the list is taken literally: `*` must be listed to keep the wildcard,
+    /// and an empty list unsubscribes from everything.
+    pub(crate) fn apply_sotw(&mut self, type_url: &str, names: &[String]) -> bool {
+        let before = self.clone();
+        if names.is_empty() && !self.explicit {
+            self.wildcard = type_url::legacy_wildcard(type_url);
+            self.names.clear();
+        } else {
+            self.explicit = true;
+            self.wildcard = names.iter().any(|n| n == WILDCARD);
+            self.names = names.iter().filter(|n| *n != WILDCARD).cloned().collect();
+        }
+        *self != before
+    }
+}
+
+/// Makes nonces unique within a stream. The client only compares them for
+/// equality; a counter is enough, and readable in logs.
+#[derive(Debug, Default)]
+pub(crate) struct Nonces(u64);
+
+impl Nonces {
+    pub(crate) fn next(&mut self) -> String {
+        self.0 += 1;
+        self.0.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::type_url::{CLUSTER, ENDPOINT};
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The protocol doc's SotW example, step by step.
+    #[test]
+    fn sotw_wildcard_rules() {
+        // (type, requests in order, wildcard after, names after)
+        type Case = (
+            &'static str,
+            &'static [&'static [&'static str]],
+            bool,
+            &'static [&'static str],
+        );
+        let cases: &[Case] = &[
+            (CLUSTER, &[&[]], true, &[]),
+            (CLUSTER, &[&[], &[]], true, &[]),
+            (CLUSTER, &[&[], &["*", "A"]], true, &["A"]),
+            (CLUSTER, &[&[], &["*", "A"], &["A"]], false, &["A"]),
+            (CLUSTER, &[&[], &["*", "A"], &["A"], &[]], false, &[]),
+            (CLUSTER, &[&["A"], &[]], false, &[]),
+            (CLUSTER, &[&["*"]], true, &[]),
+            // No legacy wildcard for EDS: empty means nothing.
+            (ENDPOINT, &[&[]], false, &[]),
+            (ENDPOINT, &[&["a", "b"]], false, &["a", "b"]),
+            // An explicit `*` is honoured for any type.
+            (ENDPOINT, &[&["*"]], true, &[]),
+        ];
+        for (type_url, requests, wildcard, want) in cases {
+            let mut s = Subscription::default();
+            for r in *requests {
+                s.apply_sotw(type_url, &names(r));
+            }
+            assert_eq!(s.wildcard, *wildcard, "{type_url} {requests:?}");
+            assert_eq!(
+                s.names.iter().map(String::as_str).collect::<Vec<_>>(),
+                *want,
+                "{type_url} {requests:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sotw_reports_changes_only() {
+        let mut s = Subscription::default();
+        assert!(s.apply_sotw(CLUSTER, &[]));
+        assert!(!s.apply_sotw(CLUSTER, &[]));
+        assert!(s.apply_sotw(CLUSTER, &names(&["*", "a"])));
+        assert!(!s.apply_sotw(CLUSTER, &names(&["a", "*"])));
+    }
+}

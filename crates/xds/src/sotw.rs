@@ -1,0 +1,282 @@
+//! The state-of-the-world ADS protocol for one stream, as a state machine:
+//! requests and snapshots in, responses and events out. No I/O.
+//!
+//! Per type URL it keeps the subscription, the last response sent (version
+//! and nonce), whether that response awaits its ACK/NACK, and the last
+//! ACKed version. The rules (Envoy's xDS protocol doc):
+//!
+//! - A response carries every subscribed resource of its type that exists
+//!   (required for Listener and Cluster, where absence means deletion;
+//!   allowed for the rest), and its `version_info` is a hash of the names and
+//!   versions in it, so equal content gives an equal version.
+//! - A request whose `response_nonce` is the last one sent for its type is
+//!   the ACK (no `error_detail`) or NACK (with one) of that response. Any
+//!   other non-empty nonce is stale: the client has not seen the newest
+//!   response, so it is not an answer to it. Its resource names are still
+//!   taken, since every SotW request carries the full list and requests
+//!   arrive in order.
+//! - At most one unanswered response per type: while one is pending,
+//!   changes wait, and the response sent after the ACK/NACK is computed from
+//!   the newest snapshot (so several generations coalesce into one push).
+//! - A response goes out only when its content differs from the last one
+//!   sent (new snapshot content, or a changed subscription), or to answer
+//!   the first request of a type on the stream (so the client can finish
+//!   initialising even when there is nothing to send). After a NACK the
+//!   rejected content is therefore not sent again; the next push is the
+//!   next different content.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+
+use crate::protocol::{Event, Nack, Nonces, Output, ProtocolError, Subscription, TypeStatus};
+use crate::resource::{Fnv64, Resources, Snapshot, TypeUrl, type_url};
+
+/// One state-of-the-world ADS stream.
+#[derive(Debug)]
+pub struct SotwStream {
+    snapshot: Arc<Snapshot>,
+    types: BTreeMap<TypeUrl, TypeState>,
+    nonces: Nonces,
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    sub: Subscription,
+    /// Version and nonce of the last response sent.
+    sent: Option<(String, String)>,
+    /// Whether `sent` awaits its ACK/NACK.
+    pending: bool,
+    acked_version: Option<String>,
+    last_nack: Option<Nack>,
+    /// The view version computed last, and what it was computed from (the
+    /// type's map in the snapshot): when neither the map (same `Arc`) nor
+    /// the subscription changed, the version is reused without hashing the
+    /// view again. Cleared when the subscription changes.
+    cached: Option<(Option<Arc<Resources>>, String)>,
+    pushes: u64,
+    acks: u64,
+    nacks: u64,
+}
+
+impl SotwStream {
+    /// A stream that will serve `snapshot` until told of a newer one.
+    pub fn new(snapshot: Arc<Snapshot>) -> SotwStream {
+        SotwStream {
+            snapshot,
+            types: BTreeMap::new(),
+            nonces: Nonces::default(),
+        }
+    }
+
+    /// Handles one request from the client.
+    ///
+    /// # Errors
+    /// [`ProtocolError`] if the request is not valid on an ADS stream; the
+    /// stream should then be closed.
+    pub fn on_request(
+        &mut self,
+        req: &DiscoveryRequest,
+    ) -> Result<Output<DiscoveryResponse>, ProtocolError> {
+        if req.type_url.is_empty() {
+            return Err(ProtocolError::MissingTypeUrl);
+        }
+        let mut out = Output::default();
+        let first = !self.types.contains_key(&req.type_url);
+        let state = self.types.entry(req.type_url.clone()).or_default();
+
+        if !req.response_nonce.is_empty() {
+            let answers_pending = state.pending
+                && state
+                    .sent
+                    .as_ref()
+                    .is_some_and(|(_, nonce)| *nonce == req.response_nonce);
+            if answers_pending {
+                state.pending = false;
+                let version = state
+                    .sent
+                    .as_ref()
+                    .map(|(v, _)| v.clone())
+                    .unwrap_or_default();
+                if let Some(err) = &req.error_detail {
+                    state.nacks += 1;
+                    let nack = Nack {
+                        type_url: req.type_url.clone(),
+                        rejected_version: version,
+                        client_version: req.version_info.clone(),
+                        nonce: req.response_nonce.clone(),
+                        code: err.code,
+                        message: err.message.clone(),
+                    };
+                    state.last_nack = Some(nack.clone());
+                    out.events.push(Event::Nack(nack));
+                } else {
+                    state.acks += 1;
+                    state.acked_version = Some(version.clone());
+                    state.last_nack = None;
+                    out.events.push(Event::Ack {
+                        type_url: req.type_url.clone(),
+                        version,
+                        nonce: req.response_nonce.clone(),
+                    });
+                }
+            } else if state
+                .sent
+                .as_ref()
+                .is_none_or(|(_, n)| *n != req.response_nonce)
+            {
+                // Same nonce as the last (already answered) response is a
+                // resource-hint update, not stale: only other nonces are.
+                out.events.push(Event::Stale {
+                    type_url: req.type_url.clone(),
+                    nonce: req.response_nonce.clone(),
+                });
+            }
+        }
+
+        if state.sub.apply_sotw(&req.type_url, &req.resource_names) {
+            state.cached = None;
+        }
+
+        if !state.pending
+            && let Some(resp) = push(
+                &self.snapshot,
+                &req.type_url,
+                state,
+                &mut self.nonces,
+                first,
+            )
+        {
+            out.responses.push(resp);
+        }
+        Ok(out)
+    }
+
+    /// Takes a newer snapshot and returns the responses it calls for: one
+    /// per type whose subscribed content changed and that has no response
+    /// pending, in make-before-break order (CDS, EDS, LDS, RDS, ...).
+    pub fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<DiscoveryResponse> {
+        self.snapshot = snapshot;
+        let mut out = Output::default();
+        let mut order: Vec<&TypeUrl> = self.types.keys().collect();
+        order.sort_by_key(|t| type_url::push_rank(t));
+        let order: Vec<TypeUrl> = order.into_iter().cloned().collect();
+        for t in order {
+            let Some(state) = self.types.get_mut(&t) else {
+                continue;
+            };
+            if state.pending {
+                continue;
+            }
+            if let Some(resp) = push(&self.snapshot, &t, state, &mut self.nonces, false) {
+                out.responses.push(resp);
+            }
+        }
+        out
+    }
+
+    /// The snapshot being served.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    /// Per-type state, for the API and tests.
+    pub fn status(&self) -> BTreeMap<TypeUrl, TypeStatus> {
+        self.types
+            .iter()
+            .map(|(t, s)| {
+                (
+                    t.clone(),
+                    TypeStatus {
+                        wildcard: s.sub.wildcard,
+                        names: s.sub.names.iter().cloned().collect(),
+                        sent_version: s.sent.as_ref().map(|(v, _)| v.clone()),
+                        sent_nonce: s.sent.as_ref().map(|(_, n)| n.clone()),
+                        acked_version: s.acked_version.clone(),
+                        pending: s.pending,
+                        last_nack: s.last_nack.clone(),
+                        pushes: s.pushes,
+                        acks: s.acks,
+                        nacks: s.nacks,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// Builds the response for `type_url` if its content differs from the last
+/// one sent (or `force`), and records it as pending.
+fn push(
+    snapshot: &Snapshot,
+    type_url: &str,
+    state: &mut TypeState,
+    nonces: &mut Nonces,
+    force: bool,
+) -> Option<DiscoveryResponse> {
+    let source = snapshot.of_type(type_url).cloned();
+    let version = match &state.cached {
+        Some((cached_source, v)) if same_map(cached_source, &source) => v.clone(),
+        _ => {
+            let v = view_version(source.as_deref(), &state.sub);
+            state.cached = Some((source.clone(), v.clone()));
+            v
+        }
+    };
+    let unchanged = state.sent.as_ref().is_some_and(|(v, _)| *v == version);
+    if unchanged && !force {
+        return None;
+    }
+    let resources = view(source.as_deref(), &state.sub)
+        .map(|(_, r)| r.body.clone())
+        .collect();
+    let nonce = nonces.next();
+    state.sent = Some((version.clone(), nonce.clone()));
+    state.pending = true;
+    state.pushes += 1;
+    Some(DiscoveryResponse {
+        version_info: version,
+        resources,
+        type_url: type_url.to_string(),
+        nonce,
+        ..Default::default()
+    })
+}
+
+fn same_map(a: &Option<Arc<Resources>>, b: &Option<Arc<Resources>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// The subscribed resources that exist, in name order. Walks whichever is
+/// smaller: the subscribed names or the type's map.
+fn view<'a>(
+    resources: Option<&'a Resources>,
+    sub: &'a Subscription,
+) -> Box<dyn Iterator<Item = (&'a String, &'a crate::resource::Resource)> + 'a> {
+    let Some(resources) = resources else {
+        return Box::new(std::iter::empty());
+    };
+    if sub.wildcard || sub.names.len() > resources.len() {
+        Box::new(resources.iter().filter(|(n, _)| sub.wants(n)))
+    } else {
+        Box::new(sub.names.iter().filter_map(|n| resources.get_key_value(n)))
+    }
+}
+
+/// The version of a view: a hash of its names and versions in order.
+fn view_version(resources: Option<&Resources>, sub: &Subscription) -> String {
+    let mut h = Fnv64::new();
+    for (name, r) in view(resources, sub) {
+        h.write_str(name);
+        h.write_str(&r.version);
+    }
+    h.hex()
+}
+
+#[cfg(test)]
+mod tests;
