@@ -1,0 +1,558 @@
+//! Trellis's validated config plus the workload registry -> Envoy v3 xDS
+//! resources: Listener, RouteConfiguration, Cluster, ClusterLoadAssignment.
+//!
+//! Pure functions over plain data. The reference semantics are
+//! trellis-proxy's (`crates/proxy/src/config/compile.rs`): a stock Envoy
+//! given these resources routes like trellis-proxy does; what Envoy cannot
+//! express is listed in `docs/xds.md`.
+//!
+//! Work is split so that a control plane with many proxies does the
+//! expensive part once:
+//!
+//! - [`shared`] translates every service once: its clusters and endpoint
+//!   assignments (encoded, hashed, behind `Arc`s), and its virtual hosts
+//!   without their domains;
+//! - [`view`] picks, for one proxy, what its namespace may see (`exportTo`,
+//!   and a Sidecar's egress hosts when given), adds the domains its
+//!   namespace uses for each host, and builds its two listeners. Shared
+//!   resources are not copied: a proxy's [`Snapshot`] holds `Arc`s.
+//!
+//! [`translate`] does both for one proxy.
+
+pub mod cluster;
+pub mod encode;
+pub mod endpoint;
+pub mod error;
+pub mod inline;
+pub mod listener;
+pub mod names;
+pub mod registry;
+pub mod route;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use trellis_model::host;
+use trellis_model::validate::Validated;
+
+pub use encode::Resource;
+pub use error::TranslateError;
+pub use registry::{Registry, Workload};
+
+use crate::cluster::{ClusterSpec, encode_assignment, encode_cluster};
+use crate::endpoint::{EndpointInfo, LocalityPolicy};
+use crate::names::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use crate::route::{PortFilter, VhostBody};
+
+/// The proxy a snapshot is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyIdentity {
+    /// The workload's name (the xDS node id).
+    pub name: String,
+    /// Short names resolve in it, and `exportTo` is checked against it.
+    pub namespace: String,
+    /// The listeners bind `address:15001` (outbound) and `address:15006` (inbound).
+    pub address: IpAddr,
+    /// Where the inbound listener forwards: the local app.
+    pub app: SocketAddr,
+    /// Istio's `region/zone/subzone`: endpoint priorities are relative to it.
+    pub locality: Option<String>,
+    /// Istio `Sidecar` egress hosts (`namespace/host`). `None`: no Sidecar
+    /// applies and everything the namespace may see is sent. The Sidecar
+    /// kind is not in the model yet; this is where the control plane passes
+    /// its `egress[].hosts` once it is.
+    pub egress: Option<Vec<EgressHost>>,
+}
+
+/// One Istio Sidecar `egress.hosts` entry: `namespace/dnsName`, where the
+/// namespace is a name, `.` (the proxy's own), `*` (any) or `~` (none), and
+/// the name is an FQDN, `*.suffix` or `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressHost {
+    pub namespace: String,
+    pub host: String,
+}
+
+impl EgressHost {
+    pub fn parse(s: &str) -> Result<EgressHost, String> {
+        let (ns, host) = s
+            .split_once('/')
+            .ok_or_else(|| format!("egress host {s:?} must be namespace/host, e.g. ./*"))?;
+        if ns.is_empty() || host.is_empty() {
+            return Err(format!("egress host {s:?} must be namespace/host"));
+        }
+        Ok(EgressHost {
+            namespace: ns.to_string(),
+            host: host.to_ascii_lowercase(),
+        })
+    }
+
+    /// Does this entry let a proxy in `proxy_ns` see `host` of `host_ns`?
+    pub fn allows(&self, proxy_ns: &str, host_ns: &str, host: &str) -> bool {
+        let ns_ok = match self.namespace.as_str() {
+            "*" => true,
+            "." => host_ns == proxy_ns,
+            "~" => false,
+            n => n == host_ns,
+        };
+        ns_ok && host::matches_pattern(&self.host, host)
+    }
+}
+
+/// Istio's `exportTo`: who may see a resource. Empty means everyone.
+pub fn visible(export_to: &[String], owner_ns: &str, viewer_ns: &str) -> bool {
+    export_to.is_empty()
+        || export_to
+            .iter()
+            .any(|e| e == "*" || e == viewer_ns || (e == "." && owner_ns == viewer_ns))
+}
+
+fn exported_to_all(export_to: &[String]) -> bool {
+    export_to.is_empty() || export_to.iter().any(|e| e == "*")
+}
+
+/// One proxy's resources, by type URL ([`names::TYPES`]) and name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub resources: BTreeMap<&'static str, BTreeMap<String, Arc<Resource>>>,
+}
+
+impl Snapshot {
+    /// The resources of one type (an empty map for a type with none).
+    pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<Resource>>> {
+        self.resources.get(type_url)
+    }
+
+    pub fn get(&self, type_url: &str, name: &str) -> Option<&Arc<Resource>> {
+        self.resources.get(type_url)?.get(name)
+    }
+
+    fn insert(&mut self, type_url: &'static str, r: Arc<Resource>) {
+        self.resources
+            .entry(type_url)
+            .or_default()
+            .insert(r.name.clone(), r);
+    }
+}
+
+/// The endpoint assignments of one EDS cluster.
+#[derive(Debug, Clone)]
+struct Assignments {
+    /// As a proxy without a locality (or with locality balancing off) sees it.
+    default: Arc<Resource>,
+    /// Per proxy locality, for clusters whose endpoints span localities.
+    by_locality: BTreeMap<String, Arc<Resource>>,
+    /// Set when priorities depend on the proxy's locality: what a locality
+    /// not in `by_locality` is computed from.
+    sensitive: Option<(Vec<EndpointInfo>, LocalityPolicy)>,
+}
+
+impl Assignments {
+    fn for_locality(&self, locality: Option<&str>) -> Arc<Resource> {
+        let (Some(l), Some((eps, policy))) = (locality.filter(|l| !l.is_empty()), &self.sensitive)
+        else {
+            return self.default.clone();
+        };
+        if let Some(r) = self.by_locality.get(l) {
+            return r.clone();
+        }
+        let refs: Vec<&EndpointInfo> = eps.iter().collect();
+        let cla = endpoint::load_assignment(&self.default.name, &refs, Some(l), policy);
+        Arc::new(Resource::new(
+            self.default.name.clone(),
+            ENDPOINT_TYPE,
+            encode_assignment(&cla),
+        ))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SharedCluster {
+    cluster: Arc<Resource>,
+    /// EDS clusters only.
+    assignments: Option<Assignments>,
+}
+
+/// A virtual host of one port (None: any port) of a host.
+#[derive(Debug, Clone)]
+struct PortVhost {
+    port: Option<u16>,
+    /// Without a VirtualService (services only).
+    default: Option<VhostBody>,
+    /// With the host's VirtualService, when it routes this port.
+    routed: Option<VhostBody>,
+}
+
+#[derive(Debug, Clone)]
+struct SharedService {
+    namespace: String,
+    export_to: Vec<String>,
+    /// Clusters as namespaces that see the DestinationRule get them.
+    clusters: Vec<SharedCluster>,
+    /// Clusters without the rule, for namespaces it is not exported to
+    /// (only computed when the rule is not exported to everyone).
+    clusters_without_rule: Option<Vec<SharedCluster>>,
+    /// `exportTo` and namespace of the DestinationRule.
+    rule_visibility: Option<(Vec<String>, String)>,
+    /// `exportTo` and namespace of the VirtualService.
+    vs_visibility: Option<(Vec<String>, String)>,
+    vhosts: Vec<PortVhost>,
+}
+
+/// A VirtualService host that is not a service (`*.example.org`, or a name
+/// no ServiceEntry defines).
+#[derive(Debug, Clone)]
+struct SharedHost {
+    vs_visibility: (Vec<String>, String),
+    vhosts: Vec<PortVhost>,
+}
+
+/// Everything that does not depend on the proxy, computed once.
+#[derive(Debug, Clone, Default)]
+pub struct SharedResources {
+    services: BTreeMap<String, SharedService>,
+    hosts: BTreeMap<String, SharedHost>,
+    /// Resources left out, and why. Validated config should produce none.
+    pub errors: Vec<TranslateError>,
+}
+
+impl SharedResources {
+    /// Names of every cluster translated (any namespace's view).
+    pub fn cluster_names(&self) -> Vec<String> {
+        self.services
+            .values()
+            .flat_map(|s| s.clusters.iter().map(|c| c.cluster.name.clone()))
+            .collect()
+    }
+}
+
+/// Translates what every proxy shares: per service its clusters, endpoint
+/// assignments and virtual hosts; per other VirtualService host its virtual
+/// hosts.
+pub fn shared(v: &Validated, registry: &Registry) -> SharedResources {
+    let mut out = SharedResources::default();
+    let localities = registry.localities();
+    for (host, s) in &v.services {
+        let rule = v.destination_rules.get(host);
+        let budget = v.retry_budgets.get(host).map(|b| &b.spec);
+        let endpoints: Vec<Vec<EndpointInfo>> = s
+            .ports
+            .iter()
+            .map(|p| endpoint::service_endpoints(s, p, registry))
+            .collect();
+        let build = |with_rule: bool, errors: &mut Vec<TranslateError>| {
+            let rule = rule.filter(|_| with_rule);
+            let mut clusters = Vec::new();
+            for (port, eps) in s.ports.iter().zip(&endpoints) {
+                let key = rule.map(|r| r.key());
+                let base = ClusterSpec {
+                    service: s,
+                    port,
+                    rule_policy: rule.and_then(|r| r.spec.traffic_policy.as_ref()),
+                    subset: None,
+                    budget,
+                    rule_key: key.as_deref(),
+                };
+                let mut specs = vec![base];
+                if let Some(r) = rule {
+                    specs.extend(r.spec.subsets.iter().map(|sub| ClusterSpec {
+                        subset: Some(sub),
+                        ..base
+                    }));
+                }
+                for spec in specs {
+                    match shared_cluster(&spec, eps, &localities) {
+                        Ok(c) => clusters.push(c),
+                        Err(e) => errors.push(e),
+                    }
+                }
+            }
+            clusters
+        };
+        let clusters = build(true, &mut out.errors);
+        let clusters_without_rule = rule
+            .filter(|r| !exported_to_all(&r.spec.export_to))
+            .map(|_| build(false, &mut out.errors));
+
+        let ctx = route::Ctx { v, host };
+        let vs = v
+            .virtual_services
+            .iter()
+            .find(|(hosts, _)| hosts.contains(host));
+        let host_limit = match ctx.host_rate_limit() {
+            Ok(l) => l,
+            Err(e) => {
+                out.errors.push(e);
+                None
+            }
+        };
+        let mut vhosts = Vec::new();
+        for port in &s.ports {
+            let http = port.protocol.is_http();
+            let limit = host_limit.as_ref().filter(|_| http);
+            let name = names::virtual_host(host, Some(port.number));
+            let default =
+                route::vhost_body(&name, vec![ctx.default_route(port.number, http)], limit);
+            let filter = PortFilter::Port(port.number);
+            let routed = vs.and_then(|(_, vs)| {
+                let routes = if http {
+                    (!vs.spec.http.is_empty())
+                        .then(|| ctx.http_routes(vs, Some(port.number), filter, &mut out.errors))
+                } else {
+                    (!vs.spec.tcp.is_empty())
+                        .then(|| ctx.tcp_routes(vs, Some(port.number), filter, &mut out.errors))
+                };
+                routes.map(|r| route::vhost_body(&name, r, limit))
+            });
+            vhosts.push(PortVhost {
+                port: Some(port.number),
+                default: Some(default),
+                routed,
+            });
+        }
+        out.services.insert(
+            host.clone(),
+            SharedService {
+                namespace: s.namespace.clone(),
+                export_to: s.export_to.clone(),
+                clusters,
+                clusters_without_rule,
+                rule_visibility: rule
+                    .map(|r| (r.spec.export_to.clone(), r.metadata.namespace.clone())),
+                vs_visibility: vs
+                    .map(|(_, vs)| (vs.spec.export_to.clone(), vs.metadata.namespace.clone())),
+                vhosts,
+            },
+        );
+    }
+
+    for (hosts, vs) in &v.virtual_services {
+        for host in hosts.iter().filter(|h| !v.services.contains_key(*h)) {
+            let ctx = route::Ctx { v, host };
+            let limit = match ctx.host_rate_limit() {
+                Ok(l) => l,
+                Err(e) => {
+                    out.errors.push(e);
+                    None
+                }
+            };
+            let http = !vs.spec.http.is_empty();
+            let limit = limit.as_ref().filter(|_| http);
+            // One virtual host per port a match block names, then one for
+            // any port (trellis-proxy evaluates `port` per request).
+            let filters = route::match_ports(&vs.spec)
+                .into_iter()
+                .map(|p| (Some(p), PortFilter::Port(p)))
+                .chain([(None, PortFilter::Unconditional)]);
+            let mut vhosts = Vec::new();
+            for (port, filter) in filters {
+                let routes = if http {
+                    ctx.http_routes(vs, None, filter, &mut out.errors)
+                } else {
+                    ctx.tcp_routes(vs, None, filter, &mut out.errors)
+                };
+                let name = names::virtual_host(host, port);
+                vhosts.push(PortVhost {
+                    port,
+                    default: None,
+                    routed: Some(route::vhost_body(&name, routes, limit)),
+                });
+            }
+            out.hosts.insert(
+                host.clone(),
+                SharedHost {
+                    vs_visibility: (vs.spec.export_to.clone(), vs.metadata.namespace.clone()),
+                    vhosts,
+                },
+            );
+        }
+    }
+    out
+}
+
+fn shared_cluster(
+    spec: &ClusterSpec,
+    endpoints: &[EndpointInfo],
+    localities: &[String],
+) -> Result<SharedCluster, TranslateError> {
+    let built = cluster::build(spec, endpoints)?;
+    let name = built.cluster.name.clone();
+    let assignments = built.eds.then(|| {
+        let eps = endpoint::in_subset(endpoints, spec.subset.map(|s| &s.labels));
+        let encode = |local: Option<&str>| {
+            let cla = endpoint::load_assignment(&name, &eps, local, &built.locality);
+            Arc::new(Resource::new(
+                name.clone(),
+                ENDPOINT_TYPE,
+                encode_assignment(&cla),
+            ))
+        };
+        let default = encode(None);
+        let sensitive = endpoint::locality_sensitive(&eps, &built.locality);
+        let by_locality = if sensitive {
+            localities
+                .iter()
+                .map(|l| {
+                    let r = encode(Some(l));
+                    // Share the default's allocation where nothing differs.
+                    let r = if r.hash == default.hash {
+                        default.clone()
+                    } else {
+                        r
+                    };
+                    (l.clone(), r)
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        Assignments {
+            default,
+            by_locality,
+            sensitive: sensitive
+                .then(|| (eps.into_iter().cloned().collect(), built.locality.clone())),
+        }
+    });
+    Ok(SharedCluster {
+        cluster: Arc::new(Resource::new(
+            name.clone(),
+            CLUSTER_TYPE,
+            encode_cluster(&built.cluster),
+        )),
+        assignments,
+    })
+}
+
+/// A virtual host body for one port (None: any port).
+type PortBody<'a> = (Option<u16>, &'a VhostBody);
+
+fn egress_allows(proxy: &ProxyIdentity, host_ns: &str, host: &str) -> bool {
+    proxy
+        .egress
+        .as_ref()
+        .is_none_or(|e| e.iter().any(|e| e.allows(&proxy.namespace, host_ns, host)))
+}
+
+/// One proxy's snapshot from the shared resources: cheap (no translation,
+/// no re-encoding of shared resources; the route table is assembled from
+/// encoded virtual hosts).
+pub fn view(shared: &SharedResources, proxy: &ProxyIdentity) -> Snapshot {
+    let ns = proxy.namespace.as_str();
+    let mut snap = Snapshot::default();
+    // Host name -> (aliases, per-port virtual hosts), in name order.
+    let mut tables: BTreeMap<String, (Vec<String>, Vec<PortBody>)> = BTreeMap::new();
+
+    for (host, s) in &shared.services {
+        if !visible(&s.export_to, &s.namespace, ns) || !egress_allows(proxy, &s.namespace, host) {
+            continue;
+        }
+        let rule_seen = s
+            .rule_visibility
+            .as_ref()
+            .is_none_or(|(e, owner)| visible(e, owner, ns));
+        let clusters = match (&s.clusters_without_rule, rule_seen) {
+            (Some(without), false) => without,
+            _ => &s.clusters,
+        };
+        for c in clusters {
+            snap.insert(CLUSTER_TYPE, c.cluster.clone());
+            if let Some(a) = &c.assignments {
+                snap.insert(ENDPOINT_TYPE, a.for_locality(proxy.locality.as_deref()));
+            }
+        }
+        let vs_seen = s
+            .vs_visibility
+            .as_ref()
+            .is_some_and(|(e, owner)| visible(e, owner, ns));
+        let vhosts = s
+            .vhosts
+            .iter()
+            .filter_map(|pv| {
+                let body = if vs_seen {
+                    pv.routed.as_ref().or(pv.default.as_ref())
+                } else {
+                    pv.default.as_ref()
+                };
+                body.map(|b| (pv.port, b))
+            })
+            .collect();
+        tables.insert(host.clone(), (host::aliases(host, ns), vhosts));
+    }
+    for (host, h) in &shared.hosts {
+        let (export_to, owner) = &h.vs_visibility;
+        if !visible(export_to, owner, ns) || !egress_allows(proxy, owner, host) {
+            continue;
+        }
+        let vhosts = h
+            .vhosts
+            .iter()
+            .filter_map(|pv| pv.routed.as_ref().map(|b| (pv.port, b)))
+            .collect();
+        tables.insert(host.clone(), (vec![host.clone()], vhosts));
+    }
+
+    let aliases: BTreeMap<String, Vec<String>> = tables
+        .iter()
+        .map(|(h, (a, _))| (h.clone(), a.clone()))
+        .collect();
+    let claimed = route::claim_aliases(&aliases);
+    let mut used: HashSet<String> = HashSet::new();
+    let mut vhosts: Vec<(&VhostBody, Vec<String>)> = Vec::new();
+    for (host, (_, ports)) in &tables {
+        let mine = claimed.get(host).map(Vec::as_slice).unwrap_or_default();
+        for (port, body) in ports {
+            // Envoy rejects a domain in two virtual hosts: a domain goes to
+            // the first (a port's virtual host before the any-port one).
+            let domains: Vec<String> = route::domains(mine, *port)
+                .into_iter()
+                .filter(|d| used.insert(d.clone()))
+                .collect();
+            if !domains.is_empty() {
+                vhosts.push((body, domains));
+            }
+        }
+    }
+    snap.insert(
+        ROUTE_TYPE,
+        Arc::new(Resource::new(
+            names::OUTBOUND,
+            ROUTE_TYPE,
+            route::assemble(names::OUTBOUND, &vhosts),
+        )),
+    );
+
+    use prost::Message;
+    let outbound = listener::outbound(proxy.address);
+    let inbound = listener::inbound(proxy.address);
+    snap.insert(
+        LISTENER_TYPE,
+        Arc::new(Resource::new(
+            names::OUTBOUND,
+            LISTENER_TYPE,
+            outbound.encode_to_vec(),
+        )),
+    );
+    snap.insert(
+        LISTENER_TYPE,
+        Arc::new(Resource::new(
+            names::INBOUND,
+            LISTENER_TYPE,
+            inbound.encode_to_vec(),
+        )),
+    );
+    snap.insert(
+        CLUSTER_TYPE,
+        Arc::new(Resource::new(
+            names::INBOUND_APP_CLUSTER,
+            CLUSTER_TYPE,
+            encode_cluster(&cluster::inbound_app(proxy.app)),
+        )),
+    );
+    snap
+}
+
+/// [`shared`] then [`view`], for one proxy.
+pub fn translate(v: &Validated, registry: &Registry, proxy: &ProxyIdentity) -> Snapshot {
+    view(&shared(v, registry), proxy)
+}

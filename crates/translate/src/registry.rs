@@ -1,0 +1,104 @@
+//! The workloads the control plane knows: filled from the xDS node metadata
+//! of connecting proxies (like Istio's WorkloadEntry auto-registration) and
+//! from health checks. Plain data; the translation only reads it.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registry {
+    pub workloads: Vec<Workload>,
+}
+
+/// One registered workload (a pod, VM or process with a sidecar).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+    /// Where the workload's app accepts connections.
+    pub addresses: Vec<IpAddr>,
+    /// Port name (as a ServiceEntry's `ports[].name`) -> port number; a
+    /// service port the map does not name uses its `targetPort`, else its
+    /// number, as for ServiceEntry endpoints.
+    pub ports: BTreeMap<String, u16>,
+    /// Istio's `region/zone/subzone`.
+    pub locality: Option<String>,
+    /// From active health checking; an unhealthy workload stays in EDS as
+    /// UNHEALTHY, so proxies skip it without forgetting it.
+    pub healthy: bool,
+}
+
+impl Registry {
+    /// Workloads a `workloadSelector` in `namespace` selects: Istio's rule is
+    /// same namespace, and every selector label present with the same value.
+    /// An empty selector selects every workload of the namespace.
+    pub fn select<'a>(
+        &'a self,
+        namespace: &'a str,
+        selector: &'a BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &'a Workload> + 'a {
+        self.workloads.iter().filter(move |w| {
+            w.namespace == namespace && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+        })
+    }
+
+    /// The distinct localities of registered workloads: the proxies whose
+    /// endpoint priorities (locality failover) may differ.
+    pub fn localities(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .workloads
+            .iter()
+            .filter_map(|w| w.locality.clone())
+            .filter(|l| !l.is_empty())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(name: &str, ns: &str, labels: &[(&str, &str)]) -> Workload {
+        Workload {
+            name: name.into(),
+            namespace: ns.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            healthy: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn selects_by_namespace_and_labels() {
+        let r = Registry {
+            workloads: vec![
+                w("a", "default", &[("app", "reviews"), ("version", "v1")]),
+                w("b", "default", &[("app", "reviews"), ("version", "v2")]),
+                w("c", "prod", &[("app", "reviews"), ("version", "v1")]),
+                w("d", "default", &[("app", "ratings")]),
+            ],
+        };
+        let names = |ns: &str, sel: &[(&str, &str)]| -> Vec<String> {
+            let sel = sel
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            r.select(ns, &sel).map(|w| w.name.clone()).collect()
+        };
+        assert_eq!(names("default", &[("app", "reviews")]), ["a", "b"]);
+        assert_eq!(
+            names("default", &[("app", "reviews"), ("version", "v1")]),
+            ["a"]
+        );
+        assert_eq!(names("prod", &[("app", "reviews")]), ["c"]);
+        assert_eq!(names("default", &[]), ["a", "b", "d"]);
+    }
+}

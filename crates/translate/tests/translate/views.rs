@@ -1,0 +1,161 @@
+//! Per-proxy views: visibility (`exportTo`, Sidecar egress hosts), sharing.
+
+use std::sync::Arc;
+
+use trellis_translate::names::{CLUSTER_TYPE, ENDPOINT_TYPE};
+use trellis_translate::{EgressHost, Registry, shared, view};
+
+use crate::support::*;
+
+const TWO_NAMESPACES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: orders, namespace: shop}
+spec:
+  hosts: [orders]
+  resolution: STATIC
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 127.0.6.1, labels: {v: "1"}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: secret, namespace: shop}
+spec:
+  hosts: [secret]
+  exportTo: ["."]
+  resolution: STATIC
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 127.0.6.2}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: orders, namespace: shop}
+spec:
+  host: orders
+  exportTo: ["."]
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+  subsets: [{name: one, labels: {v: "1"}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: orders, namespace: shop}
+spec:
+  hosts: [orders]
+  exportTo: ["."]
+  http:
+  - route: [{destination: {host: orders, subset: one}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: front}
+spec:
+  hosts: [web]
+  resolution: STATIC
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 127.0.6.3}]
+"#;
+
+const ORDERS: &str = "orders.shop.svc.cluster.local";
+
+#[test]
+fn export_to_limits_what_other_namespaces_see() {
+    let s = shared(&validated(TWO_NAMESPACES), &Registry::default());
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+
+    let own = view(&s, &proxy("shop"));
+    let other = view(&s, &proxy("front"));
+    let secret = c(80, "", "secret.shop.svc.cluster.local");
+    assert!(own.get(CLUSTER_TYPE, &secret).is_some());
+    assert!(other.get(CLUSTER_TYPE, &secret).is_none());
+    assert!(other.get(ENDPOINT_TYPE, &secret).is_none());
+
+    // The DestinationRule is the shop's own: others get the cluster
+    // without its policy and subsets.
+    assert_eq!(
+        cluster(&own, &c(80, "", ORDERS)).lb_policy,
+        envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy::Random as i32
+    );
+    assert!(own.get(CLUSTER_TYPE, &c(80, "one", ORDERS)).is_some());
+    assert_ne!(
+        cluster(&other, &c(80, "", ORDERS)).lb_policy,
+        envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy::Random as i32
+    );
+    assert!(other.get(CLUSTER_TYPE, &c(80, "one", ORDERS)).is_none());
+
+    // So is the VirtualService: others get the default route.
+    let route_of = |snap: &trellis_translate::Snapshot| {
+        let rc = route_config(snap);
+        let vh = vhost(&rc, "orders.shop");
+        action(&vh.routes[0]).cluster_specifier.clone()
+    };
+    use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+    assert_eq!(
+        route_of(&own),
+        Some(ClusterSpecifier::Cluster(c(80, "one", ORDERS)))
+    );
+    assert_eq!(
+        route_of(&other),
+        Some(ClusterSpecifier::Cluster(c(80, "", ORDERS)))
+    );
+}
+
+#[test]
+fn sidecar_egress_hosts_narrow_the_view() {
+    let s = shared(&validated(TWO_NAMESPACES), &Registry::default());
+    let mut p = proxy("front");
+    p.egress = Some(vec![EgressHost::parse("./*").unwrap()]);
+    let snap = view(&s, &p);
+    let clusters: Vec<&String> = snap.of_type(CLUSTER_TYPE).unwrap().keys().collect();
+    assert_eq!(
+        clusters,
+        ["inbound|app", &c(80, "", "web.front.svc.cluster.local")]
+    );
+    let rc = route_config(&snap);
+    assert_eq!(rc.virtual_hosts.len(), 1);
+    vhost(&rc, "web");
+
+    p.egress = Some(vec![EgressHost::parse(&format!("shop/{ORDERS}")).unwrap()]);
+    let snap = view(&s, &p);
+    assert!(snap.get(CLUSTER_TYPE, &c(80, "", ORDERS)).is_some());
+    assert!(
+        snap.get(CLUSTER_TYPE, &c(80, "", "web.front.svc.cluster.local"))
+            .is_none()
+    );
+
+    assert!(EgressHost::parse("no-slash").is_err());
+    let e = EgressHost::parse("*/*.example.com").unwrap();
+    assert!(e.allows("a", "b", "api.example.com"));
+    assert!(!e.allows("a", "b", "example.com"));
+    assert!(!EgressHost::parse("~/*").unwrap().allows("a", "a", "x"));
+}
+
+#[test]
+fn shared_resources_are_shared_not_copied() {
+    let s = shared(&validated(TWO_NAMESPACES), &Registry::default());
+    let a = view(&s, &proxy("front"));
+    let mut other = proxy("front");
+    other.address = "127.0.0.11".parse().unwrap();
+    let b = view(&s, &other);
+    let name = c(80, "", "web.front.svc.cluster.local");
+    assert!(Arc::ptr_eq(
+        a.get(CLUSTER_TYPE, &name).unwrap(),
+        b.get(CLUSTER_TYPE, &name).unwrap()
+    ));
+    assert!(Arc::ptr_eq(
+        a.get(ENDPOINT_TYPE, &name).unwrap(),
+        b.get(ENDPOINT_TYPE, &name).unwrap()
+    ));
+    // Same namespace, same routes: equal content, equal hash.
+    let rt = trellis_translate::names::ROUTE_TYPE;
+    assert_eq!(
+        a.get(rt, "outbound").unwrap().hash,
+        b.get(rt, "outbound").unwrap().hash
+    );
+    // Different addresses: different listeners.
+    let lt = trellis_translate::names::LISTENER_TYPE;
+    assert_ne!(
+        a.get(lt, "outbound").unwrap().hash,
+        b.get(lt, "outbound").unwrap().hash
+    );
+    assert_eq!(a.get(lt, "outbound").unwrap().version().len(), 16);
+}
