@@ -14,11 +14,12 @@
 //!
 //! The behaviour is described in `docs/xds-server.md`.
 
-#[allow(dead_code)] // used by the server, next commit
 mod debounce;
 pub mod delta;
+pub mod metrics;
 pub mod protocol;
 pub mod resource;
+pub mod server;
 pub mod snapshots;
 pub mod sotw;
 
@@ -28,7 +29,12 @@ mod testutil;
 pub use envoy_types;
 
 pub use delta::DeltaStream;
+pub use metrics::{Mode, XdsMetrics};
 pub use protocol::{Event, Nack, Output, ProtocolError, TypeStatus};
 pub use resource::{Resource, Resources, Snapshot, TypeUrl, type_url};
+pub use server::{
+    Connection, ConnectionStatus, NoHooks, XdsError, XdsHooks, XdsOptions, XdsServer,
+    XdsServerBuilder,
+};
 pub use snapshots::{MemorySnapshots, Snapshots};
 pub use sotw::SotwStream;

@@ -1,0 +1,554 @@
+//! The tonic service: `StreamAggregatedResources` (state of the world) and
+//! `DeltaAggregatedResources` (incremental). One task per stream reads
+//! requests and debounced generations and feeds them to the stream's state
+//! machine ([`SotwStream`] or [`DeltaStream`]); the state machine decides
+//! what to send.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use futures_util::{Stream, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::debounce;
+use crate::delta::DeltaStream;
+use crate::metrics::{Mode, XdsMetrics};
+use crate::protocol::{Event, Nack, Output, ProtocolError, TypeStatus};
+use crate::resource::{Snapshot, TypeUrl};
+use crate::snapshots::Snapshots;
+use crate::sotw::SotwStream;
+
+/// Tunables of the server.
+#[derive(Debug, Clone)]
+pub struct XdsOptions {
+    /// Quiet period before a new generation is pushed (default 100 ms).
+    pub debounce: Duration,
+    /// Longest a generation waits while changes keep coming (default 1 s).
+    pub debounce_max: Duration,
+    /// Responses queued per stream before the stream's task waits for the
+    /// client to read (default 16; with one pending push per type there
+    /// are rarely more than a handful).
+    pub response_buffer: usize,
+    /// HTTP/2 pings to notice proxies that vanished without closing
+    /// (default every 30 s, dead after 10 s without an answer).
+    pub keepalive_interval: Option<Duration>,
+    /// See `keepalive_interval`.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for XdsOptions {
+    fn default() -> Self {
+        XdsOptions {
+            debounce: Duration::from_millis(100),
+            debounce_max: Duration::from_secs(1),
+            response_buffer: 16,
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One ADS stream: who is on it.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// Unique per server process; a reconnecting proxy gets a new id.
+    pub id: u64,
+    /// State of the world or delta.
+    pub mode: Mode,
+    /// The node from the stream's first request (id, cluster, metadata).
+    pub node: Node,
+    /// The peer's address, when the transport knows it.
+    pub peer: Option<SocketAddr>,
+    /// When the first request arrived.
+    pub connected_at: SystemTime,
+}
+
+/// A stream and the state of each of its types.
+#[derive(Debug, Clone)]
+pub struct ConnectionStatus {
+    /// Who is on the stream.
+    pub connection: Connection,
+    /// Per type URL: subscription, versions sent and ACKed, last NACK.
+    pub types: BTreeMap<TypeUrl, TypeStatus>,
+}
+
+/// Callbacks into the control plane. Called on the stream's task: return
+/// quickly (hand work to a channel if it is slow).
+pub trait XdsHooks: Send + Sync + 'static {
+    /// A stream sent its first request (before its first snapshot is
+    /// computed, so a registry can register the workload from the node's
+    /// metadata and have it in that snapshot).
+    fn on_connect(&self, _conn: &Connection) {}
+    /// A stream ended (client gone, error, or server shutdown). Another
+    /// stream of the same node may already be connected: key registrations
+    /// by [`Connection::id`], not only by node id.
+    fn on_disconnect(&self, _conn: &Connection) {}
+    /// A proxy rejected a response. It keeps running its previous config.
+    fn on_nack(&self, _conn: &Connection, _nack: &Nack) {}
+}
+
+/// [`XdsHooks`] that do nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoHooks;
+impl XdsHooks for NoHooks {}
+
+/// Why serving stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum XdsError {
+    /// The gRPC transport failed (e.g. accepting connections).
+    #[error("xDS server transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The ADS server. Cheap to clone; clones share streams and metrics.
+#[derive(Clone)]
+pub struct XdsServer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    snapshots: Arc<dyn Snapshots>,
+    /// Debounced generations.
+    generations: watch::Receiver<u64>,
+    hooks: Arc<dyn XdsHooks>,
+    metrics: XdsMetrics,
+    options: XdsOptions,
+    next_id: AtomicU64,
+    streams: Mutex<HashMap<u64, Arc<dyn StreamView>>>,
+    /// Set when serving stops: streams end so graceful shutdown can finish
+    /// (ADS streams never end on their own).
+    closing: watch::Sender<bool>,
+}
+
+/// Builds an [`XdsServer`].
+pub struct XdsServerBuilder {
+    snapshots: Arc<dyn Snapshots>,
+    options: XdsOptions,
+    hooks: Arc<dyn XdsHooks>,
+    metrics: XdsMetrics,
+}
+
+impl XdsServerBuilder {
+    /// Replaces the default [`XdsOptions`].
+    pub fn options(mut self, options: XdsOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Sets the callbacks (default: [`NoHooks`]).
+    pub fn hooks(mut self, hooks: Arc<dyn XdsHooks>) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    /// Uses these counters (register them first to expose them).
+    pub fn metrics(mut self, metrics: XdsMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Starts the debouncing task and returns the server.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn build(self) -> XdsServer {
+        let source = self.snapshots.generations();
+        let (tx, rx) = watch::channel(*source.borrow());
+        tokio::spawn(debounce::run(
+            source,
+            tx,
+            self.options.debounce,
+            self.options.debounce_max,
+        ));
+        XdsServer {
+            inner: Arc::new(Inner {
+                snapshots: self.snapshots,
+                generations: rx,
+                hooks: self.hooks,
+                metrics: self.metrics,
+                options: self.options,
+                next_id: AtomicU64::new(1),
+                streams: Mutex::new(HashMap::new()),
+                closing: watch::Sender::new(false),
+            }),
+        }
+    }
+}
+
+impl XdsServer {
+    /// A builder serving what `snapshots` says.
+    pub fn builder(snapshots: Arc<dyn Snapshots>) -> XdsServerBuilder {
+        XdsServerBuilder {
+            snapshots,
+            options: XdsOptions::default(),
+            hooks: Arc::new(NoHooks),
+            metrics: XdsMetrics::new(),
+        }
+    }
+
+    /// The tonic service, to add to a `tonic::transport::Server` next to
+    /// other services.
+    pub fn service(&self) -> AggregatedDiscoveryServiceServer<XdsServer> {
+        AggregatedDiscoveryServiceServer::new(self.clone())
+    }
+
+    /// Serves ADS on `listener` until `shutdown` completes, then ends every
+    /// stream and returns.
+    ///
+    /// # Errors
+    /// [`XdsError::Transport`] if the transport fails.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), XdsError> {
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let inner = self.inner.clone();
+        let signal = async move {
+            shutdown.await;
+            inner.closing.send_replace(true);
+        };
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(self.inner.options.keepalive_interval)
+            .http2_keepalive_timeout(Some(self.inner.options.keepalive_timeout))
+            .add_service(self.service())
+            .serve_with_incoming_shutdown(incoming, signal)
+            .await?;
+        Ok(())
+    }
+
+    /// Every connected stream and its per-type state.
+    pub fn connections(&self) -> Vec<ConnectionStatus> {
+        let streams: Vec<_> = self.inner.lock_streams().values().cloned().collect();
+        let mut all: Vec<_> = streams.iter().map(|s| s.status()).collect();
+        all.sort_by_key(|s| s.connection.id);
+        all
+    }
+
+    /// The server's counters.
+    pub fn metrics(&self) -> &XdsMetrics {
+        &self.inner.metrics
+    }
+}
+
+impl Inner {
+    fn lock_streams(&self) -> MutexGuard<'_, HashMap<u64, Arc<dyn StreamView>>> {
+        // Plain inserts and removes: consistent even after a panic.
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Ok(Response::new(self.start::<SotwStream>(request)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(Response::new(self.start::<DeltaStream>(request)))
+    }
+}
+
+impl XdsServer {
+    fn start<P: Protocol>(&self, request: Request<Streaming<P::Req>>) -> ResponseStream<P::Resp> {
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(self.inner.options.response_buffer.max(1));
+        let span = tracing::debug_span!("xds", mode = P::MODE.as_str(), peer = ?peer);
+        tokio::spawn(
+            drive::<P>(self.inner.clone(), request.into_inner(), tx, peer).instrument(span),
+        );
+        ResponseStream { rx }
+    }
+}
+
+/// The responses of one stream, as tonic wants them.
+pub struct ResponseStream<T> {
+    rx: mpsc::Receiver<Result<T, Status>>,
+}
+
+impl<T> Stream for ResponseStream<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// What the driver needs of a state machine; implemented by both variants.
+trait Protocol: Send + Sized + 'static {
+    type Req: Send + Sync + 'static;
+    type Resp: Send + 'static;
+    const MODE: Mode;
+    fn new(snapshot: Arc<Snapshot>) -> Self;
+    fn node(req: &Self::Req) -> Option<&Node>;
+    fn type_of(resp: &Self::Resp) -> &str;
+    fn on_request(&mut self, req: &Self::Req) -> Result<Output<Self::Resp>, ProtocolError>;
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<Self::Resp>;
+    fn status(&self) -> BTreeMap<TypeUrl, TypeStatus>;
+}
+
+impl Protocol for SotwStream {
+    type Req = DiscoveryRequest;
+    type Resp = DiscoveryResponse;
+    const MODE: Mode = Mode::Sotw;
+    fn new(snapshot: Arc<Snapshot>) -> Self {
+        SotwStream::new(snapshot)
+    }
+    fn node(req: &DiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+    fn type_of(resp: &DiscoveryResponse) -> &str {
+        &resp.type_url
+    }
+    fn on_request(
+        &mut self,
+        req: &DiscoveryRequest,
+    ) -> Result<Output<DiscoveryResponse>, ProtocolError> {
+        SotwStream::on_request(self, req)
+    }
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<DiscoveryResponse> {
+        SotwStream::on_snapshot(self, snapshot)
+    }
+    fn status(&self) -> BTreeMap<TypeUrl, TypeStatus> {
+        SotwStream::status(self)
+    }
+}
+
+impl Protocol for DeltaStream {
+    type Req = DeltaDiscoveryRequest;
+    type Resp = DeltaDiscoveryResponse;
+    const MODE: Mode = Mode::Delta;
+    fn new(snapshot: Arc<Snapshot>) -> Self {
+        DeltaStream::new(snapshot)
+    }
+    fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+    fn type_of(resp: &DeltaDiscoveryResponse) -> &str {
+        &resp.type_url
+    }
+    fn on_request(
+        &mut self,
+        req: &DeltaDiscoveryRequest,
+    ) -> Result<Output<DeltaDiscoveryResponse>, ProtocolError> {
+        DeltaStream::on_request(self, req)
+    }
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<DeltaDiscoveryResponse> {
+        DeltaStream::on_snapshot(self, snapshot)
+    }
+    fn status(&self) -> BTreeMap<TypeUrl, TypeStatus> {
+        DeltaStream::status(self)
+    }
+}
+
+/// A live stream as the registry of streams sees it.
+trait StreamView: Send + Sync {
+    fn status(&self) -> ConnectionStatus;
+}
+
+struct Entry<P> {
+    conn: Connection,
+    /// Locked only for one state-machine call at a time (never across an
+    /// await), by the stream's task and by [`XdsServer::connections`].
+    machine: Mutex<P>,
+}
+
+impl<P: Protocol> Entry<P> {
+    fn lock(&self) -> MutexGuard<'_, P> {
+        self.machine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<P: Protocol> StreamView for Entry<P> {
+    fn status(&self) -> ConnectionStatus {
+        ConnectionStatus {
+            connection: self.conn.clone(),
+            types: self.lock().status(),
+        }
+    }
+}
+
+/// Removes a stream from the registry, however its task ends.
+struct Registered<P: Protocol> {
+    inner: Arc<Inner>,
+    entry: Arc<Entry<P>>,
+}
+
+impl<P: Protocol> Drop for Registered<P> {
+    fn drop(&mut self) {
+        self.inner.lock_streams().remove(&self.entry.conn.id);
+        self.inner.metrics.stream_closed(P::MODE);
+        self.inner.hooks.on_disconnect(&self.entry.conn);
+        tracing::debug!(node = %self.entry.conn.node.id, stream = self.entry.conn.id, "xDS stream closed");
+    }
+}
+
+type Tx<T> = mpsc::Sender<Result<T, Status>>;
+
+/// Runs one stream: first request (node), then requests and generations
+/// until the client goes away or the server closes.
+async fn drive<P: Protocol>(
+    inner: Arc<Inner>,
+    mut requests: Streaming<P::Req>,
+    tx: Tx<P::Resp>,
+    peer: Option<SocketAddr>,
+) {
+    let first = match requests.next().await {
+        Some(Ok(req)) => req,
+        Some(Err(status)) => {
+            tracing::debug!(%status, "xDS stream failed before its first request");
+            return;
+        }
+        None => return,
+    };
+    let Some(node) = P::node(&first).cloned() else {
+        let status = Status::invalid_argument("the first request of an xDS stream must carry node");
+        let _ = tx.send(Err(status)).await;
+        return;
+    };
+
+    let conn = Connection {
+        id: inner.next_id.fetch_add(1, Ordering::Relaxed),
+        mode: P::MODE,
+        node,
+        peer,
+        connected_at: SystemTime::now(),
+    };
+    // Watch generations from before the first snapshot is taken, so none
+    // made in between is missed.
+    let mut generations = inner.generations.clone();
+    generations.mark_unchanged();
+    let mut closing = inner.closing.subscribe();
+    if *closing.borrow_and_update() {
+        return;
+    }
+    inner.hooks.on_connect(&conn);
+    let snapshot = inner.snapshots.snapshot(&conn.node);
+    let entry = Arc::new(Entry {
+        conn,
+        machine: Mutex::new(P::new(snapshot)),
+    });
+    inner
+        .lock_streams()
+        .insert(entry.conn.id, entry.clone() as Arc<dyn StreamView>);
+    inner.metrics.stream_opened(P::MODE);
+    let _registered = Registered {
+        inner: inner.clone(),
+        entry: entry.clone(),
+    };
+    tracing::debug!(node = %entry.conn.node.id, stream = entry.conn.id, "xDS stream opened");
+
+    if !step(&inner, &entry, &tx, |m| m.on_request(&first)).await {
+        return;
+    }
+    let mut source_open = true;
+    loop {
+        tokio::select! {
+            msg = requests.next() => match msg {
+                Some(Ok(req)) => {
+                    if !step(&inner, &entry, &tx, |m| m.on_request(&req)).await {
+                        return;
+                    }
+                }
+                Some(Err(status)) => {
+                    tracing::debug!(node = %entry.conn.node.id, %status, "xDS stream ended with an error");
+                    return;
+                }
+                None => return,
+            },
+            changed = generations.changed(), if source_open => {
+                if changed.is_err() {
+                    // The source is gone: keep answering requests from the
+                    // last snapshot; there will be no newer one.
+                    source_open = false;
+                    continue;
+                }
+                let snapshot = inner.snapshots.snapshot(&entry.conn.node);
+                if !step(&inner, &entry, &tx, |m| Ok(m.on_snapshot(snapshot))).await {
+                    return;
+                }
+            }
+            () = tx.closed() => return,
+            // Only ever set to true; the sender lives as long as `inner`.
+            _ = closing.changed() => return,
+        }
+    }
+}
+
+/// Runs one state-machine call, records its events and sends its
+/// responses. Returns false when the stream must end.
+async fn step<P: Protocol>(
+    inner: &Inner,
+    entry: &Entry<P>,
+    tx: &Tx<P::Resp>,
+    call: impl FnOnce(&mut P) -> Result<Output<P::Resp>, ProtocolError>,
+) -> bool {
+    let result = call(&mut entry.lock());
+    let out = match result {
+        Ok(out) => out,
+        Err(err) => {
+            tracing::warn!(node = %entry.conn.node.id, %err, "closing xDS stream: protocol error");
+            let _ = tx
+                .send(Err(Status::invalid_argument(err.to_string())))
+                .await;
+            return false;
+        }
+    };
+    for event in &out.events {
+        match event {
+            Event::Ack {
+                type_url, version, ..
+            } => {
+                inner.metrics.ack(P::MODE, type_url);
+                tracing::debug!(node = %entry.conn.node.id, type_url, version, "ACK");
+            }
+            Event::Nack(nack) => {
+                inner.metrics.nack(P::MODE, &nack.type_url);
+                tracing::warn!(
+                    node = %entry.conn.node.id,
+                    type_url = nack.type_url,
+                    version = nack.rejected_version,
+                    message = nack.message,
+                    "proxy rejected config (NACK); it keeps its previous config"
+                );
+                inner.hooks.on_nack(&entry.conn, nack);
+            }
+            Event::Stale { type_url, .. } => inner.metrics.stale(P::MODE, type_url),
+        }
+    }
+    for resp in out.responses {
+        inner.metrics.push(P::MODE, P::type_of(&resp));
+        // Waits while the client is not reading: backpressure per stream,
+        // on top of the one-pending-push-per-type rule.
+        if tx.send(Ok(resp)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}

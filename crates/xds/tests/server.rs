@@ -1,0 +1,409 @@
+//! The tonic server over real loopback sockets, driven by a scripted gRPC
+//! client (envoy-types' generated ADS client): node identity, hooks,
+//! debounced pushes, ACK/NACK bookkeeping, cleanup on disconnect, shutdown.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::{Any, Struct, Value, value};
+use envoy_types::pb::google::rpc;
+use futures_util::{Stream, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tonic::Streaming;
+use tonic::transport::Channel;
+use trellis_xds::{
+    Connection, MemorySnapshots, Mode, Nack, Resource, Snapshot, XdsHooks, XdsOptions, XdsServer,
+    type_url,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Recorder {
+    lines: Mutex<Vec<String>>,
+}
+
+impl Recorder {
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl XdsHooks for Recorder {
+    fn on_connect(&self, conn: &Connection) {
+        let workload = conn
+            .node
+            .metadata
+            .as_ref()
+            .and_then(|m| m.fields.get("workload"))
+            .and_then(|v| match &v.kind {
+                Some(value::Kind::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        self.lines.lock().unwrap().push(format!(
+            "connect {} {} {workload}",
+            conn.node.id,
+            conn.mode.as_str()
+        ));
+    }
+    fn on_disconnect(&self, conn: &Connection) {
+        self.lines
+            .lock()
+            .unwrap()
+            .push(format!("disconnect {}", conn.node.id));
+    }
+    fn on_nack(&self, conn: &Connection, nack: &Nack) {
+        self.lines
+            .lock()
+            .unwrap()
+            .push(format!("nack {} {}", conn.node.id, nack.message));
+    }
+}
+
+fn cluster(name: &str, version: &str) -> (String, Resource) {
+    (
+        name.to_string(),
+        Resource::with_version(
+            Any {
+                type_url: type_url::CLUSTER.into(),
+                value: format!("{name}@{version}").into_bytes(),
+            },
+            version,
+        ),
+    )
+}
+
+fn clusters(list: &[(&str, &str)]) -> Snapshot {
+    let mut s = Snapshot::new();
+    for (n, v) in list {
+        let (name, r) = cluster(n, v);
+        s.insert(type_url::CLUSTER, name, r);
+    }
+    s
+}
+
+fn node(id: &str) -> Node {
+    Node {
+        id: id.into(),
+        cluster: "test".into(),
+        metadata: Some(Struct {
+            fields: [(
+                "workload".to_string(),
+                Value {
+                    kind: Some(value::Kind::StringValue(format!("{id}-workload"))),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+struct Harness {
+    server: XdsServer,
+    snapshots: Arc<MemorySnapshots>,
+    hooks: Arc<Recorder>,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<Result<(), trellis_xds::XdsError>>,
+}
+
+async fn start(initial: Snapshot) -> Harness {
+    let snapshots = Arc::new(MemorySnapshots::new(initial));
+    let hooks = Arc::new(Recorder::default());
+    let server = XdsServer::builder(snapshots.clone())
+        .options(XdsOptions {
+            debounce: Duration::from_millis(50),
+            ..XdsOptions::default()
+        })
+        .hooks(hooks.clone())
+        .build();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let s = server.clone();
+    let served = tokio::spawn(async move {
+        s.serve(listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    Harness {
+        server,
+        snapshots,
+        hooks,
+        addr,
+        stop: Some(stop),
+        served,
+    }
+}
+
+async fn client(addr: SocketAddr) -> AggregatedDiscoveryServiceClient<Channel> {
+    AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to the xDS server")
+}
+
+fn request_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl Stream<Item = T> + Send {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
+}
+
+async fn next<T>(responses: &mut Streaming<T>) -> T {
+    tokio::time::timeout(WAIT, responses.next())
+        .await
+        .expect("a response in time")
+        .expect("stream open")
+        .expect("not an error")
+}
+
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn labels(resp: &DiscoveryResponse) -> Vec<String> {
+    resp.resources
+        .iter()
+        .map(|a| String::from_utf8_lossy(&a.value).into_owned())
+        .collect()
+}
+
+fn sotw(node: Option<Node>, version: &str, nonce: &str, error: Option<&str>) -> DiscoveryRequest {
+    DiscoveryRequest {
+        version_info: version.into(),
+        node,
+        type_url: type_url::CLUSTER.into(),
+        response_nonce: nonce.into(),
+        error_detail: error.map(|m| rpc::Status {
+            code: 3,
+            message: m.into(),
+            details: vec![],
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn sotw_stream_from_connect_to_disconnect() {
+    let h = start(clusters(&[("a", "1"), ("b", "1")])).await;
+    let mut c = client(h.addr).await;
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(sotw(Some(node("n1")), "", "", None)).await.unwrap();
+    let mut responses = c
+        .stream_aggregated_resources(request_stream(rx))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // The whole wildcard set, and the node (with its metadata) reached the hooks.
+    let r1 = next(&mut responses).await;
+    assert_eq!(labels(&r1), ["a@1", "b@1"]);
+    assert_eq!(h.hooks.lines(), ["connect n1 sotw n1-workload"]);
+    assert_eq!(
+        h.snapshots
+            .node("n1")
+            .and_then(|n| n.metadata)
+            .map(|m| m.fields.len()),
+        Some(1)
+    );
+    let conns = h.server.connections();
+    assert_eq!(conns.len(), 1);
+    assert_eq!(conns[0].connection.node.id, "n1");
+    assert!(conns[0].types[type_url::CLUSTER].pending);
+
+    // ACK: the state shows the acknowledged version.
+    tx.send(sotw(None, &r1.version_info, &r1.nonce, None))
+        .await
+        .unwrap();
+    eventually("the ACK", || {
+        h.server.connections()[0].types[type_url::CLUSTER].acked_version
+            == Some(r1.version_info.clone())
+    })
+    .await;
+    assert_eq!(h.server.metrics().acks(Mode::Sotw, type_url::CLUSTER), 1);
+
+    // Three quick changes: one push, after the debounce, with the last one.
+    let t0 = Instant::now();
+    h.snapshots.set(clusters(&[("a", "2"), ("b", "1")]));
+    h.snapshots.set(clusters(&[("a", "3"), ("b", "1")]));
+    h.snapshots.set(clusters(&[("a", "4")]));
+    let r2 = next(&mut responses).await;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(50),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(labels(&r2), ["a@4"]);
+
+    // NACK: recorded, reported to the hook, counted; nothing resent.
+    tx.send(sotw(
+        None,
+        &r1.version_info,
+        &r2.nonce,
+        Some("cluster a: bad"),
+    ))
+    .await
+    .unwrap();
+    eventually("the NACK hook", || {
+        h.hooks
+            .lines()
+            .contains(&"nack n1 cluster a: bad".to_string())
+    })
+    .await;
+    let st = h.server.connections()[0].types[type_url::CLUSTER].clone();
+    assert_eq!(st.acked_version, Some(r1.version_info.clone()));
+    assert_eq!(
+        st.last_nack.map(|n| n.message).as_deref(),
+        Some("cluster a: bad")
+    );
+    assert_eq!(h.server.metrics().nacks(Mode::Sotw, type_url::CLUSTER), 1);
+    let nothing = tokio::time::timeout(Duration::from_millis(300), responses.next()).await;
+    assert!(nothing.is_err(), "the NACKed content must not be resent");
+
+    // The client goes away: its state is dropped and the hook told.
+    drop(tx);
+    drop(responses);
+    drop(c);
+    eventually("cleanup", || h.server.connections().is_empty()).await;
+    eventually("the disconnect hook", || {
+        h.hooks.lines().last().map(String::as_str) == Some("disconnect n1")
+    })
+    .await;
+    assert_eq!(h.server.metrics().streams(Mode::Sotw), 0);
+}
+
+#[tokio::test]
+async fn the_first_request_must_carry_the_node() {
+    let h = start(clusters(&[("a", "1")])).await;
+    let mut c = client(h.addr).await;
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(sotw(None, "", "", None)).await.unwrap();
+    let mut responses = c
+        .stream_aggregated_resources(request_stream(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = tokio::time::timeout(WAIT, responses.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("node"), "{}", err.message());
+    assert!(h.server.connections().is_empty());
+}
+
+#[tokio::test]
+async fn a_request_without_type_url_ends_the_stream() {
+    let h = start(clusters(&[("a", "1")])).await;
+    let mut c = client(h.addr).await;
+    let (tx, rx) = mpsc::channel(8);
+    let mut first = sotw(Some(node("n2")), "", "", None);
+    first.type_url.clear();
+    tx.send(first).await.unwrap();
+    let mut responses = c
+        .stream_aggregated_resources(request_stream(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = tokio::time::timeout(WAIT, responses.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("type_url"), "{}", err.message());
+    eventually("cleanup", || h.server.connections().is_empty()).await;
+}
+
+fn delta_labels(resp: &DeltaDiscoveryResponse) -> Vec<String> {
+    let mut out: Vec<String> = resp
+        .resources
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.resource.as_ref().unwrap().value).into_owned())
+        .collect();
+    out.extend(resp.removed_resources.iter().map(|n| format!("-{n}")));
+    out
+}
+
+#[tokio::test]
+async fn delta_stream_sends_changes_and_removals_only() {
+    let h = start(clusters(&[("a", "1"), ("b", "1"), ("c", "1")])).await;
+    let mut c = client(h.addr).await;
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(DeltaDiscoveryRequest {
+        node: Some(node("d1")),
+        type_url: type_url::CLUSTER.into(),
+        // A reconnecting client that already holds a@1 and b@0.
+        initial_resource_versions: [("a".to_string(), "1".to_string()), ("b".into(), "0".into())]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses = c
+        .delta_aggregated_resources(request_stream(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let r1 = next(&mut responses).await;
+    assert_eq!(delta_labels(&r1), ["b@1", "c@1"]);
+    assert_eq!(h.hooks.lines(), ["connect d1 delta d1-workload"]);
+
+    tx.send(DeltaDiscoveryRequest {
+        type_url: type_url::CLUSTER.into(),
+        response_nonce: r1.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    eventually("the ACK", || {
+        h.server.connections()[0].types[type_url::CLUSTER].acked_version
+            == Some(r1.system_version_info.clone())
+    })
+    .await;
+
+    h.snapshots.set(clusters(&[("a", "1"), ("c", "2")]));
+    let r2 = next(&mut responses).await;
+    assert_eq!(delta_labels(&r2), ["c@2", "-b"]);
+    assert_eq!(h.server.metrics().pushes(Mode::Delta, type_url::CLUSTER), 2);
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams() {
+    let mut h = start(clusters(&[("a", "1")])).await;
+    let mut c = client(h.addr).await;
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(sotw(Some(node("n3")), "", "", None)).await.unwrap();
+    let mut responses = c
+        .stream_aggregated_resources(request_stream(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    next(&mut responses).await;
+    h.stop.take().unwrap().send(()).unwrap();
+    let served = tokio::time::timeout(WAIT, &mut h.served)
+        .await
+        .expect("serve returns once streams are closed");
+    assert!(served.unwrap().is_ok());
+    let end = tokio::time::timeout(WAIT, responses.next()).await.unwrap();
+    assert!(!matches!(end, Some(Ok(_))), "{end:?}");
+    eventually("the disconnect hook", || {
+        h.hooks.lines().contains(&"disconnect n3".to_string())
+    })
+    .await;
+    drop(tx);
+}
