@@ -26,39 +26,27 @@
 //! | RateLimitPolicy | per-route / per-virtual-host `LocalRateLimit` |
 //! | DestinationRule `consistentHash` | `hash_policy` |
 
+mod matching;
+mod policy;
+
+pub use policy::{
+    HOST_SELECTION_RETRY_MAX_ATTEMPTS, MIN_FILL_INTERVAL, REASON_HEADER, RETRY_BACKOFF_BASE,
+    RETRY_BACKOFF_MAX, fraction, istio_default_retry, local_rate_limit,
+};
+
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::{
-    HeaderValue, HeaderValueOption, RuntimeFractionalPercent,
-    header_value_option::HeaderAppendAction,
-};
+use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
 use envoy_types::pb::envoy::config::route::v3::{
-    HeaderMatcher, QueryParameterMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration,
-    RouteMatch, VirtualHost, WeightedCluster, header_matcher::HeaderMatchSpecifier,
-    query_parameter_matcher::QueryParameterMatchSpecifier, retry_policy, route, route_action,
-    route_match, weighted_cluster::ClusterWeight,
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, route,
+    route_action, route_match, weighted_cluster::ClusterWeight,
 };
-use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
-use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
-    FaultAbort, HttpFault, fault_abort,
-};
-use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
-use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
-use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
-use envoy_types::pb::envoy::r#type::matcher::v3::{
-    RegexMatchAndSubstitute, RegexMatcher, StringMatcher as EnvoyStringMatcher,
-    string_matcher::MatchPattern,
-};
-use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket, fractional_percent};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
-use trellis_model::RetryOn;
 use trellis_model::networking::{
-    Destination, HeaderOperations, Headers, HttpMatchRequest, HttpRetry, HttpRewrite, HttpRoute,
-    StringMatch, VirtualServiceSpec,
+    Destination, Headers, HttpMatchRequest, HttpRoute, VirtualServiceSpec,
 };
-use trellis_model::policy::grpc_code;
 use trellis_model::resource::Object;
 use trellis_model::trellis::RateLimitPolicySpec;
 use trellis_model::validate::Validated;
@@ -68,15 +56,8 @@ use crate::encode::{self, duration, put_field, put_sorted_any_map, u32v};
 use crate::error::{At, TranslateError};
 use crate::names::{self, filter};
 
-/// Envoy's (and trellis-proxy's) retry backoff: 25 ms base, 250 ms cap.
-pub const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
-pub const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
-/// Istio's number of host picks a retry makes to avoid a previous host.
-pub const HOST_SELECTION_RETRY_MAX_ATTEMPTS: i64 = 5;
-/// Envoy's local rate limit refuses fill intervals under 50 ms.
-pub const MIN_FILL_INTERVAL: Duration = Duration::from_millis(50);
-/// The header trellis-proxy explains its local replies with.
-pub const REASON_HEADER: &str = "x-trellis-reason";
+use matching::{route_match, uri_rewrite};
+use policy::{edits, fault, retry_policy};
 
 /// Which `match[].port` conditions a virtual host keeps. Envoy has no port
 /// condition: each port has its own virtual host, and a match block goes to
@@ -173,407 +154,6 @@ pub fn assemble(name: &str, vhosts: &[(&VhostBody, Vec<String>)]) -> Vec<u8> {
 pub fn decode(bytes: &[u8]) -> Result<RouteConfiguration, prost::DecodeError> {
     RouteConfiguration::decode(bytes)
 }
-
-/// Istio's default retry policy, for routes without `retries`.
-pub fn istio_default_retry() -> RetryPolicy {
-    retry_policy_for(&RetryOn::istio_default(), 2, None, true, false)
-}
-
-fn retry_on_string(r: &RetryOn) -> String {
-    let tokens = [
-        (r.five_xx, "5xx"),
-        (r.gateway_error, "gateway-error"),
-        (r.reset, "reset"),
-        (r.connect_failure, "connect-failure"),
-        (r.refused_stream, "refused-stream"),
-        (r.retriable_4xx, "retriable-4xx"),
-        (r.grpc_unavailable, "unavailable"),
-        (r.grpc_cancelled, "cancelled"),
-        (r.grpc_deadline_exceeded, "deadline-exceeded"),
-        (r.grpc_internal, "internal"),
-        (r.grpc_resource_exhausted, "resource-exhausted"),
-        (!r.status_codes.is_empty(), "retriable-status-codes"),
-    ];
-    tokens
-        .iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, t)| *t)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn retry_policy_for(
-    on: &RetryOn,
-    retries: u32,
-    per_try: Option<Duration>,
-    ignore_previous_hosts: bool,
-    remote_localities: bool,
-) -> RetryPolicy {
-    let mut p = RetryPolicy {
-        retry_on: retry_on_string(on),
-        num_retries: Some(u32v(retries)),
-        per_try_timeout: per_try.map(duration),
-        retriable_status_codes: on.status_codes.iter().map(|c| u32::from(*c)).collect(),
-        retry_back_off: Some(retry_policy::RetryBackOff {
-            base_interval: Some(duration(RETRY_BACKOFF_BASE)),
-            max_interval: Some(duration(RETRY_BACKOFF_MAX)),
-        }),
-        ..Default::default()
-    };
-    if ignore_previous_hosts {
-        p.retry_host_predicate = vec![retry_policy::RetryHostPredicate {
-            name: "envoy.retry_host_predicates.previous_hosts".to_string(),
-            config_type: Some(retry_policy::retry_host_predicate::ConfigType::TypedConfig(
-                encode::any(&PreviousHostsPredicate {}),
-            )),
-        }];
-        p.host_selection_retry_max_attempts = HOST_SELECTION_RETRY_MAX_ATTEMPTS;
-    }
-    if remote_localities {
-        // Retries go to other priorities (localities), as Istio configures
-        // `retryRemoteLocalities: true`. Without it a retry stays in the
-        // priority the balancer picks from, as in trellis-proxy.
-        p.retry_priority = Some(retry_policy::RetryPriority {
-            name: "envoy.retry_priorities.previous_priorities".to_string(),
-            config_type: Some(retry_policy::retry_priority::ConfigType::TypedConfig(
-                encode::any(&PreviousPrioritiesConfig {
-                    update_frequency: 2,
-                }),
-            )),
-        });
-    }
-    p
-}
-
-/// `retries` -> Envoy's retry policy. None when the route does not retry.
-fn retry_policy(r: Option<&HttpRetry>, at: &At) -> Result<Option<RetryPolicy>, TranslateError> {
-    let Some(r) = r else {
-        return Ok(Some(istio_default_retry()));
-    };
-    let on = r
-        .conditions()
-        .map_err(|e| at.field("retries.retryOn").value(e))?;
-    let per_try = r
-        .per_try_timeout
-        .as_deref()
-        .map(|t| at.field("retries.perTryTimeout").duration(t))
-        .transpose()?
-        .filter(|d| !d.is_zero());
-    let retries = r.num_retries();
-    // A `retries` block without attempts turns retries off (Istio); its
-    // perTryTimeout still bounds the one try, as in trellis-proxy.
-    if retries == 0 && per_try.is_none() {
-        return Ok(None);
-    }
-    Ok(Some(retry_policy_for(
-        &on,
-        retries,
-        per_try,
-        r.retry_ignore_previous_hosts.unwrap_or(true),
-        r.retry_remote_localities.unwrap_or(false),
-    )))
-}
-
-/// A percentage (0 to 100, fractions allowed) as Envoy's fraction per million.
-pub fn fraction(percent: f64) -> FractionalPercent {
-    let per_million = (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32;
-    FractionalPercent {
-        numerator: per_million,
-        denominator: fractional_percent::DenominatorType::Million as i32,
-    }
-}
-
-fn all_of_them() -> RuntimeFractionalPercent {
-    RuntimeFractionalPercent {
-        default_value: Some(FractionalPercent {
-            numerator: 100,
-            denominator: fractional_percent::DenominatorType::Hundred as i32,
-        }),
-        runtime_key: String::new(),
-    }
-}
-
-/// `fault` -> the fault filter's per-route config.
-fn fault(
-    f: &trellis_model::networking::HttpFaultInjection,
-    at: &At,
-) -> Result<HttpFault, TranslateError> {
-    let mut out = HttpFault::default();
-    if let Some(d) = &f.delay {
-        let at = at.field("fault.delay.fixedDelay");
-        let fixed = d
-            .fixed_delay
-            .as_deref()
-            .ok_or_else(|| at.value("required"))?;
-        out.delay = Some(FaultDelay {
-            percentage: Some(fraction(d.effective_percentage())),
-            fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(duration(
-                at.duration(fixed)?,
-            ))),
-        });
-    }
-    if let Some(a) = &f.abort {
-        let error = match (a.http_status, a.grpc_status.as_deref()) {
-            (Some(s), _) => fault_abort::ErrorType::HttpStatus(
-                u32::try_from(s)
-                    .map_err(|_| at.field("fault.abort.httpStatus").value("negative"))?,
-            ),
-            (None, Some(g)) => {
-                fault_abort::ErrorType::GrpcStatus(grpc_code(g).ok_or_else(|| {
-                    at.field("fault.abort.grpcStatus")
-                        .value(format!("unknown gRPC status {g:?}"))
-                })?)
-            }
-            (None, None) => {
-                return Err(at
-                    .field("fault.abort")
-                    .value("needs httpStatus or grpcStatus"));
-            }
-        };
-        out.abort = Some(FaultAbort {
-            percentage: Some(fraction(a.effective_percentage())),
-            error_type: Some(error),
-            ..Default::default()
-        });
-    }
-    Ok(out)
-}
-
-/// A RateLimitPolicy's bucket as the local rate limit filter's per-route
-/// config. Envoy's buckets are refilled at least every 50 ms: a shorter
-/// `fillInterval` is scaled up with its tokens, same rate.
-pub fn local_rate_limit(
-    o: &Object<RateLimitPolicySpec>,
-    route: Option<&str>,
-) -> Result<LocalRateLimit, TranslateError> {
-    let at = At::new(
-        format!("RateLimitPolicy {}", o.key()),
-        "spec.tokenBucket.fillInterval",
-    );
-    let tb = &o.spec.token_bucket;
-    let mut interval = at.duration(&tb.fill_interval)?;
-    let mut per_fill = tb.fill_tokens();
-    if !interval.is_zero() && interval < MIN_FILL_INTERVAL {
-        let factor = MIN_FILL_INTERVAL.as_nanos().div_ceil(interval.as_nanos());
-        let factor = u32::try_from(factor).unwrap_or(u32::MAX);
-        interval = interval.saturating_mul(factor);
-        per_fill = per_fill.saturating_mul(factor);
-    }
-    let policy = match route {
-        Some(r) => format!("{}|{r}", o.key()),
-        None => o.key(),
-    };
-    Ok(LocalRateLimit {
-        // Stats per policy, as trellis-proxy's `trellis_rate_limited_total{policy}`.
-        stat_prefix: format!("trellis_rate_limit_{}", stat_safe(&policy)),
-        token_bucket: Some(TokenBucket {
-            max_tokens: tb.max_tokens,
-            tokens_per_fill: Some(u32v(per_fill)),
-            fill_interval: Some(duration(interval)),
-        }),
-        filter_enabled: Some(all_of_them()),
-        filter_enforced: Some(all_of_them()),
-        response_headers_to_add: vec![header_option(
-            REASON_HEADER,
-            "rate_limited",
-            HeaderAppendAction::OverwriteIfExistsOrAdd,
-        )],
-        ..Default::default()
-    })
-}
-
-/// Envoy stat names use `.` as a separator: keep letters, digits and `_`.
-fn stat_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
-}
-
-fn header_option(name: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
-    HeaderValueOption {
-        header: Some(HeaderValue {
-            key: name.to_ascii_lowercase(),
-            value: value.to_string(),
-            ..Default::default()
-        }),
-        append_action: action as i32,
-        ..Default::default()
-    }
-}
-
-/// Header edits: `set` overwrites, `add` appends, `remove` removes (Envoy
-/// removes before it adds, as trellis-proxy does).
-struct Edits {
-    add: Vec<HeaderValueOption>,
-    remove: Vec<String>,
-}
-
-fn edits(ops: Option<&HeaderOperations>) -> Edits {
-    let Some(ops) = ops else {
-        return Edits {
-            add: Vec::new(),
-            remove: Vec::new(),
-        };
-    };
-    let mut add: Vec<HeaderValueOption> = ops
-        .set
-        .iter()
-        .map(|(k, v)| header_option(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd))
-        .collect();
-    add.extend(
-        ops.add
-            .iter()
-            .map(|(k, v)| header_option(k, v, HeaderAppendAction::AppendIfExistsOrAdd)),
-    );
-    Edits {
-        add,
-        remove: ops.remove.iter().map(|h| h.to_ascii_lowercase()).collect(),
-    }
-}
-
-fn string_matcher(sm: &StringMatch) -> Option<EnvoyStringMatcher> {
-    let pattern = match (&sm.exact, &sm.prefix, &sm.regex) {
-        (Some(e), _, _) => MatchPattern::Exact(e.clone()),
-        (_, Some(p), _) => MatchPattern::Prefix(p.clone()),
-        (_, _, Some(r)) => MatchPattern::SafeRegex(regex(r)),
-        _ => return None,
-    };
-    Some(EnvoyStringMatcher {
-        match_pattern: Some(pattern),
-        ignore_case: false,
-    })
-}
-
-fn regex(r: &str) -> RegexMatcher {
-    RegexMatcher {
-        regex: r.to_string(),
-        engine_type: None,
-    }
-}
-
-/// A header condition; `{}` means "present". Inverted (`withoutHeaders`),
-/// a missing header is matched as an empty value, so that "not `a`" holds
-/// for a request without the header, as in trellis-proxy (Envoy would
-/// otherwise fail the inverted match on a missing header).
-fn header_matcher(name: &str, sm: &StringMatch, invert: bool) -> HeaderMatcher {
-    let spec = match string_matcher(sm) {
-        Some(m) => HeaderMatchSpecifier::StringMatch(m),
-        None => HeaderMatchSpecifier::PresentMatch(true),
-    };
-    let string = matches!(spec, HeaderMatchSpecifier::StringMatch(_));
-    HeaderMatcher {
-        name: name.to_ascii_lowercase(),
-        invert_match: invert,
-        treat_missing_header_as_empty: invert && string,
-        header_match_specifier: Some(spec),
-    }
-}
-
-fn route_match(m: Option<&HttpMatchRequest>) -> RouteMatch {
-    let Some(m) = m else {
-        return RouteMatch {
-            path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_string())),
-            ..Default::default()
-        };
-    };
-    let ignore_case = m.ignore_uri_case.unwrap_or(false);
-    let (path, case_applies) = match m.uri.as_ref() {
-        Some(StringMatch { exact: Some(e), .. }) => {
-            (route_match::PathSpecifier::Path(e.clone()), true)
-        }
-        Some(StringMatch {
-            prefix: Some(p), ..
-        }) => (route_match::PathSpecifier::Prefix(p.clone()), true),
-        Some(StringMatch { regex: Some(r), .. }) => {
-            (route_match::PathSpecifier::SafeRegex(regex(r)), false)
-        }
-        _ => (route_match::PathSpecifier::Prefix("/".to_string()), false),
-    };
-    let mut headers = Vec::new();
-    for (pseudo, sm) in [
-        (":method", &m.method),
-        (":scheme", &m.scheme),
-        (":authority", &m.authority),
-    ] {
-        if let Some(sm) = sm {
-            headers.push(header_matcher(pseudo, sm, false));
-        }
-    }
-    headers.extend(m.headers.iter().map(|(k, sm)| header_matcher(k, sm, false)));
-    headers.extend(
-        m.without_headers
-            .iter()
-            .map(|(k, sm)| header_matcher(k, sm, true)),
-    );
-    RouteMatch {
-        path_specifier: Some(path),
-        case_sensitive: (ignore_case && case_applies).then(|| encode::boolv(false)),
-        headers,
-        query_parameters: m
-            .query_params
-            .iter()
-            .map(|(k, sm)| QueryParameterMatcher {
-                name: k.clone(),
-                query_parameter_match_specifier: Some(match string_matcher(sm) {
-                    Some(m) => QueryParameterMatchSpecifier::StringMatch(m),
-                    None => QueryParameterMatchSpecifier::PresentMatch(true),
-                }),
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
-/// RE2 substitution text for a literal: `\` starts a group reference there.
-fn literal_substitution(s: &str) -> String {
-    s.replace('\\', "\\\\")
-}
-
-/// `rewrite.uri` for one match block, as trellis-proxy rewrites: after a
-/// prefix match the prefix is replaced (without doubling a `/` when the
-/// replacement ends in one); otherwise the whole path is replaced. The
-/// query string is kept either way.
-fn uri_rewrite(action: &mut RouteAction, rw: &HttpRewrite, m: Option<&HttpMatchRequest>) {
-    if let Some(rr) = &rw.uri_regex_rewrite {
-        action.regex_rewrite = Some(RegexMatchAndSubstitute {
-            pattern: Some(regex(&rr.pattern)),
-            substitution: rr.rewrite.clone(),
-        });
-        return;
-    }
-    let Some(replacement) = &rw.uri else { return };
-    let uri = m.and_then(|m| m.uri.as_ref());
-    match uri {
-        Some(StringMatch {
-            prefix: Some(prefix),
-            ..
-        }) => {
-            if replacement.ends_with('/') {
-                // `/v1` -> `/` on `/v1/x` must give `/x`, not `//x`.
-                let case = if m.and_then(|m| m.ignore_uri_case).unwrap_or(false) {
-                    "(?i)"
-                } else {
-                    ""
-                };
-                action.regex_rewrite = Some(RegexMatchAndSubstitute {
-                    pattern: Some(regex(&format!("^{case}{}/?", regex::escape(prefix)))),
-                    substitution: literal_substitution(replacement),
-                });
-            } else {
-                action.prefix_rewrite = replacement.clone();
-            }
-        }
-        // Envoy replaces the whole path of an exact (`path`) match.
-        Some(StringMatch { exact: Some(_), .. }) => action.prefix_rewrite = replacement.clone(),
-        _ => {
-            action.regex_rewrite = Some(RegexMatchAndSubstitute {
-                pattern: Some(regex("^.*$")),
-                substitution: literal_substitution(replacement),
-            });
-        }
-    }
-}
-
 /// What routes are translated against: the config, the VirtualService (if
 /// any) and the rate limits of the host.
 pub struct Ctx<'a> {
@@ -1029,6 +609,9 @@ pub fn claim_aliases(hosts: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, 
 
 #[cfg(test)]
 mod tests {
+    use trellis_model::RetryOn;
+
+    use super::policy::retry_on_string;
     use super::*;
 
     #[test]
