@@ -76,6 +76,7 @@ struct TypeState {
     acked_version: Option<String>,
     last_nack: Option<Nack>,
     pushes: u64,
+    resources_sent: u64,
     acks: u64,
     nacks: u64,
 }
@@ -246,6 +247,7 @@ impl DeltaStream {
                         pending: s.pending,
                         last_nack: s.last_nack.clone(),
                         pushes: s.pushes,
+                        resources_sent: s.resources_sent,
                         acks: s.acks,
                         nacks: s.nacks,
                     },
@@ -355,6 +357,7 @@ fn push(
     }
     state.must_report.clear();
     state.force = false;
+    state.resources_sent += out_resources.len() as u64;
 
     let nonce = nonces.next();
     let version = h.hex();

@@ -101,6 +101,9 @@ pub struct TypeStatus {
     pub last_nack: Option<Nack>,
     /// Responses sent.
     pub pushes: u64,
+    /// Resources sent, over all responses (a delta client reconnecting
+    /// with what it already holds gets none).
+    pub resources_sent: u64,
     /// ACKs received.
     pub acks: u64,
     /// NACKs received.

@@ -21,7 +21,9 @@
 //! - A response goes out only when its content differs from the last one
 //!   sent (new snapshot content, or a changed subscription), or to answer
 //!   the first request of a type on the stream (so the client can finish
-//!   initialising even when there is nothing to send). After a NACK the
+//!   initialising even when there is nothing to send) — unless that first
+//!   request is a wildcard-only one from a reconnecting client whose
+//!   `version_info` already equals what it would get. After a NACK the
 //!   rejected content is therefore not sent again; the next push is the
 //!   next different content.
 
@@ -56,6 +58,7 @@ struct TypeState {
     /// view again. Cleared when the subscription changes.
     cached: Option<(Option<Arc<Resources>>, String)>,
     pushes: u64,
+    resources_sent: u64,
     acks: u64,
     nacks: u64,
 }
@@ -139,13 +142,30 @@ impl SotwStream {
             state.cached = None;
         }
 
+        let mut force = first;
+        if first && state.sub.wildcard && state.sub.names.is_empty() && !req.version_info.is_empty()
+        {
+            // A client reconnecting (to this or a restarted server) says
+            // which version it runs. For a wildcard-only subscription that
+            // is the whole story (the protocol doc allows skipping then),
+            // and versions are content hashes: if it matches, the client
+            // already runs exactly this, so there is nothing to send. Saves
+            // a full push per proxy after a control-plane restart.
+            let version = current_version(&self.snapshot, &req.type_url, state);
+            if version == req.version_info {
+                state.sent = Some((version.clone(), String::new()));
+                state.acked_version = Some(version);
+                force = false;
+            }
+        }
+
         if !state.pending
             && let Some(resp) = push(
                 &self.snapshot,
                 &req.type_url,
                 state,
                 &mut self.nonces,
-                first,
+                force,
             )
         {
             out.responses.push(resp);
@@ -197,6 +217,7 @@ impl SotwStream {
                         pending: s.pending,
                         last_nack: s.last_nack.clone(),
                         pushes: s.pushes,
+                        resources_sent: s.resources_sent,
                         acks: s.acks,
                         nacks: s.nacks,
                     },
@@ -216,21 +237,15 @@ fn push(
     force: bool,
 ) -> Option<DiscoveryResponse> {
     let source = snapshot.of_type(type_url).cloned();
-    let version = match &state.cached {
-        Some((cached_source, v)) if same_map(cached_source, &source) => v.clone(),
-        _ => {
-            let v = view_version(source.as_deref(), &state.sub);
-            state.cached = Some((source.clone(), v.clone()));
-            v
-        }
-    };
+    let version = current_version(snapshot, type_url, state);
     let unchanged = state.sent.as_ref().is_some_and(|(v, _)| *v == version);
     if unchanged && !force {
         return None;
     }
-    let resources = view(source.as_deref(), &state.sub)
+    let resources: Vec<_> = view(source.as_deref(), &state.sub)
         .map(|(_, r)| r.body.clone())
         .collect();
+    state.resources_sent += resources.len() as u64;
     let nonce = nonces.next();
     state.sent = Some((version.clone(), nonce.clone()));
     state.pending = true;
@@ -242,6 +257,21 @@ fn push(
         nonce,
         ..Default::default()
     })
+}
+
+/// The version of what `state`'s subscription selects in `snapshot`,
+/// reusing the cached one when neither the type's map nor the subscription
+/// changed.
+fn current_version(snapshot: &Snapshot, type_url: &str, state: &mut TypeState) -> String {
+    let source = snapshot.of_type(type_url).cloned();
+    match &state.cached {
+        Some((cached_source, v)) if same_map(cached_source, &source) => v.clone(),
+        _ => {
+            let v = view_version(source.as_deref(), &state.sub);
+            state.cached = Some((source, v.clone()));
+            v
+        }
+    }
 }
 
 fn same_map(a: &Option<Arc<Resources>>, b: &Option<Arc<Resources>>) -> bool {

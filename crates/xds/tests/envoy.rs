@@ -36,9 +36,11 @@ use http::Request;
 use http_body_util::Full;
 use prost::{Message, Name};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use trellis_testing::{EchoServer, http1_client, http1_client_to, try_send, workspace_root};
 use trellis_xds::{
-    Connection, MemorySnapshots, Mode, Nack, Snapshot, XdsHooks, XdsServer, type_url,
+    Connection, ConnectionStatus, MemorySnapshots, Mode, Nack, Snapshot, XdsHooks, XdsServer,
+    type_url,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -383,25 +385,7 @@ async fn envoy_round_trip(api_type: &str, mode: Mode) {
     let envoy = Envoy::start(xds_addr, api_type, &node_id).await;
 
     // Envoy ACKs both types (the state machine shows the ACKed versions).
-    let acked = |type_url: &str| {
-        server.connections().iter().any(|c| {
-            c.connection.node.id == node_id
-                && c.connection.mode == mode
-                && c.types
-                    .get(type_url)
-                    .is_some_and(|t| t.acked_version.is_some() && !t.pending)
-        })
-    };
-    let deadline = Instant::now() + WAIT;
-    while !(acked(type_url::CLUSTER) && acked(type_url::LISTENER)) {
-        assert!(
-            Instant::now() < deadline,
-            "envoy did not ACK CDS and LDS: {:#?}\n{}",
-            server.connections(),
-            envoy.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_acked(&server, &node_id, mode, &envoy).await;
     let t_acked = t_start.elapsed();
     // Its node metadata reached the snapshot source.
     let node = snapshots.node(&node_id).expect("node seen");
@@ -512,6 +496,113 @@ async fn envoy_round_trip(api_type: &str, mode: Mode) {
     }
 }
 
+/// Waits until `node_id`'s stream has ACKed CDS and LDS with nothing
+/// pending, and returns that stream's status.
+async fn wait_acked(
+    server: &XdsServer,
+    node_id: &str,
+    mode: Mode,
+    envoy: &Envoy,
+) -> ConnectionStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let found = server.connections().into_iter().find(|c| {
+            c.connection.node.id == node_id
+                && c.connection.mode == mode
+                && [type_url::CLUSTER, type_url::LISTENER].iter().all(|t| {
+                    c.types
+                        .get(*t)
+                        .is_some_and(|t| t.acked_version.is_some() && !t.pending)
+                })
+        });
+        if let Some(status) = found {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "envoy did not ACK CDS and LDS: {:#?}\n{}",
+            server.connections(),
+            envoy.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Serves ADS on `listener` until the returned sender fires.
+fn serve(
+    snapshots: Arc<MemorySnapshots>,
+    listener: TcpListener,
+) -> (XdsServer, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let server = XdsServer::builder(snapshots).build();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let s = server.clone();
+    let served = tokio::spawn(async move {
+        s.serve(listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("serve");
+    });
+    (server, stop, served)
+}
+
+/// The control plane goes away and comes back on the same address (a
+/// restart): Envoy keeps serving meanwhile, reconnects, and is up to date
+/// again without being sent a single resource: versions are content hashes
+/// the new server computes the same way, and Envoy tells what it holds (a
+/// delta client in `initial_resource_versions`, a SotW client in
+/// `version_info`).
+async fn envoy_survives_a_restart(api_type: &str, mode: Mode) {
+    let node_id = format!("envoy-restart-{}", mode.as_str());
+    let upstream = EchoServer::start("echo").await;
+    let listen = free_port();
+    let snapshots = Arc::new(MemorySnapshots::new(snapshot(
+        listen,
+        upstream.addr(),
+        "v1",
+        false,
+    )));
+    let xds = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let xds_addr = xds.local_addr().unwrap();
+    let (first, stop, served) = serve(snapshots.clone(), xds);
+    let envoy = Envoy::start(xds_addr, api_type, &node_id).await;
+    wait_acked(&first, &node_id, mode, &envoy).await;
+    wait_for_version(listen, "v1", &envoy).await;
+
+    stop.send(()).unwrap();
+    served.await.unwrap();
+    assert!(first.connections().is_empty());
+    for _ in 0..5 {
+        assert_eq!(version_served(listen).await.as_deref(), Some("v1"));
+    }
+
+    let t_down = Instant::now();
+    let xds = loop {
+        match TcpListener::bind(xds_addr).await {
+            Ok(l) => break l,
+            Err(e) => {
+                assert!(t_down.elapsed() < WAIT, "rebinding {xds_addr}: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let (second, _stop, _served) = serve(snapshots.clone(), xds);
+    let status = wait_acked(&second, &node_id, mode, &envoy).await;
+    let t_back = t_down.elapsed();
+    let sent: u64 = [type_url::CLUSTER, type_url::LISTENER]
+        .iter()
+        .map(|t| status.types[*t].resources_sent)
+        .sum();
+    assert_eq!(sent, 0, "{status:#?}");
+    assert_eq!(version_served(listen).await.as_deref(), Some("v1"));
+    // And the new stream carries later changes.
+    snapshots.set(snapshot(listen, upstream.addr(), "v2", false));
+    wait_for_version(listen, "v2", &envoy).await;
+    eprintln!(
+        "{api_type}: reconnected and ACKed {t_back:?} after the restart, {sent} resources re-sent"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_state_of_the_world() {
     envoy_round_trip("GRPC", Mode::Sotw).await;
@@ -520,4 +611,14 @@ async fn envoy_state_of_the_world() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_delta() {
     envoy_round_trip("DELTA_GRPC", Mode::Delta).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_state_of_the_world_reconnects_without_resending() {
+    envoy_survives_a_restart("GRPC", Mode::Sotw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_delta_reconnects_without_resending() {
+    envoy_survives_a_restart("DELTA_GRPC", Mode::Delta).await;
 }

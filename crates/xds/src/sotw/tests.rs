@@ -412,3 +412,47 @@ fn a_request_without_type_url_is_a_protocol_error() {
     let err = s.on_request(&DiscoveryRequest::default()).unwrap_err();
     assert_eq!(err, ProtocolError::MissingTypeUrl);
 }
+
+#[test]
+fn a_reconnecting_wildcard_client_already_up_to_date_gets_nothing() {
+    let first = |snap: &[(&str, &str, &str)], t: &str, names: &[&str], version: &str| {
+        let mut s = SotwStream::new(Arc::new(snapshot(snap)));
+        let out = s
+            .on_request(&DiscoveryRequest {
+                type_url: url(t).into(),
+                resource_names: strings(names),
+                version_info: version.into(),
+                ..Default::default()
+            })
+            .unwrap();
+        (s, out.responses)
+    };
+    // What a client that got C1 runs.
+    let (_, r) = first(C1, "CDS", &[], "");
+    let v1 = r[0].version_info.clone();
+
+    // Same content: nothing to send; the client is taken as running it.
+    let (mut s, r) = first(C1, "CDS", &[], &v1);
+    assert!(r.is_empty());
+    let st = s.status()[url("CDS")].clone();
+    assert_eq!(st.acked_version.as_deref(), Some(v1.as_str()));
+    assert!(!st.pending);
+    // And a later change is pushed as usual.
+    let out = s.on_snapshot(Arc::new(snapshot(C2)));
+    assert_eq!(out.responses.len(), 1);
+
+    // Other content, or an explicit `*`: answered in full.
+    let (_, r) = first(C2, "CDS", &[], &v1);
+    assert_eq!(r.len(), 1);
+    let (_, r) = first(C1, "CDS", &["*"], &v1);
+    assert!(
+        r.is_empty(),
+        "an explicit lone `*` is a wildcard-only subscription too"
+    );
+    // Named subscriptions are always answered: the names may be new.
+    let eds = &[("EDS", "x", "1")];
+    let (_, r) = first(eds, "EDS", &["x"], "");
+    let vx = r[0].version_info.clone();
+    let (_, r) = first(eds, "EDS", &["x"], &vx);
+    assert_eq!(r.len(), 1);
+}
