@@ -220,10 +220,10 @@ impl XdsServer {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), XdsError> {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let inner = self.inner.clone();
+        let this = self.clone();
         let signal = async move {
             shutdown.await;
-            inner.closing.send_replace(true);
+            this.close_streams();
         };
         tonic::transport::Server::builder()
             .http2_keepalive_interval(self.inner.options.keepalive_interval)
@@ -232,6 +232,14 @@ impl XdsServer {
             .serve_with_incoming_shutdown(incoming, signal)
             .await?;
         Ok(())
+    }
+
+    /// Ends every stream (now and any that opens later), as [`XdsServer::serve`]
+    /// does on shutdown. For a [`XdsServer::service`] mounted in another
+    /// tonic server: call it before that server's graceful shutdown, which
+    /// would otherwise wait for ADS streams that never end by themselves.
+    pub fn close_streams(&self) {
+        self.inner.closing.send_replace(true);
     }
 
     /// Every connected stream and its per-type state.
