@@ -52,8 +52,14 @@ pub struct ProxyIdentity {
     pub name: String,
     /// Short names resolve in it, and `exportTo` is checked against it.
     pub namespace: String,
-    /// The listeners bind `address:15001` (outbound) and `address:15006` (inbound).
+    /// The listeners bind `address:outbound_port` and `address:inbound_port`.
     pub address: IpAddr,
+    /// The outbound listener's port: [`names::OUTBOUND_PORT`] (15001) unless
+    /// the node asks for another (tests, several proxies on one address).
+    pub outbound_port: u16,
+    /// The inbound listener's port: [`names::INBOUND_PORT`] (15006) unless
+    /// the node asks for another.
+    pub inbound_port: u16,
     /// Where the inbound listener forwards: the local app.
     pub app: SocketAddr,
     /// Istio's `region/zone/subzone`: endpoint priorities are relative to it.
@@ -523,8 +529,8 @@ pub fn view(shared: &SharedResources, proxy: &ProxyIdentity) -> Snapshot {
     );
 
     use prost::Message;
-    let outbound = listener::outbound(proxy.address);
-    let inbound = listener::inbound(proxy.address);
+    let outbound = listener::outbound(SocketAddr::new(proxy.address, proxy.outbound_port));
+    let inbound = listener::inbound(SocketAddr::new(proxy.address, proxy.inbound_port));
     snap.insert(
         LISTENER_TYPE,
         Arc::new(Resource::new(

@@ -2,7 +2,7 @@
 //! RDS `outbound`) and `inbound` on `<address>:15006` (peers send here; it
 //! forwards to the local app), as trellis-proxy's sidecar binds them.
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::accesslog::v3::{
@@ -132,8 +132,9 @@ fn hcm_filter(hcm: &HttpConnectionManager) -> Filter {
     }
 }
 
-/// The outbound listener of a proxy at `address`.
-pub fn outbound(address: IpAddr) -> Listener {
+/// The outbound listener of a proxy, bound at `address` (normally
+/// `<proxy address>:15001`).
+pub fn outbound(address: SocketAddr) -> Listener {
     let hcm = HttpConnectionManager {
         stat_prefix: names::OUTBOUND.to_string(),
         // HTTP/1.1 or HTTP/2 (prior knowledge) by the first bytes, as
@@ -162,7 +163,7 @@ pub fn outbound(address: IpAddr) -> Listener {
     };
     Listener {
         name: names::OUTBOUND.to_string(),
-        address: Some(socket_address(&address.to_string(), names::OUTBOUND_PORT)),
+        address: Some(socket_address(&address.ip().to_string(), address.port())),
         traffic_direction: TrafficDirection::Outbound as i32,
         filter_chains: vec![FilterChain {
             filters: vec![hcm_filter(&hcm)],
@@ -176,7 +177,7 @@ pub fn outbound(address: IpAddr) -> Listener {
 /// forwarded to the `inbound|app` cluster in the caller's protocol; a
 /// connection that sends something else, or nothing within 100 ms (a
 /// server-first protocol), is proxied as opaque TCP, as trellis-proxy does.
-pub fn inbound(address: IpAddr) -> Listener {
+pub fn inbound(address: SocketAddr) -> Listener {
     let route_config = RouteConfiguration {
         name: names::INBOUND.to_string(),
         virtual_hosts: vec![VirtualHost {
@@ -227,7 +228,7 @@ pub fn inbound(address: IpAddr) -> Listener {
     };
     Listener {
         name: names::INBOUND.to_string(),
-        address: Some(socket_address(&address.to_string(), names::INBOUND_PORT)),
+        address: Some(socket_address(&address.ip().to_string(), address.port())),
         traffic_direction: TrafficDirection::Inbound as i32,
         listener_filters: vec![ListenerFilter {
             name: f::HTTP_INSPECTOR.to_string(),

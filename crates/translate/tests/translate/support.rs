@@ -31,6 +31,8 @@ pub fn proxy(namespace: &str) -> ProxyIdentity {
         name: "client".into(),
         namespace: namespace.into(),
         address,
+        outbound_port: trellis_translate::names::OUTBOUND_PORT,
+        inbound_port: trellis_translate::names::INBOUND_PORT,
         app: SocketAddr::new(address, 8080),
         locality: None,
         egress: None,
