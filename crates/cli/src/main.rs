@@ -2,11 +2,12 @@
 //! to it (`apply`, `get`, `delete`), plus offline `check`. kubectl's habits:
 //! `-f FILE|DIR`, `-n NS`, `-o yaml|json|table`, exit 1 on errors.
 
+mod bootstrap;
 mod client;
 mod files;
 mod output;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,7 +33,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the control plane: config store, HTTP API (and soon the xDS server).
+    /// Run the control plane: config store, HTTP API, workload registry and xDS server.
     Control(ControlArgs),
     /// Create or update resources from files (validated first; all or nothing).
     Apply(ApplyArgs),
@@ -42,6 +43,55 @@ enum Command {
     Delete(DeleteArgs),
     /// Validate files offline, as a standalone trellis-proxy would; no control plane needed.
     Check(CheckArgs),
+    /// Print a bootstrap that points a proxy at the control plane.
+    #[command(subcommand)]
+    Bootstrap(BootstrapCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BootstrapCommand {
+    /// An Envoy bootstrap (JSON): node metadata for the workload, ADS from `trellis control`.
+    Envoy(EnvoyBootstrapArgs),
+}
+
+#[derive(Args, Debug)]
+struct EnvoyBootstrapArgs {
+    /// The workload's name.
+    #[arg(long)]
+    workload: String,
+    /// The workload's namespace.
+    #[arg(long, short = 'n', default_value = "default")]
+    namespace: String,
+    /// The workload's labels: k=v,k2=v2.
+    #[arg(long, default_value = "")]
+    labels: String,
+    /// The workload's service account.
+    #[arg(long, default_value = "default")]
+    service_account: String,
+    /// The proxy's address: its listeners bind <address>:15001 (outbound) and :15006 (inbound).
+    #[arg(long)]
+    address: IpAddr,
+    /// The local app, where the inbound listener forwards [default: 127.0.0.1:8080].
+    #[arg(long)]
+    app: Option<SocketAddr>,
+    /// Istio locality, region/zone/subzone.
+    #[arg(long)]
+    locality: Option<String>,
+    /// The outbound listener's port instead of 15001 (0: any free port; read it from Envoy's admin).
+    #[arg(long)]
+    outbound_port: Option<u16>,
+    /// The inbound listener's port instead of 15006.
+    #[arg(long)]
+    inbound_port: Option<u16>,
+    /// The control plane's xDS address.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds: SocketAddr,
+    /// Envoy's admin listener.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    /// Use delta (incremental) ADS instead of state of the world.
+    #[arg(long)]
+    delta: bool,
 }
 
 #[derive(Args, Debug)]
@@ -67,6 +117,9 @@ struct ControlArgs {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// How long a workload stays registered after its proxy disconnected (e.g. 30s, 1m).
+    #[arg(long, default_value = "30s", value_parser = trellis_model::duration::parse)]
+    registration_grace: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -169,6 +222,7 @@ fn main() -> ExitCode {
         Command::Get(a) => get(a),
         Command::Delete(a) => delete(a),
         Command::Check(a) => check(a),
+        Command::Bootstrap(BootstrapCommand::Envoy(a)) => bootstrap_envoy(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -204,6 +258,7 @@ fn control(a: ControlArgs) -> Result<(), Failure> {
         api: a.api,
         addr_file: a.addr_file,
         poll: Duration::from_millis(200),
+        registration_grace: a.registration_grace,
     };
     trellis_control::run(settings).map_err(|e| match e {
         trellis_control::StartError::Config { summary, errors } => Failure {
@@ -213,6 +268,28 @@ fn control(a: ControlArgs) -> Result<(), Failure> {
         },
         e => Failure::new(format!("cannot start: {e}")),
     })
+}
+
+fn bootstrap_envoy(a: EnvoyBootstrapArgs) -> Result<(), Failure> {
+    let labels = bootstrap::parse_labels(&a.labels).map_err(Failure::new)?;
+    let b = bootstrap::EnvoyBootstrap {
+        workload: a.workload,
+        namespace: a.namespace,
+        service_account: a.service_account,
+        labels,
+        address: a.address,
+        app: a.app,
+        locality: a.locality,
+        outbound_port: a.outbound_port,
+        inbound_port: a.inbound_port,
+        xds: a.xds,
+        admin: a.admin,
+        delta: a.delta,
+    };
+    let text = serde_json::to_string_pretty(&b.to_json())
+        .map_err(|e| Failure::new(format!("cannot print the bootstrap: {e}")))?;
+    println!("{text}");
+    Ok(())
 }
 
 fn init_logging(level: &str, json: bool) -> Result<(), String> {

@@ -1,48 +1,81 @@
-//! `trellis control`: the control plane. Today: the config store (resources
+//! `trellis control`: the control plane. The config store (resources
 //! applied through the HTTP API, persisted in redb, plus a watched config
-//! directory), conflict resolution, and the HTTP API. Next (issue 4): the
-//! registry, health checking, translation and the xDS server.
+//! directory), conflict resolution, the HTTP API, workload registration
+//! from xDS node metadata ([`registry`]) and the ADS server fed by
+//! `trellis-translate` ([`xds::Mesh`]). Not yet: health checking.
 //!
-//! The seam for the xDS server: [`ControlPlane::subscribe`] gives a
-//! `tokio::sync::watch` receiver of [`store::Snapshot`]s — every accepted
-//! change publishes a new generation of the effective, validated config —
-//! and [`run`] already binds the xDS address and hands its listener to
-//! [`serve_xds`], which is where the ADS server plugs in.
+//! The store publishes every accepted change on a `tokio::sync::watch`
+//! channel ([`ControlPlane::subscribe`]); [`xds::Mesh`] follows it, and
+//! [`run`] serves ADS on the xDS address with it.
 
 pub mod api;
 pub mod kind;
 pub mod metrics;
+pub mod registry;
 mod run;
 pub mod store;
 pub mod watch;
+pub mod xds;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::watch as channel;
 
-pub use run::{Addresses, Settings, StartError, default_data_dir, run, serve_xds};
+pub use run::{Addresses, Settings, StartError, default_data_dir, run};
 
 use metrics::Metrics;
 use store::{Snapshot, Store};
 
 /// The shared state of a running control plane: the store (changes are
-/// serialized by its mutex), the metrics registry, and the channel of config
-/// generations.
-#[derive(Debug)]
+/// serialized by its mutex), the metrics registry, the channel of config
+/// generations, the proxies' config ([`xds::Mesh`]) and the ADS server.
 pub struct ControlPlane {
     store: Mutex<Store>,
     pub metrics: Arc<Metrics>,
     snapshots: channel::Receiver<Arc<Snapshot>>,
+    /// Registry and per-proxy snapshots; the ADS server's source and hooks.
+    pub mesh: Arc<xds::Mesh>,
+    /// Set once the ADS server is built (it needs a running Tokio runtime).
+    xds: OnceLock<trellis_xds::XdsServer>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("store", &self.store)
+            .field("mesh", &self.mesh)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ControlPlane {
-    pub fn new(store: Store, metrics: Arc<Metrics>) -> Arc<ControlPlane> {
+    /// `registration_grace`: how long a workload stays registered after its
+    /// proxy's last xDS stream ended.
+    pub fn new(
+        store: Store,
+        metrics: Arc<Metrics>,
+        registration_grace: Duration,
+    ) -> Arc<ControlPlane> {
         let snapshots = store.subscribe();
+        let mesh = xds::Mesh::new(snapshots.borrow().clone(), registration_grace);
         Arc::new(ControlPlane {
             store: Mutex::new(store),
             metrics,
             snapshots,
+            mesh,
+            xds: OnceLock::new(),
         })
+    }
+
+    /// The ADS server, once [`run`] has started it.
+    pub fn xds_server(&self) -> Option<&trellis_xds::XdsServer> {
+        self.xds.get()
+    }
+
+    /// Records the ADS server (the first one wins).
+    pub fn set_xds_server(&self, server: trellis_xds::XdsServer) {
+        let _ = self.xds.set(server);
     }
 
     /// Every new effective config, starting with the current one. The xDS

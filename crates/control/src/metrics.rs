@@ -33,6 +33,8 @@ pub struct Metrics {
     deletes: Family<ResultLabels, Counter>,
     config_dir_reloads: Family<ResultLabels, Counter>,
     generation: Gauge<u64, AtomicU64>,
+    /// The ADS server's counters, registered as `trellis_control_xds_*`.
+    pub xds: trellis_xds::XdsMetrics,
 }
 
 impl Default for Metrics {
@@ -80,6 +82,8 @@ impl Metrics {
             "Generation of the effective config; bumped by every accepted change",
             generation.clone(),
         );
+        let xds = trellis_xds::XdsMetrics::new();
+        xds.register(&mut registry);
         // Every kind shows up from the start, at 0.
         for kind in Kind::ALL {
             for accepted in ["true", "false"] {
@@ -98,6 +102,7 @@ impl Metrics {
             deletes,
             config_dir_reloads,
             generation,
+            xds,
         }
     }
 

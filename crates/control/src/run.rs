@@ -23,7 +23,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// A folder of YAML watched for changes; its resources join the API's.
     pub config_dir: Option<PathBuf>,
-    /// The xDS (ADS over gRPC) listener. Bound now, served later (issue 4 item 6).
+    /// The xDS (ADS over gRPC, plaintext) listener.
     pub xds: SocketAddr,
     /// The HTTP API, `/healthz` and `/metrics`.
     pub api: SocketAddr,
@@ -31,6 +31,8 @@ pub struct Settings {
     pub addr_file: Option<PathBuf>,
     /// How often the config directory is polled.
     pub poll: Duration,
+    /// How long a workload stays registered after its proxy disconnected.
+    pub registration_grace: Duration,
 }
 
 /// The per-user state directory: `$XDG_STATE_HOME/trellis`, else
@@ -111,7 +113,7 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(&settings.data_dir.join(DB_FILE), files, metrics.clone())?;
     let generation = store.snapshot().generation;
-    let plane = ControlPlane::new(store, metrics);
+    let plane = ControlPlane::new(store, metrics, settings.registration_grace);
 
     let bind = |what, addr| {
         std::net::TcpListener::bind(addr)
@@ -156,7 +158,21 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
                 })
                 .await
         });
-        tokio::spawn(serve_xds(xds, plane.clone()));
+        tokio::spawn(plane.mesh.clone().follow_store(plane.subscribe()));
+        let xds_server = trellis_xds::XdsServer::builder(plane.mesh.clone())
+            .hooks(plane.mesh.clone())
+            .metrics(plane.metrics.xds.clone())
+            .build();
+        plane.set_xds_server(xds_server.clone());
+        let mut xds_shutdown = shutdown_tx.subscribe();
+        let xds_task = tokio::spawn(async move {
+            let stop = async move {
+                let _ = xds_shutdown.wait_for(|s| *s).await;
+            };
+            if let Err(e) = xds_server.serve(xds, stop).await {
+                tracing::error!(error = %e, "the xDS server stopped");
+            }
+        });
         tracing::info!(
             data_dir = %settings.data_dir.display(),
             config_dir = settings.config_dir.as_ref().map(|d| d.display().to_string()),
@@ -164,7 +180,7 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
             "store open"
         );
         tracing::info!(listener = "api", addr = %addrs.api, "listening");
-        tracing::info!(listener = "xds", addr = %addrs.xds, "listening (reserved: the xDS server is not served yet)");
+        tracing::info!(listener = "xds", addr = %addrs.xds, "listening");
         if let Some(path) = &settings.addr_file {
             write_addr_file(path, &addrs).map_err(|source| StartError::AddrFile {
                 path: path.clone(),
@@ -177,31 +193,15 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
         // In-flight API requests get a moment to finish; a store change in
         // progress completes (or not) atomically either way.
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        // ADS streams are ended by the server's shutdown; proxies keep their
+        // config and reconnect to the next control plane.
+        let _ = tokio::time::timeout(Duration::from_secs(1), xds_task).await;
         Ok(())
     });
     stop.store(true, Ordering::Relaxed);
     rt.shutdown_timeout(Duration::from_secs(1));
     tracing::info!("stopped");
     result
-}
-
-/// Where the ADS server plugs in (issue 4 item 6): it gets the bound xDS
-/// listener and the control plane, whose `subscribe()` yields every new
-/// config generation. Until then, connections are closed at once, so a proxy
-/// pointed here fails fast instead of hanging.
-pub async fn serve_xds(listener: tokio::net::TcpListener, _plane: Arc<ControlPlane>) {
-    loop {
-        match listener.accept().await {
-            Ok((conn, peer)) => {
-                tracing::debug!(%peer, "xDS connection closed: the xDS server is not served yet");
-                drop(conn);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "xDS accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
 }
 
 /// Create `dir` (and missing parents) readable by its owner only, and make

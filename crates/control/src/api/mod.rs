@@ -6,6 +6,7 @@
 //! tokio's blocking pool, never on a runtime worker.
 
 mod error;
+pub mod proxies;
 pub mod view;
 
 use std::sync::Arc;
@@ -25,7 +26,7 @@ pub use error::ApiError;
 
 use crate::ControlPlane;
 use crate::kind;
-use crate::store::{API_SOURCE, Incoming, Key, Store};
+use crate::store::{API_SOURCE, Incoming, Key, Status, Store};
 
 /// Largest request body: the same limit as a config file.
 const MAX_BODY: usize = 16 << 20;
@@ -35,6 +36,7 @@ pub fn router(plane: Arc<ControlPlane>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/apply", axum::routing::post(apply))
+        .route("/api/v1/proxies", get(list_proxies))
         .route("/api/v1/resources", get(list_all))
         .route("/api/v1/resources/{kind}", get(list_kind))
         .route(
@@ -65,6 +67,10 @@ async fn with_store<R: Send + 'static>(
 async fn healthz(State(plane): State<Arc<ControlPlane>>) -> Json<Value> {
     let generation = plane.subscribe().borrow().generation;
     Json(json!({"status": "ok", "generation": generation}))
+}
+
+async fn list_proxies(State(plane): State<Arc<ControlPlane>>) -> Json<Value> {
+    Json(proxies::list(&plane))
 }
 
 async fn metrics(State(plane): State<Arc<ControlPlane>>) -> Response {
@@ -214,11 +220,12 @@ async fn list(
     kind: Option<Kind>,
     namespace: Option<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let p = plane.clone();
     with_store(&plane, move |s| {
         let items: Vec<Value> = s
             .list(kind, namespace.as_deref())
             .iter()
-            .map(|(e, st)| view::resource(e, st))
+            .map(|(e, st)| view::resource(e, &with_proxies(&p, &e.key, st.clone())))
             .collect();
         let snapshot = s.snapshot();
         let mut body = json!({
@@ -241,8 +248,9 @@ async fn get_one(
     Path((kind, namespace, name)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let key = Key::new(parse_kind(&kind)?, namespace, name);
+    let p = plane.clone();
     with_store(&plane, move |s| match s.get(&key) {
-        Some((e, st)) => Ok(Json(view::resource(e, &st))),
+        Some((e, st)) => Ok(Json(view::resource(e, &with_proxies(&p, &key, st)))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("{key} not found"),
@@ -278,6 +286,15 @@ async fn delete_one(
         "dryRun": dry_run,
         "generation": generation,
     })))
+}
+
+/// A resource's status with the proxies holding it (only accepted
+/// resources reach proxies).
+fn with_proxies(plane: &ControlPlane, key: &Key, mut status: Status) -> Status {
+    if status.accepted {
+        status.proxies = proxies::holding(plane, key);
+    }
+    status
 }
 
 fn parse_kind(s: &str) -> Result<Kind, ApiError> {

@@ -102,7 +102,20 @@ pub struct Status {
     /// `api`, or the config-directory file it was read from.
     pub source: String,
     pub generation: u64,
-    /// The proxies that received it.
-    // TODO(issue 4 item 6): filled by the xDS server from proxies' ACKs.
-    pub proxies: Vec<String>,
+    /// The connected proxies that were sent a config generation holding
+    /// this version of the resource. The store leaves it empty; the API
+    /// fills it from the xDS server.
+    pub proxies: Vec<ProxyRef>,
+}
+
+/// A connected proxy, as a resource's status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyRef {
+    /// The xDS node id.
+    pub node: String,
+    /// The store generation of the config it was last sent.
+    pub generation: u64,
+    /// Whether it ACKed everything it was sent (nothing pending, no NACK).
+    pub acked: bool,
 }

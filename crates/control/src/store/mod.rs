@@ -27,7 +27,7 @@ use trellis_model::validate::{Validated, validate};
 use trellis_model::{ConfigError, ConfigErrors, Document, ResourceSet};
 
 pub use db::{Batch, Db, Record, Seen, fnv1a};
-pub use key::{API_SOURCE, Entry, Key, Status};
+pub use key::{API_SOURCE, Entry, Key, ProxyRef, Status};
 
 use crate::metrics::Metrics;
 

@@ -1,0 +1,169 @@
+//! `trellis bootstrap envoy`: an Envoy bootstrap that gets everything else
+//! from `trellis control` over ADS. The node metadata carries the workload
+//! (docs/xds.md, "Node metadata"), so the control plane registers it and
+//! builds its listeners from it.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use serde_json::{Value, json};
+
+/// What a bootstrap describes.
+#[derive(Debug, Clone)]
+pub struct EnvoyBootstrap {
+    pub workload: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+    pub address: IpAddr,
+    pub app: Option<SocketAddr>,
+    pub locality: Option<String>,
+    pub outbound_port: Option<u16>,
+    pub inbound_port: Option<u16>,
+    pub xds: SocketAddr,
+    pub admin: SocketAddr,
+    /// Delta (incremental) ADS instead of state of the world.
+    pub delta: bool,
+}
+
+/// `k=v,k2=v2` -> labels. Empty input: none.
+pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => Err(format!("label {kv:?} is not key=value")),
+        })
+        .collect()
+}
+
+impl EnvoyBootstrap {
+    /// The node id: unique per workload and namespace.
+    pub fn node_id(&self) -> String {
+        format!("{}.{}", self.workload, self.namespace)
+    }
+
+    /// The bootstrap as JSON (Envoy reads it as YAML too).
+    pub fn to_json(&self) -> Value {
+        let mut md = json!({
+            "NAME": self.workload,
+            "NAMESPACE": self.namespace,
+            "SERVICE_ACCOUNT": self.service_account,
+            "LABELS": self.labels,
+            "ADDRESS": self.address.to_string(),
+            "ADDRESSES": [self.address.to_string()],
+        });
+        if let Some(app) = self.app {
+            md["APP"] = json!(app.to_string());
+        }
+        if let Some(l) = &self.locality {
+            md["LOCALITY"] = json!(l);
+        }
+        if let Some(p) = self.outbound_port {
+            md["OUTBOUND_PORT"] = json!(p);
+        }
+        if let Some(p) = self.inbound_port {
+            md["INBOUND_PORT"] = json!(p);
+        }
+        let socket = |a: SocketAddr| json!({"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}});
+        json!({
+            "node": {
+                "id": self.node_id(),
+                "cluster": self.node_id(),
+                "metadata": md,
+            },
+            "admin": {"address": socket(self.admin)},
+            "dynamic_resources": {
+                "ads_config": {
+                    "api_type": if self.delta { "DELTA_GRPC" } else { "GRPC" },
+                    "transport_api_version": "V3",
+                    "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}],
+                    // The control plane reads the node from a stream's
+                    // first request only; later requests need not repeat it.
+                    "set_node_on_first_message_only": true,
+                },
+                "lds_config": {"ads": {}, "resource_api_version": "V3"},
+                "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            },
+            "static_resources": {"clusters": [{
+                "name": "xds_cluster",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                // ADS is gRPC: HTTP/2 with prior knowledge.
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {
+                            // Notice a control plane that vanished without
+                            // closing the connection, and reconnect.
+                            "connection_keepalive": {"interval": "30s", "timeout": "5s"}
+                        }}
+                    }
+                },
+                "load_assignment": {
+                    "cluster_name": "xds_cluster",
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(self.xds)}}]}]
+                }
+            }]},
+            "layered_runtime": {"layers": [
+                // Trellis serves every connection the same way whatever the
+                // count; Envoy's overload manager would otherwise warn
+                // about an unbounded number of downstream connections.
+                {"name": "static", "static_layer": {"overload": {"global_downstream_max_connections": 50000}}}
+            ]}
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse() {
+        let l = parse_labels("app=reviews, version=v1").unwrap();
+        assert_eq!(l["app"], "reviews");
+        assert_eq!(l["version"], "v1");
+        assert!(parse_labels("").unwrap().is_empty());
+        assert!(parse_labels("novalue").is_err());
+        assert!(parse_labels("=x").is_err());
+    }
+
+    #[test]
+    fn bootstrap_carries_the_node_metadata_and_the_ads_cluster() {
+        let b = EnvoyBootstrap {
+            workload: "productpage".into(),
+            namespace: "default".into(),
+            service_account: "default".into(),
+            labels: parse_labels("app=productpage").unwrap(),
+            address: "127.0.0.5".parse().unwrap(),
+            app: Some("127.0.0.5:9080".parse().unwrap()),
+            locality: None,
+            outbound_port: Some(0),
+            inbound_port: None,
+            xds: "127.0.0.1:15010".parse().unwrap(),
+            admin: "127.0.0.1:15000".parse().unwrap(),
+            delta: false,
+        }
+        .to_json();
+        assert_eq!(b["node"]["id"], "productpage.default");
+        let md = &b["node"]["metadata"];
+        assert_eq!(md["ADDRESS"], "127.0.0.5");
+        assert_eq!(md["LABELS"]["app"], "productpage");
+        assert_eq!(md["APP"], "127.0.0.5:9080");
+        assert_eq!(md["OUTBOUND_PORT"], 0);
+        assert!(md.get("INBOUND_PORT").is_none());
+        let ads = &b["dynamic_resources"]["ads_config"];
+        assert_eq!(ads["api_type"], "GRPC");
+        let xds = &b["static_resources"]["clusters"][0];
+        assert_eq!(xds["type"], "STATIC");
+        assert_eq!(
+            xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+                ["port_value"],
+            15010
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! Connected proxies in the API: `GET /api/v1/proxies`, and the
+//! `status.proxies` of each resource.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use trellis_xds::{ConnectionStatus, type_url};
+
+use crate::ControlPlane;
+use crate::store::{Key, ProxyRef};
+use crate::xds::in_sync;
+
+/// The newest stream of each node (an overlapping reconnect briefly has two).
+fn streams(plane: &ControlPlane) -> Vec<ConnectionStatus> {
+    let mut by_node: BTreeMap<String, ConnectionStatus> = BTreeMap::new();
+    for s in plane
+        .xds_server()
+        .map(|x| x.connections())
+        .unwrap_or_default()
+    {
+        match by_node.get(&s.connection.node.id) {
+            Some(old) if old.connection.id > s.connection.id => {}
+            _ => {
+                by_node.insert(s.connection.node.id.clone(), s);
+            }
+        }
+    }
+    by_node.into_values().collect()
+}
+
+/// The connected proxies that were sent a config holding `key` as it is
+/// now: approximated by generation (the store generation of the last
+/// config a proxy was sent is at least the one where the resource last
+/// changed). Visibility (`exportTo`) is not taken into account.
+pub fn holding(plane: &ControlPlane, key: &Key) -> Vec<ProxyRef> {
+    let Some(since) = plane.mesh.changed_at(key) else {
+        return Vec::new();
+    };
+    streams(plane)
+        .into_iter()
+        .filter_map(|s| {
+            let served = plane.mesh.served(&s.connection.node.id)?;
+            (served.store_generation >= since).then(|| ProxyRef {
+                node: s.connection.node.id.clone(),
+                generation: served.store_generation,
+                acked: in_sync(&s),
+            })
+        })
+        .collect()
+}
+
+/// `GET /api/v1/proxies`.
+pub fn list(plane: &ControlPlane) -> Value {
+    let items: Vec<Value> = streams(plane)
+        .iter()
+        .map(|s| {
+            let c = &s.connection;
+            let info = plane.mesh.node_info(&c.node.id);
+            let (workload, error) = match &info {
+                Some(Ok(i)) => {
+                    let w = &i.workload;
+                    (
+                        json!({
+                            "name": w.name,
+                            "namespace": w.namespace,
+                            "serviceAccount": w.service_account,
+                            "labels": w.labels,
+                            "addresses": w.addresses,
+                            "ports": w.ports,
+                            "locality": w.locality,
+                            "address": i.identity.address,
+                            "outboundPort": i.identity.outbound_port,
+                            "inboundPort": i.identity.inbound_port,
+                            "app": i.identity.app,
+                        }),
+                        Value::Null,
+                    )
+                }
+                Some(Err(e)) => (Value::Null, json!(e.to_string())),
+                None => (Value::Null, Value::Null),
+            };
+            let served = plane.mesh.served(&c.node.id);
+            let connected_ms = c
+                .connected_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let types: serde_json::Map<String, Value> = s
+                .types
+                .iter()
+                .map(|(t, st)| {
+                    (
+                        type_url::short_name(t).to_string(),
+                        json!({
+                            "sent": st.sent_version,
+                            "acked": st.acked_version,
+                            "pending": st.pending,
+                            "pushes": st.pushes,
+                            "acks": st.acks,
+                            "nacks": st.nacks,
+                            "lastNack": st.last_nack.as_ref().map(|n| json!({
+                                "version": n.rejected_version,
+                                "message": n.message,
+                            })),
+                        }),
+                    )
+                })
+                .collect();
+            json!({
+                "node": c.node.id,
+                "connection": c.id,
+                "mode": c.mode.as_str(),
+                "peer": c.peer,
+                "connectedAt": super::view::rfc3339(connected_ms),
+                "workload": workload,
+                "error": error,
+                "generation": served.map(|s| s.store_generation),
+                "acked": in_sync(s),
+                "types": types,
+            })
+        })
+        .collect();
+    json!({
+        "generation": plane.subscribe().borrow().generation,
+        "items": items,
+    })
+}

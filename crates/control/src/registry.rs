@@ -1,0 +1,434 @@
+//! Workload auto-registration: a connecting proxy describes its workload in
+//! the xDS node metadata (keys in docs/xds.md, "Node metadata"), and the
+//! control plane keeps it in the registry while the proxy is connected, and
+//! for a grace period after (so a reconnect does not take the workload's
+//! endpoints away from everyone else).
+//!
+//! Plain data and functions: [`parse_node`] reads a node, [`Registrations`]
+//! keeps them keyed by node id (with the ids of the streams holding each),
+//! and turns them into a [`trellis_translate::Registry`]. The xDS glue
+//! (`xds.rs`) calls it from the server's hooks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use trellis_translate::names::{INBOUND_PORT, OUTBOUND_PORT};
+use trellis_translate::{ProxyIdentity, Registry, Workload};
+use trellis_xds::envoy_types::pb::envoy::config::core::v3::Node;
+use trellis_xds::envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+
+/// The metadata keys (docs/xds.md, "Node metadata").
+pub mod keys {
+    pub const NAME: &str = "NAME";
+    pub const NAMESPACE: &str = "NAMESPACE";
+    pub const SERVICE_ACCOUNT: &str = "SERVICE_ACCOUNT";
+    pub const LABELS: &str = "LABELS";
+    pub const ADDRESS: &str = "ADDRESS";
+    pub const ADDRESSES: &str = "ADDRESSES";
+    pub const PORTS: &str = "PORTS";
+    pub const APP: &str = "APP";
+    pub const LOCALITY: &str = "LOCALITY";
+    pub const OUTBOUND_PORT: &str = "OUTBOUND_PORT";
+    pub const INBOUND_PORT: &str = "INBOUND_PORT";
+}
+
+/// Where the inbound listener forwards when the node does not say (`APP`).
+pub const DEFAULT_APP: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+
+/// Why a node's metadata cannot be used. The message names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataError {
+    #[error(
+        "node metadata has no {key}; `trellis bootstrap` sets it (see docs/xds.md, Node metadata)"
+    )]
+    Missing { key: &'static str },
+    #[error("node metadata {key} is {value}: {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+/// What one node says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// For the registry.
+    pub workload: Workload,
+    /// For the proxy's own listeners (`view`).
+    pub identity: ProxyIdentity,
+}
+
+/// Reads a node's metadata. Every problem is an error: a proxy whose
+/// address cannot be read must not be given listeners somewhere else.
+pub fn parse_node(node: &Node) -> Result<NodeInfo, MetadataError> {
+    let empty = Struct::default();
+    let md = node.metadata.as_ref().unwrap_or(&empty);
+    let name = opt_string(md, keys::NAME)?.unwrap_or_else(|| node.id.clone());
+    let namespace = opt_string(md, keys::NAMESPACE)?.unwrap_or_else(|| "default".into());
+    let service_account =
+        opt_string(md, keys::SERVICE_ACCOUNT)?.unwrap_or_else(|| "default".into());
+    let address: IpAddr = parse(
+        keys::ADDRESS,
+        &opt_string(md, keys::ADDRESS)?.ok_or(MetadataError::Missing { key: keys::ADDRESS })?,
+        "not an IP address",
+    )?;
+    let addresses = match md.fields.get(keys::ADDRESSES).and_then(|v| v.kind.as_ref()) {
+        None | Some(Kind::NullValue(_)) => vec![address],
+        Some(Kind::ListValue(list)) => list
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let key = format!("{}[{i}]", keys::ADDRESSES);
+                let s = as_string(&key, v)?;
+                parse(&key, &s, "not an IP address")
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(invalid(keys::ADDRESSES, "not a list", "a list of IPs")),
+    };
+    let app = match opt_string(md, keys::APP)? {
+        Some(s) => parse(keys::APP, &s, "not ip:port")?,
+        None => DEFAULT_APP,
+    };
+    let locality = opt_string(md, keys::LOCALITY)?.filter(|l| !l.is_empty());
+    let labels = string_map(md, keys::LABELS)?;
+    let ports = string_map(md, keys::PORTS)?
+        .into_iter()
+        .map(|(k, v)| {
+            let key = format!("{}.{k}", keys::PORTS);
+            port(&key, &v).map(|p| (k, p))
+        })
+        .collect::<Result<_, _>>()?;
+    let outbound_port = opt_port(md, keys::OUTBOUND_PORT)?.unwrap_or(OUTBOUND_PORT);
+    let inbound_port = opt_port(md, keys::INBOUND_PORT)?.unwrap_or(INBOUND_PORT);
+    Ok(NodeInfo {
+        workload: Workload {
+            name: name.clone(),
+            namespace: namespace.clone(),
+            service_account,
+            labels,
+            addresses,
+            ports,
+            locality: locality.clone(),
+            // Until health checks run (issue 4 item 4), a connected proxy's
+            // workload is taken as healthy.
+            healthy: true,
+        },
+        identity: ProxyIdentity {
+            name,
+            namespace,
+            address,
+            outbound_port,
+            inbound_port,
+            app,
+            locality,
+            egress: None,
+        },
+    })
+}
+
+fn invalid(key: &str, value: &str, reason: &'static str) -> MetadataError {
+    MetadataError::Invalid {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason,
+    }
+}
+
+fn parse<T: std::str::FromStr>(
+    key: &str,
+    s: &str,
+    reason: &'static str,
+) -> Result<T, MetadataError> {
+    s.trim()
+        .parse()
+        .map_err(|_| invalid(key, &format!("{s:?}"), reason))
+}
+
+/// A string, or a number written as one (Istio sends every value as a string;
+/// protobuf JSON sends numbers as numbers).
+fn as_string(key: &str, v: &Value) -> Result<String, MetadataError> {
+    match &v.kind {
+        Some(Kind::StringValue(s)) => Ok(s.clone()),
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.is_finite() => Ok(format!("{n:.0}")),
+        other => Err(invalid(key, &format!("{other:?}"), "not a string")),
+    }
+}
+
+fn opt_string(md: &Struct, key: &'static str) -> Result<Option<String>, MetadataError> {
+    match md.fields.get(key) {
+        None => Ok(None),
+        Some(Value {
+            kind: None | Some(Kind::NullValue(_)),
+        }) => Ok(None),
+        Some(v) => as_string(key, v).map(Some),
+    }
+}
+
+fn port(key: &str, s: &str) -> Result<u16, MetadataError> {
+    parse(key, s, "not a port number (0-65535)")
+}
+
+fn opt_port(md: &Struct, key: &'static str) -> Result<Option<u16>, MetadataError> {
+    opt_string(md, key)?.map(|s| port(key, &s)).transpose()
+}
+
+fn string_map(md: &Struct, key: &'static str) -> Result<BTreeMap<String, String>, MetadataError> {
+    match md.fields.get(key).and_then(|v| v.kind.as_ref()) {
+        None | Some(Kind::NullValue(_)) => Ok(BTreeMap::new()),
+        Some(Kind::StructValue(s)) => s
+            .fields
+            .iter()
+            .map(|(k, v)| as_string(&format!("{key}.{k}"), v).map(|v| (k.clone(), v)))
+            .collect(),
+        Some(other) => Err(invalid(key, &format!("{other:?}"), "not a struct")),
+    }
+}
+
+/// One registered node.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// What the newest stream of the node said; an error leaves the node
+    /// out of the registry and without listeners.
+    pub info: Result<NodeInfo, MetadataError>,
+    /// The streams (connection ids) of this node that are open now.
+    pub streams: BTreeSet<u64>,
+    /// When the last stream ended (None while one is open).
+    pub gone_since: Option<Instant>,
+}
+
+/// Registrations by node id.
+#[derive(Debug, Default)]
+pub struct Registrations {
+    by_node: BTreeMap<String, Registration>,
+}
+
+impl Registrations {
+    /// A stream of `node` opened. Returns whether the registry changed
+    /// (a new workload, or one whose metadata changed).
+    pub fn connect(&mut self, conn_id: u64, node: &Node) -> bool {
+        let info = parse_node(node);
+        let workload =
+            |i: &Result<NodeInfo, MetadataError>| i.as_ref().ok().map(|i| i.workload.clone());
+        match self.by_node.get_mut(&node.id) {
+            Some(r) => {
+                let changed = workload(&r.info) != workload(&info);
+                r.info = info;
+                r.streams.insert(conn_id);
+                r.gone_since = None;
+                changed
+            }
+            None => {
+                let changed = info.is_ok();
+                self.by_node.insert(
+                    node.id.clone(),
+                    Registration {
+                        info,
+                        streams: BTreeSet::from([conn_id]),
+                        gone_since: None,
+                    },
+                );
+                changed
+            }
+        }
+    }
+
+    /// A stream ended. The registration stays (see [`Registrations::expire`]).
+    pub fn disconnect(&mut self, conn_id: u64, node_id: &str, now: Instant) {
+        if let Some(r) = self.by_node.get_mut(node_id) {
+            r.streams.remove(&conn_id);
+            if r.streams.is_empty() {
+                r.gone_since = Some(now);
+            }
+        }
+    }
+
+    /// Removes `node_id` if it has had no stream for `grace`. Returns
+    /// whether the registry changed.
+    pub fn expire(&mut self, node_id: &str, grace: std::time::Duration, now: Instant) -> bool {
+        let due = self.by_node.get(node_id).is_some_and(|r| {
+            r.streams.is_empty()
+                && r.gone_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= grace)
+        });
+        if !due {
+            return false;
+        }
+        self.by_node.remove(node_id).is_some_and(|r| r.info.is_ok())
+    }
+
+    pub fn get(&self, node_id: &str) -> Option<&Registration> {
+        self.by_node.get(node_id)
+    }
+
+    /// The registry translation reads: every registered workload, in node
+    /// id order (so equal registrations give equal resources).
+    pub fn registry(&self) -> Registry {
+        Registry {
+            workloads: self
+                .by_node
+                .values()
+                .filter_map(|r| r.info.as_ref().ok().map(|i| i.workload.clone()))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use trellis_xds::envoy_types::pb::google::protobuf::ListValue;
+
+    fn s(v: &str) -> Value {
+        Value {
+            kind: Some(Kind::StringValue(v.into())),
+        }
+    }
+
+    fn n(v: f64) -> Value {
+        Value {
+            kind: Some(Kind::NumberValue(v)),
+        }
+    }
+
+    fn st(fields: &[(&str, Value)]) -> Value {
+        Value {
+            kind: Some(Kind::StructValue(Struct {
+                fields: fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+            })),
+        }
+    }
+
+    fn node(id: &str, fields: &[(&str, Value)]) -> Node {
+        let Some(Kind::StructValue(md)) = st(fields).kind else {
+            unreachable!()
+        };
+        Node {
+            id: id.into(),
+            metadata: Some(md),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let info = parse_node(&node(
+            "reviews-1.prod",
+            &[
+                ("NAME", s("reviews-1")),
+                ("NAMESPACE", s("prod")),
+                ("SERVICE_ACCOUNT", s("reviews")),
+                ("LABELS", st(&[("app", s("reviews")), ("version", s("v2"))])),
+                ("ADDRESS", s("127.0.0.7")),
+                (
+                    "ADDRESSES",
+                    Value {
+                        kind: Some(Kind::ListValue(ListValue {
+                            values: vec![s("127.0.0.7"), s("::1")],
+                        })),
+                    },
+                ),
+                ("PORTS", st(&[("http", n(9080.0)), ("grpc", s("9090"))])),
+                ("APP", s("127.0.0.7:9080")),
+                ("LOCALITY", s("eu/west/a")),
+                ("OUTBOUND_PORT", n(0.0)),
+                ("INBOUND_PORT", s("16006")),
+            ],
+        ))
+        .unwrap();
+        let w = &info.workload;
+        assert_eq!(
+            (w.name.as_str(), w.namespace.as_str()),
+            ("reviews-1", "prod")
+        );
+        assert_eq!(w.service_account, "reviews");
+        assert_eq!(w.labels["version"], "v2");
+        assert_eq!(w.addresses.len(), 2);
+        assert_eq!((w.ports["http"], w.ports["grpc"]), (9080, 9090));
+        assert_eq!(w.locality.as_deref(), Some("eu/west/a"));
+        let p = &info.identity;
+        assert_eq!(p.address.to_string(), "127.0.0.7");
+        assert_eq!((p.outbound_port, p.inbound_port), (0, 16006));
+        assert_eq!(p.app.to_string(), "127.0.0.7:9080");
+    }
+
+    #[test]
+    fn defaults_and_errors() {
+        let info = parse_node(&node("w", &[("ADDRESS", s("10.1.2.3"))])).unwrap();
+        assert_eq!(info.workload.name, "w");
+        assert_eq!(info.workload.namespace, "default");
+        assert_eq!(info.workload.service_account, "default");
+        assert_eq!(info.workload.addresses, vec![info.identity.address]);
+        assert_eq!(info.identity.app, DEFAULT_APP);
+        assert_eq!(
+            (info.identity.outbound_port, info.identity.inbound_port),
+            (15001, 15006)
+        );
+
+        let cases = [
+            (node("w", &[]), "node metadata has no ADDRESS"),
+            (
+                node("w", &[("ADDRESS", s("nope"))]),
+                "node metadata ADDRESS is \"nope\": not an IP address",
+            ),
+            (
+                node(
+                    "w",
+                    &[("ADDRESS", s("10.0.0.1")), ("OUTBOUND_PORT", n(70000.0))],
+                ),
+                "node metadata OUTBOUND_PORT is \"70000\": not a port number",
+            ),
+            (
+                node("w", &[("ADDRESS", s("10.0.0.1")), ("LABELS", s("a=b"))]),
+                "node metadata LABELS is",
+            ),
+            (
+                node("w", &[("ADDRESS", s("10.0.0.1")), ("APP", s("8080"))]),
+                "node metadata APP is \"8080\": not ip:port",
+            ),
+        ];
+        for (node, want) in cases {
+            let err = parse_node(&node).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{err:?} should start with {want:?}");
+        }
+    }
+
+    #[test]
+    fn a_reconnect_within_the_grace_keeps_the_workload() {
+        let mut r = Registrations::default();
+        let a = node("a", &[("ADDRESS", s("10.0.0.1"))]);
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(30);
+        assert!(r.connect(1, &a), "a new workload changes the registry");
+        // The new stream opens before the old one is noticed as gone.
+        assert!(!r.connect(2, &a), "same metadata: no change");
+        r.disconnect(1, "a", t0);
+        assert!(r.get("a").unwrap().gone_since.is_none(), "stream 2 is open");
+        r.disconnect(2, "a", t0);
+        assert!(!r.expire("a", grace, t0 + Duration::from_secs(29)));
+        assert!(!r.connect(3, &a) && r.registry().workloads.len() == 1);
+        // Once gone for the whole grace, it leaves.
+        r.disconnect(3, "a", t0 + Duration::from_secs(40));
+        assert!(!r.expire("a", grace, t0 + Duration::from_secs(60)));
+        assert!(r.expire("a", grace, t0 + Duration::from_secs(70)));
+        assert!(r.registry().workloads.is_empty());
+    }
+
+    #[test]
+    fn changed_metadata_changes_the_registry() {
+        let mut r = Registrations::default();
+        assert!(r.connect(1, &node("a", &[("ADDRESS", s("10.0.0.1"))])));
+        assert!(r.connect(2, &node("a", &[("ADDRESS", s("10.0.0.2"))])));
+        // An unusable node is kept (for the API) but not in the registry.
+        assert!(!r.connect(3, &node("b", &[])));
+        assert!(r.get("b").unwrap().info.is_err());
+        assert_eq!(r.registry().workloads.len(), 1);
+    }
+}

@@ -1,0 +1,505 @@
+//! The control plane behind the ADS server: [`Mesh`] implements
+//! `trellis_xds::Snapshots` (what each proxy should hold) and
+//! `trellis_xds::XdsHooks` (workload registration, NACK logging).
+//!
+//! **Generations.** Every accepted store change and every registry change
+//! bumps one counter. The expensive translation
+//! (`trellis_translate::shared`) runs at most once per generation, lazily,
+//! by the first stream that asks after the bump; each proxy's `view` is
+//! computed in [`Snapshots::snapshot`] from that shared result and the
+//! proxy's identity (its node metadata).
+//!
+//! **Two `Snapshot` types.** translate's snapshot holds `Arc<Resource>` per
+//! resource (shared per service); the xDS server's holds one
+//! `Arc<Resources>` per type, and skips a type whose `Arc` did not change
+//! since the last push. The conversion is here, through a cache keyed by
+//! (type, fingerprint of the names and content hashes): proxies that see the
+//! same set of a type get the same `Arc` (so 10,000 proxies in one
+//! namespace share one cluster map), and a type whose content did not
+//! change across generations keeps its `Arc`, so streams skip it without
+//! comparing. translate stays free of the xDS server crate.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use trellis_model::ResourceSet;
+use trellis_model::resource::Kind;
+use trellis_translate::encode::Fnv;
+use trellis_translate::names::{CLUSTER_TYPE, INBOUND_APP_CLUSTER, LISTENER_TYPE};
+use trellis_translate::{ProxyIdentity, Registry, SharedResources};
+use trellis_xds::envoy_types::pb::envoy::config::core::v3::Node;
+use trellis_xds::{Connection, ConnectionStatus, Nack, Snapshots, XdsHooks};
+
+use crate::registry::{MetadataError, NodeInfo, Registrations};
+use crate::store::{self, Key};
+
+/// The default `--registration-grace`.
+pub const DEFAULT_REGISTRATION_GRACE: Duration = Duration::from_secs(30);
+
+/// What a node was last given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// The control plane's generation (store and registry changes).
+    pub generation: u64,
+    /// The store generation inside it.
+    pub store_generation: u64,
+}
+
+/// The proxies' source of config. See the module docs.
+#[derive(Debug)]
+pub struct Mesh {
+    state: Mutex<State>,
+    generations: watch::Sender<u64>,
+    grace: Duration,
+    /// To schedule expiry tasks from a hook (which only gets `&self`).
+    me: Weak<Mesh>,
+}
+
+#[derive(Debug)]
+struct State {
+    store: Arc<store::Snapshot>,
+    /// Store generation at which each effective resource last changed.
+    changed_at: HashMap<Key, (u64, u64)>,
+    registrations: Registrations,
+    registry: Arc<Registry>,
+    generation: u64,
+    /// For `generation`; None until a stream asks.
+    shared: Option<Arc<SharedResources>>,
+    cache: HashMap<(&'static str, u64), Cached>,
+    served: HashMap<String, Served>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    resources: Arc<trellis_xds::Resources>,
+    /// The newest generation that used it; older entries are dropped.
+    used: u64,
+}
+
+impl Mesh {
+    pub fn new(store: Arc<store::Snapshot>, grace: Duration) -> Arc<Mesh> {
+        let mut changed_at = HashMap::new();
+        update_changed_at(&mut changed_at, &store);
+        Arc::new_cyclic(|me| Mesh {
+            state: Mutex::new(State {
+                store,
+                changed_at,
+                registrations: Registrations::default(),
+                registry: Arc::new(Registry::default()),
+                generation: 1,
+                shared: None,
+                cache: HashMap::new(),
+                served: HashMap::new(),
+            }),
+            generations: watch::Sender::new(1),
+            grace,
+            me: me.clone(),
+        })
+    }
+
+    /// Follows the store's snapshots until the store goes away.
+    pub async fn follow_store(self: Arc<Self>, mut rx: watch::Receiver<Arc<store::Snapshot>>) {
+        while rx.changed().await.is_ok() {
+            let snap = rx.borrow_and_update().clone();
+            let mut st = self.lock();
+            if snap.generation == st.store.generation {
+                continue;
+            }
+            update_changed_at(&mut st.changed_at, &snap);
+            st.store = snap;
+            self.bump(&mut st);
+        }
+    }
+
+    /// The current generation.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// What `node_id` was last given.
+    pub fn served(&self, node_id: &str) -> Option<Served> {
+        self.lock().served.get(node_id).copied()
+    }
+
+    /// The store generation at which `key` last changed, if it is in the
+    /// effective config.
+    pub fn changed_at(&self, key: &Key) -> Option<u64> {
+        self.lock().changed_at.get(key).map(|(g, _)| *g)
+    }
+
+    /// The node's registration: its metadata, or why it was refused.
+    pub fn node_info(&self, node_id: &str) -> Option<Result<NodeInfo, MetadataError>> {
+        self.lock()
+            .registrations
+            .get(node_id)
+            .map(|r| r.info.clone())
+    }
+
+    /// The registry as translation sees it now.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.lock().registry.clone()
+    }
+
+    fn bump(&self, st: &mut State) {
+        st.generation += 1;
+        st.shared = None;
+        // Keep what the previous generation used: streams still on it
+        // convert to the same Arcs, and unchanged types stay skippable.
+        let keep_from = st.generation.saturating_sub(1);
+        st.cache.retain(|_, c| c.used >= keep_from);
+        self.generations.send_replace(st.generation);
+    }
+
+    fn registry_changed(&self, st: &mut State) {
+        st.registry = Arc::new(st.registrations.registry());
+        self.bump(st);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every write is a plain field update: consistent after a panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn expire_later(&self, node_id: String) {
+        let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let grace = self.grace;
+        rt.spawn(async move {
+            tokio::time::sleep(grace).await;
+            let mut st = me.lock();
+            if st.registrations.expire(&node_id, grace, Instant::now()) {
+                tracing::info!(node = %node_id, "workload deregistered (disconnected for the grace period)");
+                st.served.remove(&node_id);
+                me.registry_changed(&mut st);
+            }
+        });
+    }
+}
+
+/// Per resource, a hash of its document, to tell which ones a store
+/// generation changed.
+fn update_changed_at(changed_at: &mut HashMap<Key, (u64, u64)>, snap: &store::Snapshot) {
+    let now = fingerprints(&snap.resources);
+    changed_at.retain(|k, _| now.contains_key(k));
+    for (key, hash) in now {
+        match changed_at.get(&key) {
+            Some((_, h)) if *h == hash => {}
+            _ => {
+                changed_at.insert(key, (snap.generation, hash));
+            }
+        }
+    }
+}
+
+fn fingerprints(set: &ResourceSet) -> HashMap<Key, u64> {
+    fn add<S: serde::Serialize>(
+        out: &mut HashMap<Key, u64>,
+        kind: Kind,
+        objects: &[trellis_model::resource::Object<S>],
+    ) {
+        for o in objects {
+            let mut h = Fnv::new();
+            // Serializing a parsed resource cannot fail (plain data).
+            h.write(&serde_json::to_vec(o).unwrap_or_default());
+            out.insert(
+                Key::new(kind, &o.metadata.namespace, &o.metadata.name),
+                h.finish(),
+            );
+        }
+    }
+    let mut out = HashMap::new();
+    add(&mut out, Kind::ServiceEntry, &set.service_entries);
+    add(&mut out, Kind::DestinationRule, &set.destination_rules);
+    add(&mut out, Kind::VirtualService, &set.virtual_services);
+    add(&mut out, Kind::RateLimitPolicy, &set.rate_limit_policies);
+    add(&mut out, Kind::RetryBudget, &set.retry_budgets);
+    out
+}
+
+/// A node without usable metadata still gets what its namespace (default)
+/// may see, but no listeners: its address is unknown.
+fn without_listeners(mut snap: trellis_translate::Snapshot) -> trellis_translate::Snapshot {
+    snap.resources.remove(LISTENER_TYPE);
+    if let Some(c) = snap.resources.get_mut(CLUSTER_TYPE) {
+        c.remove(INBOUND_APP_CLUSTER);
+    }
+    snap
+}
+
+fn placeholder_identity(node: &Node) -> ProxyIdentity {
+    ProxyIdentity {
+        name: node.id.clone(),
+        namespace: "default".into(),
+        address: std::net::Ipv4Addr::LOCALHOST.into(),
+        outbound_port: 0,
+        inbound_port: 0,
+        app: crate::registry::DEFAULT_APP,
+        locality: None,
+        egress: None,
+    }
+}
+
+impl State {
+    /// translate's snapshot as the xDS server's, sharing per-type maps.
+    fn convert(
+        &mut self,
+        snap: &trellis_translate::Snapshot,
+        generation: u64,
+    ) -> trellis_xds::Snapshot {
+        let mut out = trellis_xds::Snapshot::new();
+        for (type_url, map) in &snap.resources {
+            let mut h = Fnv::new();
+            for (name, r) in map {
+                h.write(name.as_bytes());
+                h.write(&[0]);
+                h.write(&r.hash.to_le_bytes());
+            }
+            let cached = self
+                .cache
+                .entry((type_url, h.finish()))
+                .or_insert_with(|| Cached {
+                    resources: Arc::new(
+                        map.iter()
+                            .map(|(name, r)| {
+                                // translate's hash is the same FNV-1a over
+                                // type URL and bytes as the server's default
+                                // version: no need to hash again.
+                                (
+                                    name.clone(),
+                                    trellis_xds::Resource::with_version(r.any.clone(), r.version()),
+                                )
+                            })
+                            .collect(),
+                    ),
+                    used: generation,
+                });
+            cached.used = cached.used.max(generation);
+            out.set_type(type_url, cached.resources.clone());
+        }
+        out
+    }
+}
+
+impl Snapshots for Mesh {
+    fn snapshot(&self, node: &Node) -> Arc<trellis_xds::Snapshot> {
+        let (shared, info, generation, store_generation) = {
+            let mut st = self.lock();
+            let shared = match &st.shared {
+                Some(s) => s.clone(),
+                None => {
+                    // Once per generation, under the lock: streams asking at
+                    // the same time wait for this one result.
+                    let started = Instant::now();
+                    let s = Arc::new(trellis_translate::shared(&st.store.validated, &st.registry));
+                    for e in &s.errors {
+                        tracing::warn!(error = %e, "left out of the proxies' config");
+                    }
+                    tracing::debug!(generation = st.generation, took = ?started.elapsed(), "translated");
+                    st.shared = Some(s.clone());
+                    s
+                }
+            };
+            let info = st
+                .registrations
+                .get(&node.id)
+                .map(|r| r.info.clone())
+                .unwrap_or_else(|| crate::registry::parse_node(node));
+            (shared, info, st.generation, st.store.generation)
+        };
+        // The per-proxy part runs without the lock.
+        let view = match &info {
+            Ok(i) => trellis_translate::view(&shared, &i.identity),
+            Err(_) => without_listeners(trellis_translate::view(
+                &shared,
+                &placeholder_identity(node),
+            )),
+        };
+        let mut st = self.lock();
+        let out = st.convert(&view, generation);
+        st.served.insert(
+            node.id.clone(),
+            Served {
+                generation,
+                store_generation,
+            },
+        );
+        Arc::new(out)
+    }
+
+    fn generations(&self) -> watch::Receiver<u64> {
+        self.generations.subscribe()
+    }
+}
+
+impl XdsHooks for Mesh {
+    fn on_connect(&self, conn: &Connection) {
+        let mut st = self.lock();
+        let changed = st.registrations.connect(conn.id, &conn.node);
+        match st.registrations.get(&conn.node.id).map(|r| &r.info) {
+            Some(Ok(i)) => tracing::info!(
+                node = %conn.node.id,
+                connection = conn.id,
+                mode = conn.mode.as_str(),
+                workload = %format!("{}/{}", i.workload.namespace, i.workload.name),
+                address = %i.identity.address,
+                "proxy connected"
+            ),
+            Some(Err(e)) => tracing::warn!(
+                node = %conn.node.id,
+                connection = conn.id,
+                error = %e,
+                "proxy connected, but its workload cannot be registered; it gets no listeners"
+            ),
+            None => {}
+        }
+        if changed {
+            self.registry_changed(&mut st);
+        }
+    }
+
+    fn on_disconnect(&self, conn: &Connection) {
+        let gone = {
+            let mut st = self.lock();
+            st.registrations
+                .disconnect(conn.id, &conn.node.id, Instant::now());
+            st.registrations
+                .get(&conn.node.id)
+                .is_some_and(|r| r.streams.is_empty())
+        };
+        tracing::info!(node = %conn.node.id, connection = conn.id, "proxy disconnected");
+        if gone {
+            self.expire_later(conn.node.id.clone());
+        }
+    }
+
+    fn on_nack(&self, conn: &Connection, nack: &Nack) {
+        tracing::warn!(
+            node = %conn.node.id,
+            connection = conn.id,
+            r#type = trellis_xds::type_url::short_name(&nack.type_url),
+            rejected_version = %nack.rejected_version,
+            running_version = %nack.client_version,
+            message = %nack.message,
+            "proxy rejected its config (NACK); it keeps running its previous one"
+        );
+    }
+}
+
+/// Whether a stream's proxy has ACKed everything it was sent (no response
+/// pending, no NACK since).
+pub fn in_sync(status: &ConnectionStatus) -> bool {
+    status
+        .types
+        .values()
+        .filter(|t| t.sent_version.is_some())
+        .all(|t| !t.pending && t.acked_version == t.sent_version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_xds::envoy_types::pb::google::protobuf::{Struct, Value, value::Kind as VKind};
+
+    fn node(id: &str, ns: &str, address: &str) -> Node {
+        let s = |v: &str| Value {
+            kind: Some(VKind::StringValue(v.into())),
+        };
+        Node {
+            id: id.into(),
+            metadata: Some(Struct {
+                fields: [("NAMESPACE", s(ns)), ("ADDRESS", s(address))]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn store_snapshot(generation: u64, yaml: &str) -> Arc<store::Snapshot> {
+        let docs = trellis_model::parse_documents("t.yaml", yaml).unwrap();
+        let mut resources = ResourceSet::default();
+        for d in docs {
+            resources.push(d);
+        }
+        let validated = trellis_model::validate::validate(&resources).unwrap();
+        Arc::new(store::Snapshot {
+            generation,
+            resources,
+            validated,
+            conflicts: vec![],
+        })
+    }
+
+    const SE: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  resolution: STATIC
+  ports: [{number: 9080, name: http}]
+  endpoints: [{address: 10.0.0.1}]
+";
+
+    #[test]
+    fn proxies_share_per_type_maps_and_unchanged_types_keep_their_arc() {
+        let mesh = Mesh::new(store_snapshot(1, SE), DEFAULT_REGISTRATION_GRACE);
+        let a = mesh.snapshot(&node("a", "default", "127.0.0.2"));
+        let b = mesh.snapshot(&node("b", "default", "127.0.0.3"));
+        let c = mesh.snapshot(&node("c", "other", "127.0.0.4"));
+        let ty = |s: &trellis_xds::Snapshot, t: &str| s.of_type(t).unwrap().clone();
+        let endpoints = trellis_translate::names::ENDPOINT_TYPE;
+        let routes = trellis_translate::names::ROUTE_TYPE;
+        // Same endpoints for everyone; listeners differ by address; routes
+        // by namespace (short names).
+        assert!(Arc::ptr_eq(&ty(&a, endpoints), &ty(&c, endpoints)));
+        assert!(Arc::ptr_eq(&ty(&a, routes), &ty(&b, routes)));
+        assert!(!Arc::ptr_eq(&ty(&a, routes), &ty(&c, routes)));
+        assert!(!Arc::ptr_eq(&ty(&a, LISTENER_TYPE), &ty(&b, LISTENER_TYPE)));
+        assert_eq!(mesh.served("a").unwrap().store_generation, 1);
+
+        // A new store generation that changes only the routes: the
+        // clusters keep their Arc.
+        let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews}}], timeout: 3s}]
+";
+        let mut st = mesh.lock();
+        let snap = store_snapshot(2, &format!("{SE}---\n{vs}"));
+        update_changed_at(&mut st.changed_at, &snap);
+        st.store = snap;
+        mesh.bump(&mut st);
+        drop(st);
+        let a2 = mesh.snapshot(&node("a", "default", "127.0.0.2"));
+        assert!(Arc::ptr_eq(&ty(&a, CLUSTER_TYPE), &ty(&a2, CLUSTER_TYPE)));
+        assert!(!Arc::ptr_eq(&ty(&a, routes), &ty(&a2, routes)));
+        assert_eq!(mesh.generation(), 2);
+        let key = |k, n: &str| Key::new(k, "default", n);
+        assert_eq!(
+            mesh.changed_at(&key(Kind::ServiceEntry, "reviews")),
+            Some(1)
+        );
+        assert_eq!(
+            mesh.changed_at(&key(Kind::VirtualService, "reviews")),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn a_node_without_an_address_gets_no_listeners() {
+        let mesh = Mesh::new(store_snapshot(1, SE), DEFAULT_REGISTRATION_GRACE);
+        let mut n = node("x", "default", "127.0.0.2");
+        n.metadata.as_mut().unwrap().fields.remove("ADDRESS");
+        let s = mesh.snapshot(&n);
+        assert!(s.of_type(LISTENER_TYPE).is_none());
+        let clusters = s.of_type(CLUSTER_TYPE).unwrap();
+        assert!(clusters.contains_key("outbound|9080||reviews.default.svc.cluster.local"));
+        assert!(!clusters.contains_key(INBOUND_APP_CLUSTER));
+    }
+}
