@@ -11,3 +11,4 @@ pub mod sidecar;
 pub mod tcp;
 pub mod telemetry;
 pub mod worker;
+pub mod xds;

@@ -187,6 +187,28 @@ impl Balancer {
             let p = locality::priority(local, &e.locality, locality_lb);
             grouped[usize::from(p)].push(Arc::clone(e));
         }
+        Self::from_groups(policy, endpoints, grouped, seed)
+    }
+
+    /// Endpoints already grouped by priority (0 is best), as an xDS control
+    /// plane sends them: it computed the priorities relative to this proxy's
+    /// locality, with the failover rules it knows and the proxy does not.
+    /// Priorities beyond the last level join the last level.
+    pub fn with_priorities(policy: LbPolicy, endpoints: Vec<(u8, Arc<Endpoint>)>) -> Self {
+        let mut grouped: [Vec<Arc<Endpoint>>; locality::LEVELS] = Default::default();
+        for (p, e) in &endpoints {
+            grouped[usize::from(*p).min(locality::LEVELS - 1)].push(Arc::clone(e));
+        }
+        let all = endpoints.into_iter().map(|(_, e)| e).collect();
+        Self::from_groups(policy, all, grouped, rand::random())
+    }
+
+    fn from_groups(
+        policy: LbPolicy,
+        endpoints: Vec<Arc<Endpoint>>,
+        grouped: [Vec<Arc<Endpoint>>; locality::LEVELS],
+        seed: u64,
+    ) -> Self {
         let levels = (0u8..)
             .zip(grouped)
             .filter(|(_, eps)| !eps.is_empty())

@@ -95,12 +95,12 @@ pub fn run(loader: Loader, store: Arc<Store>, poll: Duration, dns_refresh: Durat
 /// is swept every `interval` (on this thread, never on a worker), which
 /// returns endpoints whose ejection time is up.
 #[derive(Default)]
-struct OutlierSweeps {
+pub struct OutlierSweeps {
     last: std::collections::HashMap<String, Instant>,
 }
 
 impl OutlierSweeps {
-    fn run(&mut self, config: &ProxyConfig, now: Instant) {
+    pub fn run(&mut self, config: &ProxyConfig, now: Instant) {
         for (name, c) in &config.clusters {
             let Some(settings) = &c.outlier else {
                 continue;

@@ -111,7 +111,7 @@ pub struct Route {
 }
 
 /// One `match` block: every present condition must hold.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RequestMatch {
     pub uri: Option<StringMatcher>,
     pub ignore_uri_case: bool,
@@ -164,13 +164,13 @@ pub struct WeightedDestination {
     pub stats: RouteStats,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Rewrite {
     pub uri: Option<UriRewrite>,
     pub authority: Option<http::HeaderValue>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum UriRewrite {
     /// Istio's `rewrite.uri`: replaces the matched prefix, or the whole path
     /// when the match was not a prefix match.

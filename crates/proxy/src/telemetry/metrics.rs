@@ -58,6 +58,14 @@ pub struct ListenerLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XdsLabels {
+    /// `listener`, `route`, `cluster`, `endpoint`.
+    pub r#type: &'static str,
+    /// `ack` or `nack`.
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -85,6 +93,7 @@ pub struct Metrics {
     mirrors: Family<ClusterReasonLabels, Counter>,
     faults: Family<ClusterReasonLabels, Counter>,
     rate_limited: Family<PolicyLabels, Counter>,
+    xds_updates: Family<XdsLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -143,6 +152,12 @@ impl Metrics {
             "config_reloads",
             "Config reloads by result (accepted, rejected)",
             config_reloads.clone(),
+        );
+        let xds_updates = Family::default();
+        registry.register(
+            "xds_updates",
+            "xDS responses by resource type and result (ack, nack)",
+            xds_updates.clone(),
         );
         let tcp_bytes = Family::default();
         registry.register(
@@ -215,6 +230,7 @@ impl Metrics {
             connections_total,
             config_reloads,
             tcp_bytes,
+            xds_updates,
         }
     }
 
@@ -301,6 +317,17 @@ impl Metrics {
         let result = if accepted { "accepted" } else { "rejected" };
         self.config_reloads
             .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// One xDS response handled: `kind` is the resource type's short name.
+    pub fn xds_update(&self, kind: &'static str, acked: bool) {
+        let result = if acked { "ack" } else { "nack" };
+        self.xds_updates
+            .get_or_create(&XdsLabels {
+                r#type: kind,
+                result,
+            })
             .inc();
     }
 
