@@ -23,6 +23,8 @@ pub struct Admin {
     pub log: Option<LogControl>,
     /// False while draining: `/ready` fails so load balancers stop sending.
     pub ready: Arc<AtomicBool>,
+    /// The xDS client's state, when the config comes from a control plane.
+    pub xds: Option<Arc<crate::xds::XdsStatus>>,
     /// Static facts for `/config_dump` (listeners, namespace, ...).
     pub info: serde_json::Value,
 }
@@ -72,7 +74,15 @@ fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
             if admin.ready.load(Ordering::Relaxed) {
                 text(StatusCode::OK, "ready\n")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                let waiting = admin
+                    .xds
+                    .as_ref()
+                    .is_some_and(|x| x.snapshot().applied_generation == 0);
+                if waiting {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "no xDS config yet\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                }
             }
         }
         "/live" => text(StatusCode::OK, "live\n"),
@@ -83,6 +93,7 @@ fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
                 "proxy": admin.info,
                 "config": config.dump(),
                 "last_rejected": rejected,
+                "xds": admin.xds.as_ref().map(|x| x.snapshot()),
             }))
         }
         "/stats/prometheus" | "/metrics" => {

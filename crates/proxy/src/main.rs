@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use trellis_proxy::balance::Locality;
-use trellis_proxy::sidecar::{self, Settings, StartError};
+use trellis_proxy::sidecar::{self, ConfigSource, Settings, StartError, XdsSettings};
 use trellis_proxy::telemetry::logging;
 
 #[derive(Parser, Debug)]
@@ -32,8 +32,25 @@ enum Mode {
 #[derive(clap::Args, Debug)]
 struct SidecarArgs {
     /// Folder of Istio YAML (ServiceEntry, DestinationRule, VirtualService), watched for changes.
-    #[arg(long)]
-    config_dir: PathBuf,
+    #[arg(long, required_unless_present = "xds", conflicts_with = "xds")]
+    config_dir: Option<PathBuf>,
+    /// Get config from a control plane over xDS (ADS, plaintext HTTP/2) at
+    /// HOST:PORT instead of a folder, e.g. 127.0.0.1:15010.
+    #[arg(long, value_name = "HOST:PORT")]
+    xds: Option<String>,
+    /// With --xds: this workload's name (the xDS node is NAME.NAMESPACE).
+    #[arg(long, requires = "xds")]
+    workload: Option<String>,
+    /// With --xds: the workload's labels, k=v,k2=v2 (subsets select on them).
+    #[arg(long, requires = "xds", value_parser = parse_labels, default_value = "")]
+    labels: std::collections::BTreeMap<String, String>,
+    /// With --xds: the workload's address peers reach it on (default: the
+    /// outbound listener's IP).
+    #[arg(long, requires = "xds")]
+    address: Option<std::net::IpAddr>,
+    /// With --xds: the workload's service account.
+    #[arg(long, requires = "xds", default_value = "default")]
+    service_account: String,
     /// Outbound listener: apps send requests here (Host routing, or as http_proxy).
     #[arg(long, default_value = "127.0.0.1:15001")]
     outbound: SocketAddr,
@@ -67,6 +84,17 @@ struct SidecarArgs {
     addr_file: Option<PathBuf>,
 }
 
+fn parse_labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(format!("label {kv:?} must be key=value")),
+        })
+        .collect()
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     trellis_model::duration::parse(s)
 }
@@ -82,8 +110,30 @@ fn main() -> ExitCode {
     };
     match cli.mode {
         Mode::Sidecar(a) => {
+            let config = match (a.config_dir, a.xds) {
+                (Some(dir), None) => ConfigSource::Dir(dir),
+                (None, Some(server)) => {
+                    let Some(workload) = a.workload else {
+                        eprintln!("trellis-proxy: --xds needs --workload NAME");
+                        return ExitCode::from(2);
+                    };
+                    ConfigSource::Xds(XdsSettings {
+                        server,
+                        workload,
+                        service_account: a.service_account,
+                        labels: a.labels,
+                        address: a.address,
+                    })
+                }
+                _ => {
+                    eprintln!(
+                        "trellis-proxy: give either --config-dir DIR or --xds HOST:PORT, not both"
+                    );
+                    return ExitCode::from(2);
+                }
+            };
             let settings = Settings {
-                config_dir: a.config_dir,
+                config,
                 outbound: a.outbound,
                 inbound: a.inbound,
                 admin: a.admin,

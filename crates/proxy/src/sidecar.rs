@@ -30,9 +30,30 @@ use crate::worker::Worker;
 /// when they come back.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
+/// Where the config comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A folder of Istio YAML, watched.
+    Dir(PathBuf),
+    /// A control plane over ADS.
+    Xds(XdsSettings),
+}
+
+/// `--xds` and the workload facts sent in the node metadata (docs/xds.md).
+#[derive(Debug, Clone)]
+pub struct XdsSettings {
+    /// `host:port` of the ADS server (plaintext HTTP/2).
+    pub server: String,
+    pub workload: String,
+    pub service_account: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The workload's address (default: the outbound listener's IP).
+    pub address: Option<std::net::IpAddr>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub config_dir: PathBuf,
+    pub config: ConfigSource,
     pub outbound: SocketAddr,
     pub inbound: SocketAddr,
     pub admin: SocketAddr,
@@ -94,20 +115,34 @@ fn bind_shared(
 
 pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
-    let loader = Loader {
-        dir: settings.config_dir.clone(),
-        namespace: settings.namespace.clone(),
-        locality: settings.locality.clone(),
-        metrics: metrics.clone(),
-        resolve: Box::new(system_resolve),
+    let loader = match &settings.config {
+        ConfigSource::Dir(dir) => {
+            let loader = Loader {
+                dir: dir.clone(),
+                namespace: settings.namespace.clone(),
+                locality: settings.locality.clone(),
+                metrics: metrics.clone(),
+                resolve: Box::new(system_resolve),
+            };
+            Some(loader)
+        }
+        ConfigSource::Xds(_) => None,
     };
-    let initial = loader.load(None).map_err(StartError::Config)?;
-    tracing::info!(
-        dir = %settings.config_dir.display(),
-        services = initial.source.services.len(),
-        clusters = initial.clusters.len(),
-        "config loaded"
-    );
+    let initial = match &loader {
+        Some(loader) => {
+            let initial = loader.load(None).map_err(StartError::Config)?;
+            tracing::info!(
+                dir = %loader.dir.display(),
+                services = initial.source.services.len(),
+                clusters = initial.clusters.len(),
+                "config loaded"
+            );
+            initial
+        }
+        // Listeners come up at once; routes arrive over xDS (404 until
+        // then, and `/ready` says 503).
+        None => crate::config::ProxyConfig::default(),
+    };
     let store = Arc::new(Store::new(initial));
     let workers = settings.workers.max(1);
     let outbound = bind_shared("outbound", settings.outbound, workers)?;
@@ -152,27 +187,57 @@ pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError
             .map_err(StartError::Runtime)?;
     }
 
-    std::thread::Builder::new()
-        .name("trellis-config".into())
-        .spawn({
-            let store = store.clone();
-            move || {
-                crate::config::watch::run(
-                    loader,
-                    store,
-                    Duration::from_millis(200),
-                    Duration::from_secs(30),
-                )
-            }
-        })
-        .map_err(StartError::Runtime)?;
-
-    let ready = Arc::new(AtomicBool::new(true));
+    let ready = Arc::new(AtomicBool::new(loader.is_some()));
+    let xds_status = match (&settings.config, loader) {
+        (_, Some(loader)) => {
+            std::thread::Builder::new()
+                .name("trellis-config".into())
+                .spawn({
+                    let store = store.clone();
+                    move || {
+                        crate::config::watch::run(
+                            loader,
+                            store,
+                            Duration::from_millis(200),
+                            Duration::from_secs(30),
+                        )
+                    }
+                })
+                .map_err(StartError::Runtime)?;
+            None
+        }
+        (ConfigSource::Xds(x), None) => {
+            let status = Arc::new(crate::xds::XdsStatus::default());
+            let client = crate::xds::client::Client {
+                server: format!("http://{}", x.server),
+                node: node(&settings, x, &addrs),
+                store: store.clone(),
+                metrics: metrics.clone(),
+                ready: ready.clone(),
+                status: status.clone(),
+                resolve: Box::new(system_resolve),
+            };
+            std::thread::Builder::new()
+                .name("trellis-xds".into())
+                .spawn(move || crate::xds::client::run(client))
+                .map_err(StartError::Runtime)?;
+            std::thread::Builder::new()
+                .name("trellis-outlier".into())
+                .spawn({
+                    let store = store.clone();
+                    move || crate::xds::client::run_outlier_sweeps(store)
+                })
+                .map_err(StartError::Runtime)?;
+            Some(status)
+        }
+        (ConfigSource::Dir(_), None) => unreachable!("a folder always has a loader"),
+    };
     let admin = Arc::new(Admin {
         store,
         metrics: metrics.clone(),
         log,
         ready: ready.clone(),
+        xds: xds_status,
         info: json!({
             "mode": "sidecar",
             "namespace": settings.namespace,
@@ -281,6 +346,74 @@ async fn wait_for_signal() {
 
 /// Written once every listener is bound, atomically (rename), so a reader
 /// never sees half a file. Tests and `trellis up` use it with port 0.
+/// The xDS node: id `<name>.<namespace>` and the metadata keys of
+/// docs/xds.md ("Node metadata"), with the listeners' actual ports.
+fn node(
+    settings: &Settings,
+    x: &XdsSettings,
+    addrs: &[(&str, SocketAddr)],
+) -> envoy_types::pb::envoy::config::core::v3::Node {
+    use envoy_types::pb::envoy::config::core::v3::{Locality as NodeLocality, Node};
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.to_string())),
+    };
+    let n = |v: u16| Value {
+        kind: Some(Kind::NumberValue(f64::from(v))),
+    };
+    let port = |name: &str| addrs.iter().find(|(k, _)| *k == name).map(|(_, a)| *a);
+    let outbound = port("outbound").unwrap_or(settings.outbound);
+    let inbound = port("inbound").unwrap_or(settings.inbound);
+    let address = x.address.unwrap_or(outbound.ip());
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert("NAME", s(&x.workload));
+    fields.insert("NAMESPACE", s(&settings.namespace));
+    fields.insert("SERVICE_ACCOUNT", s(&x.service_account));
+    fields.insert(
+        "LABELS",
+        Value {
+            kind: Some(Kind::StructValue(Struct {
+                fields: x.labels.iter().map(|(k, v)| (k.clone(), s(v))).collect(),
+            })),
+        },
+    );
+    fields.insert("ADDRESS", s(&address.to_string()));
+    fields.insert(
+        "ADDRESSES",
+        Value {
+            kind: Some(Kind::ListValue(ListValue {
+                values: vec![s(&address.to_string())],
+            })),
+        },
+    );
+    if let Some(app) = settings.app {
+        fields.insert("APP", s(&app.to_string()));
+    }
+    if !settings.locality.is_empty() {
+        fields.insert("LOCALITY", s(&settings.locality.to_string()));
+    }
+    fields.insert("OUTBOUND_PORT", n(outbound.port()));
+    fields.insert("INBOUND_PORT", n(inbound.port()));
+    let id = format!("{}.{}", x.workload, settings.namespace);
+    Node {
+        id: id.clone(),
+        cluster: id,
+        metadata: Some(Struct {
+            fields: fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }),
+        locality: (!settings.locality.is_empty()).then(|| NodeLocality {
+            region: settings.locality.region.clone(),
+            zone: settings.locality.zone.clone(),
+            sub_zone: settings.locality.subzone.clone(),
+        }),
+        user_agent_name: "trellis-proxy".to_string(),
+        ..Default::default()
+    }
+}
+
 fn write_addr_file(path: &std::path::Path, addrs: &[(&str, SocketAddr)]) -> std::io::Result<()> {
     let map: serde_json::Map<String, serde_json::Value> = addrs
         .iter()
