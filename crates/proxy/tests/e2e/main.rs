@@ -31,3 +31,4 @@ mod split;
 mod tcp;
 mod timeouts;
 mod websocket;
+mod xds;
