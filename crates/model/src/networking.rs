@@ -43,10 +43,21 @@ pub struct ServiceEntrySpec {
     pub endpoints: Vec<WorkloadEntry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
+    /// Registered workloads (xDS node metadata) whose labels include these
+    /// become endpoints; instead of `endpoints`, as in Istio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload_selector: Option<NotYetSupported>,
+    pub workload_selector: Option<WorkloadSelector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject_alt_names: Option<NotYetSupported>,
+}
+
+/// Istio's `WorkloadSelector`: the labels a workload must have (all of
+/// them, same values), in the ServiceEntry's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadSelector {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

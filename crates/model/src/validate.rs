@@ -35,6 +35,11 @@ pub struct Service {
     pub written_host: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub export_to: Vec<String>,
+    /// ServiceEntry `workloadSelector.labels`: registered workloads with
+    /// these labels are endpoints too. Only a control plane has a registry;
+    /// a standalone proxy has no workloads to select.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -251,6 +256,25 @@ impl Validator {
                     ));
                 }
             }
+            if let Some(sel) = &spec.workload_selector {
+                if !spec.endpoints.is_empty() {
+                    self.push(at.err(
+                        "spec.workloadSelector",
+                        "cannot be used with spec.endpoints (as in Istio): list endpoints, or select registered workloads",
+                    ));
+                }
+                if spec.resolution != Resolution::Static {
+                    self.push(at.err(
+                        "spec.workloadSelector",
+                        "needs resolution: STATIC (registered workloads are addresses, not names)",
+                    ));
+                }
+                for k in sel.labels.keys() {
+                    if k.is_empty() {
+                        self.push(at.err("spec.workloadSelector.labels", "a label name is empty"));
+                    }
+                }
+            }
             if spec.resolution == Resolution::Static && spec.endpoints.is_empty() {
                 // Valid in Istio (a service with no endpoints yet); requests get 503 no_healthy_upstream.
             }
@@ -285,6 +309,10 @@ impl Validator {
                         endpoints: spec.endpoints.clone(),
                         written_host: h.to_ascii_lowercase(),
                         export_to: spec.export_to.clone(),
+                        workload_selector: spec
+                            .workload_selector
+                            .as_ref()
+                            .map(|w| w.labels.clone()),
                     },
                 );
             }

@@ -1,11 +1,9 @@
 //! ClusterLoadAssignments: a cluster's endpoints grouped by locality, with
 //! weights, health, and locality-failover priorities.
 //!
-//! Endpoints come from ServiceEntry `endpoints` today. The registry's
-//! workloads join them once ServiceEntry `workloadSelector` is in the model:
-//! [`workload_endpoints`] already turns the workloads a selector picks into
-//! endpoints, and [`service_endpoints`] takes the selector through
-//! [`workload_selector`], which returns `None` until then.
+//! Endpoints come from ServiceEntry `endpoints`, and from the registry's
+//! workloads that its `workloadSelector` picks ([`workload_selector`],
+//! [`workload_endpoints`]), merged by [`service_endpoints`].
 
 use std::collections::BTreeMap;
 
@@ -93,12 +91,10 @@ fn endpoint_port(own: Option<u16>, port: &Port) -> u16 {
     own.or(port.target_port).unwrap_or(port.number)
 }
 
-/// Istio's `workloadSelector` of a ServiceEntry. The model does not have the
-/// field yet (it is rejected at validation), so no service selects
-/// workloads; when it does, return its labels here and the registry's
-/// workloads join the service's endpoints.
-pub fn workload_selector(_service: &Service) -> Option<&BTreeMap<String, String>> {
-    None
+/// Istio's `workloadSelector` of a ServiceEntry: the registry's workloads
+/// it selects join the service's endpoints.
+pub fn workload_selector(service: &Service) -> Option<&BTreeMap<String, String>> {
+    service.workload_selector.as_ref()
 }
 
 /// The endpoints of one port of a service: its ServiceEntry `endpoints`,

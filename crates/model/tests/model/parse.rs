@@ -482,19 +482,6 @@ fn cases() -> Vec<Case> {
             )],
         ),
         case(
-            "workloadSelector is not supported yet",
-            se(
-                "s",
-                "{hosts: [a.example.com], resolution: DNS, ports: [{number: 80, name: http}], workloadSelector: {labels: {app: a}}}",
-            ),
-            vec![want(
-                F,
-                "ServiceEntry default/s",
-                "spec.workloadSelector",
-                "not supported by Trellis yet",
-            )],
-        ),
-        case(
             "maglev is not supported yet",
             dr(
                 "r",

@@ -67,6 +67,31 @@ const BUCKET: &str = "tokenBucket: {maxTokens: 10, fillInterval: 1s}";
 
 fn cases() -> Vec<Case> {
     vec![
+        // ----------------------------------------------------- workloadSelector
+        case(
+            "workloadSelector needs STATIC resolution",
+            entry(
+                "resolution: DNS, ports: [{number: 80, name: http}], workloadSelector: {labels: {app: a}}",
+            ),
+            vec![want(
+                C,
+                SE,
+                "spec.workloadSelector",
+                "needs resolution: STATIC",
+            )],
+        ),
+        case(
+            "workloadSelector and endpoints exclude each other",
+            entry(
+                "resolution: STATIC, ports: [{number: 80, name: http}], endpoints: [{address: 10.0.0.1}], workloadSelector: {labels: {app: a}}",
+            ),
+            vec![want(
+                C,
+                SE,
+                "spec.workloadSelector",
+                "cannot be used with spec.endpoints",
+            )],
+        ),
         // ------------------------------------------------------------ weights
         case(
             "weights not summing to 100",

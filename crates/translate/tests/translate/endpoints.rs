@@ -180,8 +180,7 @@ fn locality_balancing_off_is_one_priority() {
 
 #[test]
 fn registry_workloads_become_endpoints_with_health() {
-    // ServiceEntry workloadSelector is not in the model yet; the function
-    // that will serve it is tested directly.
+    // The function behind ServiceEntry workloadSelector, directly.
     let registry = Registry {
         workloads: vec![
             Workload {
@@ -240,4 +239,58 @@ fn registry_workloads_become_endpoints_with_health() {
     assert_eq!(health.len(), 2);
     assert!(health.contains(&(HealthStatus::Healthy as i32)));
     assert!(health.contains(&(HealthStatus::Unhealthy as i32)));
+}
+
+#[test]
+fn a_workload_selector_picks_registered_workloads_per_subset() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: ml}
+spec:
+  hosts: [reviews]
+  resolution: STATIC
+  ports: [{number: 9080, name: http, targetPort: 9000}]
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: ml}
+spec:
+  host: reviews
+  subsets: [{name: v2, labels: {version: v2}}]
+"#;
+    let w = |name: &str, ns: &str, version: &str, addr: &str, port: Option<u16>| Workload {
+        name: name.into(),
+        namespace: ns.into(),
+        labels: BTreeMap::from([
+            ("app".into(), "reviews".into()),
+            ("version".into(), version.into()),
+        ]),
+        addresses: vec![addr.parse().unwrap()],
+        ports: port.map(|p| ("http".to_string(), p)).into_iter().collect(),
+        healthy: true,
+        ..Default::default()
+    };
+    let registry = Registry {
+        workloads: vec![
+            w("r1", "ml", "v1", "127.0.30.1", Some(19080)),
+            w("r2", "ml", "v2", "127.0.30.2", None),
+            // Another namespace: not selected.
+            w("r3", "prod", "v2", "127.0.30.3", None),
+        ],
+    };
+    let snap = translate(&validated(yaml), &registry, &proxy("ml"));
+    let host = "reviews.ml.svc.cluster.local";
+    let addrs = |subset: &str| -> Vec<String> {
+        flat(&assignment(&snap, &c(9080, subset, host)))
+            .into_iter()
+            .flat_map(|(_, _, eps)| eps.into_iter().map(|e| e.0))
+            .collect()
+    };
+    assert_eq!(addrs(""), ["127.0.30.1:19080", "127.0.30.2:9000"]);
+    assert_eq!(addrs("v2"), ["127.0.30.2:9000"]);
+    // Without registered workloads the service has no endpoints (yet).
+    let empty = translate(&validated(yaml), &Registry::default(), &proxy("ml"));
+    assert!(flat(&assignment(&empty, &c(9080, "", host))).is_empty());
 }
