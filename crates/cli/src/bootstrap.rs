@@ -15,6 +15,8 @@ pub struct EnvoyBootstrap {
     pub namespace: String,
     pub service_account: String,
     pub labels: BTreeMap<String, String>,
+    /// Service port name -> the workload's port for it.
+    pub ports: BTreeMap<String, u16>,
     pub address: IpAddr,
     pub app: Option<SocketAddr>,
     pub locality: Option<String>,
@@ -40,6 +42,18 @@ pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
         .collect()
 }
 
+/// `http=9080,grpc=9090` -> ports.
+pub fn parse_ports(s: &str) -> Result<BTreeMap<String, u16>, String> {
+    parse_labels(s)?
+        .into_iter()
+        .map(|(k, v)| {
+            v.parse()
+                .map(|p| (k.clone(), p))
+                .map_err(|_| format!("port {k}={v}: {v:?} is not a port number"))
+        })
+        .collect()
+}
+
 impl EnvoyBootstrap {
     /// The node id: unique per workload and namespace.
     pub fn node_id(&self) -> String {
@@ -55,6 +69,7 @@ impl EnvoyBootstrap {
             "LABELS": self.labels,
             "ADDRESS": self.address.to_string(),
             "ADDRESSES": [self.address.to_string()],
+            "PORTS": self.ports,
         });
         if let Some(app) = self.app {
             md["APP"] = json!(app.to_string());
@@ -139,6 +154,7 @@ mod tests {
             namespace: "default".into(),
             service_account: "default".into(),
             labels: parse_labels("app=productpage").unwrap(),
+            ports: parse_ports("http=9080").unwrap(),
             address: "127.0.0.5".parse().unwrap(),
             app: Some("127.0.0.5:9080".parse().unwrap()),
             locality: None,
@@ -155,6 +171,8 @@ mod tests {
         assert_eq!(md["LABELS"]["app"], "productpage");
         assert_eq!(md["APP"], "127.0.0.5:9080");
         assert_eq!(md["OUTBOUND_PORT"], 0);
+        assert_eq!(md["PORTS"]["http"], 9080);
+        assert!(parse_ports("http=x").is_err());
         assert!(md.get("INBOUND_PORT").is_none());
         let ads = &b["dynamic_resources"]["ads_config"];
         assert_eq!(ads["api_type"], "GRPC");

@@ -65,6 +65,10 @@ struct EnvoyBootstrapArgs {
     /// The workload's labels: k=v,k2=v2.
     #[arg(long, default_value = "")]
     labels: String,
+    /// The workload's ports by service port name: http=9080,grpc=9090 (what a
+    /// ServiceEntry workloadSelector sends to; unnamed ports use targetPort).
+    #[arg(long, default_value = "")]
+    ports: String,
     /// The workload's service account.
     #[arg(long, default_value = "default")]
     service_account: String,
@@ -272,11 +276,13 @@ fn control(a: ControlArgs) -> Result<(), Failure> {
 
 fn bootstrap_envoy(a: EnvoyBootstrapArgs) -> Result<(), Failure> {
     let labels = bootstrap::parse_labels(&a.labels).map_err(Failure::new)?;
+    let ports = bootstrap::parse_ports(&a.ports).map_err(Failure::new)?;
     let b = bootstrap::EnvoyBootstrap {
         workload: a.workload,
         namespace: a.namespace,
         service_account: a.service_account,
         labels,
+        ports,
         address: a.address,
         app: a.app,
         locality: a.locality,

@@ -166,6 +166,15 @@ spec:
   subsets:
   - {{name: v1, labels: {{version: v1}}}}
   - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: productpage}}
+spec:
+  hosts: [productpage]
+  resolution: STATIC
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  workloadSelector: {{labels: {{app: productpage}}}}
 ",
         v1.ip(),
         v1.port(),
@@ -203,16 +212,37 @@ fn split(
     n: usize,
     user: Option<&str>,
 ) -> (usize, usize, usize) {
+    requests(rt, outbound, n, "reviews:9080", user)
+}
+
+fn split_host(
+    rt: &tokio::runtime::Runtime,
+    outbound: SocketAddr,
+    n: usize,
+    authority: &str,
+) -> (usize, usize, usize) {
+    requests(rt, outbound, n, authority, None)
+}
+
+fn requests(
+    rt: &tokio::runtime::Runtime,
+    outbound: SocketAddr,
+    n: usize,
+    authority: &str,
+    user: Option<&str>,
+) -> (usize, usize, usize) {
+    let uri = format!("http://{authority}/split");
     rt.block_on(async {
         let client = http1_client_to(outbound);
         let mut tasks = tokio::task::JoinSet::new();
         for w in 0..8 {
             let client = client.clone();
             let user = user.map(str::to_string);
+            let uri = uri.clone();
             tasks.spawn(async move {
                 let mut counts = (0, 0, 0);
                 for _ in (w..n).step_by(8) {
-                    let mut req = Request::get("http://reviews:9080/split");
+                    let mut req = Request::get(uri.as_str());
                     if let Some(u) = &user {
                         req = req.header("end-user", u.as_str());
                     }
@@ -284,6 +314,9 @@ fn stock_envoy_routes_with_config_from_trellis_control() {
         "default",
         "--labels",
         "app=productpage,version=v1",
+        // The registered workload's app: the v1 echo server plays it.
+        "--ports",
+        &format!("http={}", v1.addr().port()),
         "--address",
         "127.0.0.1",
         "--outbound-port",
@@ -330,6 +363,15 @@ fn stock_envoy_routes_with_config_from_trellis_control() {
     // The header route.
     let (a, b, failed) = split(&rt, outbound, 50, Some("jason"));
     assert_eq!((a, b, failed), (0, 50, 0), "jason goes to v2");
+
+    // The registered workload is the endpoint of the ServiceEntry that
+    // selects it (here Envoy reaches its own workload's app).
+    let (a, b, failed) = split_host(&rt, outbound, 20, "productpage:9080");
+    assert_eq!(
+        (a, b, failed),
+        (20, 0, 0),
+        "productpage is the registered workload"
+    );
 
     // The resource's status names the proxy.
     let v = control
