@@ -264,6 +264,11 @@ impl Registrations {
         self.by_node.get(node_id)
     }
 
+    /// Every registration, by node id.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Registration)> {
+        self.by_node.iter()
+    }
+
     /// The registry translation reads: every registered workload, in node
     /// id order (so equal registrations give equal resources).
     pub fn registry(&self) -> Registry {

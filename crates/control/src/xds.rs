@@ -137,6 +137,16 @@ impl Mesh {
             .map(|r| r.info.clone())
     }
 
+    /// Every registration (node id, what it said, open streams, since when
+    /// it has none), connected or within its grace period.
+    pub fn registrations(&self) -> Vec<(String, crate::registry::Registration)> {
+        self.lock()
+            .registrations
+            .iter()
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect()
+    }
+
     /// The registry as translation sees it now.
     pub fn registry(&self) -> Arc<Registry> {
         self.lock().registry.clone()

@@ -487,3 +487,98 @@ fn stock_envoy_routes_with_config_from_trellis_control() {
     );
     drop(envoy);
 }
+
+fn get_json(control: &Control, path: &str) -> Value {
+    let (status, _, body) = crate::support::http(&control.api, "GET", path, "", "");
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+#[test]
+fn a_nack_is_shown_and_a_gone_workload_leaves_after_the_grace() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let v1 = rt.block_on(EchoServer::start("v1"));
+    let data = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let control = Control::start(data.path(), &["--registration-grace", "1s"]);
+    let mesh = write(files.path(), "mesh.yaml", &mesh_yaml(v1.addr(), v1.addr()));
+    control.cli(&["apply", "-f", mesh.to_str().unwrap()]).ok();
+
+    // Envoy cannot bind its outbound listener where another socket already
+    // listens: it rejects the Listener (a NACK) and keeps the rest.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let bootstrap = trellis(&[
+        "bootstrap",
+        "envoy",
+        "--workload",
+        "productpage",
+        "--labels",
+        "app=productpage",
+        "--address",
+        "127.0.0.1",
+        "--outbound-port",
+        &port,
+        "--inbound-port",
+        "0",
+        "--xds",
+        &control.xds,
+        "--admin",
+        "127.0.0.1:0",
+    ])
+    .ok()
+    .stdout;
+    let envoy = Envoy::start(&bootstrap);
+    let p = eventually("the Listener NACK in GET /api/v1/proxies", || {
+        proxy_status(&control).filter(|p| p["types"]["Listener"]["lastNack"].is_object())
+    });
+    let nack = &p["types"]["Listener"]["lastNack"];
+    let message = nack["message"].as_str().unwrap();
+    assert!(message.contains(&port), "{p}");
+    assert_eq!(p["acked"], false);
+    assert_eq!(
+        p["types"]["Cluster"]["acked"],
+        p["types"]["Cluster"]["sent"]
+    );
+    let logs = control.logs();
+    assert!(
+        logs.contains("WARN") && logs.contains("NACK") && logs.contains(&port),
+        "{logs}"
+    );
+    // Not ACKed: the resource's status says so.
+    let v = control
+        .cli(&["get", "se", "reviews", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(v["status"]["proxies"][0]["node"], NODE, "{v}");
+    assert_eq!(v["status"]["proxies"][0]["acked"], false, "{v}");
+
+    // Registered while connected; kept for the grace after Envoy is gone,
+    // then removed.
+    let w = get_json(&control, "/api/v1/workloads");
+    assert_eq!(w["items"][0]["node"], NODE, "{w}");
+    assert_eq!(w["items"][0]["connected"], true, "{w}");
+    // Measured from the kill: the stream ends while Envoy exits, before
+    // its exit is reaped.
+    let gone = Instant::now();
+    drop(envoy);
+    let w = eventually("the workload to be disconnected", || {
+        let w = get_json(&control, "/api/v1/workloads");
+        (w["items"][0]["connected"] == false).then_some(w)
+    });
+    assert!(gone.elapsed() < Duration::from_secs(1), "{w}");
+    eventually("the workload to leave after the grace", || {
+        let w = get_json(&control, "/api/v1/workloads");
+        w["items"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+            .then_some(())
+    });
+    let took = gone.elapsed();
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    drop(taken);
+}

@@ -37,6 +37,7 @@ pub fn router(plane: Arc<ControlPlane>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/apply", axum::routing::post(apply))
         .route("/api/v1/proxies", get(list_proxies))
+        .route("/api/v1/workloads", get(list_workloads))
         .route("/api/v1/resources", get(list_all))
         .route("/api/v1/resources/{kind}", get(list_kind))
         .route(
@@ -71,6 +72,10 @@ async fn healthz(State(plane): State<Arc<ControlPlane>>) -> Json<Value> {
 
 async fn list_proxies(State(plane): State<Arc<ControlPlane>>) -> Json<Value> {
     Json(proxies::list(&plane))
+}
+
+async fn list_workloads(State(plane): State<Arc<ControlPlane>>) -> Json<Value> {
+    Json(proxies::workloads(&plane))
 }
 
 async fn metrics(State(plane): State<Arc<ControlPlane>>) -> Response {

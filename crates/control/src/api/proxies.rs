@@ -49,6 +49,48 @@ pub fn holding(plane: &ControlPlane, key: &Key) -> Vec<ProxyRef> {
         .collect()
 }
 
+/// `GET /api/v1/workloads`: the registry.
+pub fn workloads(plane: &ControlPlane) -> Value {
+    let now = std::time::Instant::now();
+    let items: Vec<Value> = plane
+        .mesh
+        .registrations()
+        .into_iter()
+        .map(|(node, r)| {
+            let (workload, error) = match &r.info {
+                Ok(i) => (workload_json(i), Value::Null),
+                Err(e) => (Value::Null, json!(e.to_string())),
+            };
+            json!({
+                "node": node,
+                "workload": workload,
+                "error": error,
+                "connected": !r.streams.is_empty(),
+                "disconnectedFor": r.gone_since.map(|t| now.saturating_duration_since(t).as_secs_f64()),
+            })
+        })
+        .collect();
+    json!({"items": items})
+}
+
+fn workload_json(i: &crate::registry::NodeInfo) -> Value {
+    let w = &i.workload;
+    json!({
+        "name": w.name,
+        "namespace": w.namespace,
+        "serviceAccount": w.service_account,
+        "labels": w.labels,
+        "addresses": w.addresses,
+        "ports": w.ports,
+        "locality": w.locality,
+        "healthy": w.healthy,
+        "address": i.identity.address,
+        "outboundPort": i.identity.outbound_port,
+        "inboundPort": i.identity.inbound_port,
+        "app": i.identity.app,
+    })
+}
+
 /// `GET /api/v1/proxies`.
 pub fn list(plane: &ControlPlane) -> Value {
     let items: Vec<Value> = streams(plane)
@@ -57,25 +99,7 @@ pub fn list(plane: &ControlPlane) -> Value {
             let c = &s.connection;
             let info = plane.mesh.node_info(&c.node.id);
             let (workload, error) = match &info {
-                Some(Ok(i)) => {
-                    let w = &i.workload;
-                    (
-                        json!({
-                            "name": w.name,
-                            "namespace": w.namespace,
-                            "serviceAccount": w.service_account,
-                            "labels": w.labels,
-                            "addresses": w.addresses,
-                            "ports": w.ports,
-                            "locality": w.locality,
-                            "address": i.identity.address,
-                            "outboundPort": i.identity.outbound_port,
-                            "inboundPort": i.identity.inbound_port,
-                            "app": i.identity.app,
-                        }),
-                        Value::Null,
-                    )
-                }
+                Some(Ok(i)) => (workload_json(i), Value::Null),
                 Some(Err(e)) => (Value::Null, json!(e.to_string())),
                 None => (Value::Null, Value::Null),
             };
