@@ -30,9 +30,11 @@ enum Mode {
 }
 
 #[derive(clap::Args, Debug)]
+// Exactly one config source: a folder or a control plane.
+#[command(group(clap::ArgGroup::new("source").required(true).args(["config_dir", "xds"])))]
 struct SidecarArgs {
     /// Folder of Istio YAML (ServiceEntry, DestinationRule, VirtualService), watched for changes.
-    #[arg(long, required_unless_present = "xds", conflicts_with = "xds")]
+    #[arg(long)]
     config_dir: Option<PathBuf>,
     /// Get config from a control plane over xDS (ADS, plaintext HTTP/2) at
     /// HOST:PORT instead of a folder, e.g. 127.0.0.1:15010.

@@ -359,3 +359,35 @@ async fn routes_updates_nacks_and_survives_an_outage() {
     );
     assert!(proxy.logs().contains("xDS stream"), "{}", proxy.logs());
 }
+
+#[test]
+fn xds_and_config_dir_are_exclusive() {
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &[
+                "sidecar",
+                "--config-dir",
+                "/tmp",
+                "--xds",
+                "127.0.0.1:1",
+                "--workload",
+                "a",
+            ],
+            "cannot be used with",
+        ),
+        (&["sidecar"], "--config-dir <CONFIG_DIR>|--xds <HOST:PORT>"),
+        (
+            &["sidecar", "--xds", "127.0.0.1:1"],
+            "--xds needs --workload NAME",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
