@@ -509,7 +509,8 @@ fn a_nack_is_shown_and_a_gone_workload_leaves_after_the_grace() {
     control.cli(&["apply", "-f", mesh.to_str().unwrap()]).ok();
 
     // Envoy cannot bind its outbound listener where another socket already
-    // listens: it rejects the Listener (a NACK) and keeps the rest.
+    // listens: it rejects the Listener (a NACK) and keeps the rest. Over
+    // delta ADS, so both protocols meet a real Envoy here.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let bootstrap = trellis(&[
@@ -529,6 +530,7 @@ fn a_nack_is_shown_and_a_gone_workload_leaves_after_the_grace() {
         &control.xds,
         "--admin",
         "127.0.0.1:0",
+        "--delta",
     ])
     .ok()
     .stdout;
@@ -540,6 +542,7 @@ fn a_nack_is_shown_and_a_gone_workload_leaves_after_the_grace() {
     let message = nack["message"].as_str().unwrap();
     assert!(message.contains(&port), "{p}");
     assert_eq!(p["acked"], false);
+    assert_eq!(p["mode"], "delta");
     assert_eq!(
         p["types"]["Cluster"]["acked"],
         p["types"]["Cluster"]["sent"]
