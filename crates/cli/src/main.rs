@@ -1,5 +1,6 @@
 //! `trellis`: the control plane (`trellis control`) and the verbs that talk
-//! to it (`apply`, `get`, `delete`), plus offline `check`. kubectl's habits:
+//! to it (`apply`, `get`, `delete`), plus offline `check` and `bootstrap envoy`
+//! (a proxy's bootstrap pointing at the control plane). kubectl's habits:
 //! `-f FILE|DIR`, `-n NS`, `-o yaml|json|table`, exit 1 on errors.
 
 mod bootstrap;
