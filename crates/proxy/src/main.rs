@@ -41,18 +41,18 @@ struct SidecarArgs {
     #[arg(long, value_name = "HOST:PORT")]
     xds: Option<String>,
     /// With --xds: this workload's name (the xDS node is NAME.NAMESPACE).
-    #[arg(long, requires = "xds")]
+    #[arg(long)]
     workload: Option<String>,
     /// With --xds: the workload's labels, k=v,k2=v2 (subsets select on them).
-    #[arg(long, requires = "xds", value_parser = parse_labels, default_value = "")]
-    labels: std::collections::BTreeMap<String, String>,
+    #[arg(long, value_parser = parse_labels)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
     /// With --xds: the workload's address peers reach it on (default: the
     /// outbound listener's IP).
-    #[arg(long, requires = "xds")]
+    #[arg(long)]
     address: Option<std::net::IpAddr>,
-    /// With --xds: the workload's service account.
-    #[arg(long, requires = "xds", default_value = "default")]
-    service_account: String,
+    /// With --xds: the workload's service account [default: default].
+    #[arg(long)]
+    service_account: Option<String>,
     /// Outbound listener: apps send requests here (Host routing, or as http_proxy).
     #[arg(long, default_value = "127.0.0.1:15001")]
     outbound: SocketAddr,
@@ -112,7 +112,17 @@ fn main() -> ExitCode {
     };
     match cli.mode {
         Mode::Sidecar(a) => {
+            let xds_only = a.workload.is_some()
+                || a.labels.is_some()
+                || a.address.is_some()
+                || a.service_account.is_some();
             let config = match (a.config_dir, a.xds) {
+                (Some(_), None) if xds_only => {
+                    eprintln!(
+                        "trellis-proxy: --workload, --labels, --address and --service-account describe the workload to a control plane: use them with --xds HOST:PORT"
+                    );
+                    return ExitCode::from(2);
+                }
                 (Some(dir), None) => ConfigSource::Dir(dir),
                 (None, Some(server)) => {
                     let Some(workload) = a.workload else {
@@ -122,8 +132,8 @@ fn main() -> ExitCode {
                     ConfigSource::Xds(XdsSettings {
                         server,
                         workload,
-                        service_account: a.service_account,
-                        labels: a.labels,
+                        service_account: a.service_account.unwrap_or_else(|| "default".to_string()),
+                        labels: a.labels.unwrap_or_default(),
                         address: a.address,
                     })
                 }

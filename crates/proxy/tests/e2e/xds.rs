@@ -362,7 +362,7 @@ async fn routes_updates_nacks_and_survives_an_outage() {
 
 #[test]
 fn xds_and_config_dir_are_exclusive() {
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 4] = [
         (
             &[
                 "sidecar",
@@ -379,6 +379,10 @@ fn xds_and_config_dir_are_exclusive() {
         (
             &["sidecar", "--xds", "127.0.0.1:1"],
             "--xds needs --workload NAME",
+        ),
+        (
+            &["sidecar", "--config-dir", "/tmp", "--labels", "a=b"],
+            "use them with --xds HOST:PORT",
         ),
     ];
     for (args, want) in cases {

@@ -496,7 +496,7 @@ apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: wild}
 spec:
-  hosts: ["*.example.org", "shop.example.net"]
+  hosts: ["*.example.org", "shop.example.net", "*"]
   http:
   - match: [{port: 8080}]
     route: [{destination: {host: reviews, port: {number: 9080}}}]
@@ -692,4 +692,59 @@ fn unsupported_fields_are_named() {
         "ClusterLoadAssignment c: endpoints[0].lb_endpoints[0].endpoint.address.address: \
          \"db.example.com\" is not an IP address"
     );
+}
+
+/// Visibility and names: `exportTo`, short names per namespace, a
+/// DestinationRule and a VirtualService exported to one namespace only,
+/// retries on status codes, gRPC timeouts, and a destination without a port.
+const NAMESPACES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings, namespace: prod}
+spec:
+  hosts: [ratings]
+  resolution: STATIC
+  ports: [{number: 9080, name: grpc-api, protocol: GRPC}]
+  endpoints: [{address: 10.0.0.1, labels: {v: a}}, {address: 10.0.0.2, labels: {v: b}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: secret, namespace: prod}
+spec:
+  hosts: [secret]
+  exportTo: ["."]
+  resolution: STATIC
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 10.0.1.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings, namespace: prod}
+spec:
+  host: ratings
+  exportTo: ["."]
+  trafficPolicy: {loadBalancer: {simple: RANDOM}, connectionPool: {http: {maxRetries: 7}}}
+  subsets: [{name: a, labels: {v: a}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: prod}
+spec:
+  hosts: [ratings]
+  exportTo: ["prod"]
+  http:
+  - match: [{headers: {x-user: {prefix: "admin"}}}]
+    route: [{destination: {host: ratings, subset: a}}]
+    timeout: 3s
+    retries: {attempts: 4, retryOn: "unavailable,resource-exhausted,502,503", retryIgnorePreviousHosts: false}
+  - route: [{destination: {host: ratings}}]
+    timeout: 0s
+"#;
+
+#[test]
+fn round_trip_visibility_and_names() {
+    let v = validated(NAMESPACES);
+    for ns in ["prod", "default"] {
+        assert_round_trip("namespaces", &v, ns);
+    }
 }
