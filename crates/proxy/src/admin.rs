@@ -71,18 +71,17 @@ fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
     let query = req.uri().query().unwrap_or("");
     match req.uri().path() {
         "/ready" => {
-            if admin.ready.load(Ordering::Relaxed) {
-                text(StatusCode::OK, "ready\n")
+            // With xDS, not ready until the first config is applied.
+            let waiting = admin
+                .xds
+                .as_ref()
+                .is_some_and(|x| x.snapshot().applied_generation == 0);
+            if !admin.ready.load(Ordering::Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if waiting {
+                text(StatusCode::SERVICE_UNAVAILABLE, "no xDS config yet\n")
             } else {
-                let waiting = admin
-                    .xds
-                    .as_ref()
-                    .is_some_and(|x| x.snapshot().applied_generation == 0);
-                if waiting {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "no xDS config yet\n")
-                } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                }
+                text(StatusCode::OK, "ready\n")
             }
         }
         "/live" => text(StatusCode::OK, "live\n"),

@@ -187,7 +187,7 @@ pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError
             .map_err(StartError::Runtime)?;
     }
 
-    let ready = Arc::new(AtomicBool::new(loader.is_some()));
+    let ready = Arc::new(AtomicBool::new(true));
     let xds_status = match (&settings.config, loader) {
         (_, Some(loader)) => {
             std::thread::Builder::new()
@@ -213,7 +213,6 @@ pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError
                 node: node(&settings, x, &addrs),
                 store: store.clone(),
                 metrics: metrics.clone(),
-                ready: ready.clone(),
                 status: status.clone(),
                 resolve: Box::new(system_resolve),
             };

@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as EnvoyCluster;
@@ -304,8 +303,7 @@ pub struct Client {
     pub node: Node,
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
-    /// Set once the first config is applied (`/ready`).
-    pub ready: Arc<AtomicBool>,
+    /// `/ready` waits for `applied_generation` > 0 here.
     pub status: Arc<XdsStatus>,
     pub resolve: Resolver,
 }
@@ -490,11 +488,12 @@ impl Client {
         self.store.current.store(Arc::new(config));
         ads.dirty = false;
         self.metrics.reload(true);
+        let first = self.status.snapshot().applied_generation == 0;
         self.status.update(|s| {
             s.applied_generation = generation;
             s.waiting_for = missing;
         });
-        if !self.ready.swap(true, Ordering::Relaxed) {
+        if first {
             tracing::info!(generation, clusters, "first xDS config applied; ready");
         } else {
             tracing::debug!(generation, clusters, "xDS config applied");

@@ -172,6 +172,20 @@ fn with_maglev(mut snap: trellis_xds::Snapshot, name: &str) -> trellis_xds::Snap
     snap
 }
 
+/// Listen on `addr` again (its previous socket may linger briefly).
+async fn rebind(addr: SocketAddr) -> TcpListener {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "rebinding {addr}: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 async fn tally(
     proxy: &ProxyProcess,
     n: usize,
@@ -211,10 +225,12 @@ async fn routes_updates_nacks_and_survives_an_outage() {
         v2.addr(),
     ))));
     let hooks = Arc::new(Recorder::default());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let xds_addr = listener.local_addr().unwrap();
-    let mut cp = ControlPlane::start(snapshots.clone(), hooks.clone(), listener);
-
+    // The proxy starts before its control plane: listeners up, not ready.
+    let xds_addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let proxy = ProxyProcess::command(bin())
         .args([
             "sidecar",
@@ -236,6 +252,19 @@ async fn routes_updates_nacks_and_survives_an_outage() {
         .start()
         .await
         .unwrap_or_else(|e| panic!("starting trellis-proxy: {e}"));
+    assert_eq!(
+        proxy.admin_get("/ready").await,
+        (503, "no xDS config yet\n".to_string())
+    );
+    let early = send_with(
+        &http1_client_to(proxy.outbound()),
+        get("http://reviews:9080/"),
+        &proxy,
+    )
+    .await;
+    early.assert_local(404, "route_not_found");
+    let listener = rebind(xds_addr).await;
+    let mut cp = ControlPlane::start(snapshots.clone(), hooks.clone(), listener);
     eventually("/ready", WAIT, || async {
         (proxy.admin_get("/ready").await.0 == 200).then_some(())
     })
@@ -327,12 +356,7 @@ async fn routes_updates_nacks_and_survives_an_outage() {
     let connects = hooks.connects.load(Ordering::SeqCst);
     cp.stop().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let listener = loop {
-        match TcpListener::bind(xds_addr).await {
-            Ok(l) => break l,
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
+    let listener = rebind(xds_addr).await;
     snapshots.set(translated(&config(
         (0, 100),
         canary.addr(),
