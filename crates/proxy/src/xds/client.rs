@@ -43,6 +43,9 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// the rest of an update away.
 pub const WARMING_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How often names in DNS clusters are resolved again (as the YAML path).
+pub const DNS_REFRESH: Duration = Duration::from_secs(30);
+
 /// gRPC `INVALID_ARGUMENT`, the code of a NACK's `error_detail`.
 const INVALID_ARGUMENT: i32 = 3;
 
@@ -273,6 +276,19 @@ impl Ads {
         out
     }
 
+    /// Some cluster has endpoints given by name (STRICT_DNS, LOGICAL_DNS).
+    pub fn has_dns(&self) -> bool {
+        self.resources
+            .clusters
+            .values()
+            .any(|c| match &c.discovery {
+                Discovery::Inline(eps) => eps
+                    .iter()
+                    .any(|e| e.address.parse::<std::net::IpAddr>().is_err()),
+                Discovery::Eds(_) => false,
+            })
+    }
+
     /// LDS and CDS have both answered: a set can be applied (after warming).
     pub fn has_base(&self) -> bool {
         self.types[LISTENER_TYPE].received && self.types[CLUSTER_TYPE].received
@@ -402,8 +418,14 @@ impl Client {
         self.status.update(|s| s.connected = true);
         let mut got = false;
         let mut warming_since: Option<Instant> = None;
+        let mut dns_due = Instant::now() + DNS_REFRESH;
         loop {
-            let deadline = warming_since.map(|t| t + WARMING_TIMEOUT);
+            let warming = warming_since.map(|t| t + WARMING_TIMEOUT);
+            let dns = ads.has_dns().then_some(dns_due);
+            let deadline = match (warming, dns) {
+                (Some(w), Some(d)) => Some(w.min(d)),
+                (w, d) => w.or(d),
+            };
             let next = async {
                 match deadline {
                     Some(d) => tokio::time::timeout_at(d.into(), responses.next())
@@ -413,10 +435,21 @@ impl Client {
                 }
             };
             match next.await {
-                // Warming timed out: apply what is there.
+                // Warming timed out (apply what is there), or DNS names
+                // are due to be resolved again (re-assemble: endpoints whose
+                // addresses did not change keep their state).
                 None => {
-                    self.apply(ads, true);
-                    warming_since = None;
+                    let now = Instant::now();
+                    if dns.is_some_and(|d| d <= now) {
+                        dns_due = now + DNS_REFRESH;
+                        ads.dirty = true;
+                    }
+                    if warming.is_some_and(|w| w <= now) {
+                        warming_since = None;
+                        self.apply(ads, true);
+                    } else if warming_since.is_none() {
+                        self.apply(ads, false);
+                    }
                 }
                 Some(None) => {
                     return (StreamEnd::Closed("the server ended the stream".into()), got);
