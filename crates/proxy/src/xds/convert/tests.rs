@@ -748,3 +748,67 @@ fn round_trip_visibility_and_names() {
         assert_round_trip("namespaces", &v, ns);
     }
 }
+
+/// An update keeps the state of what did not change: endpoints (in-flight
+/// counts, ejections), breakers, budgets and rate-limit buckets, as the
+/// YAML path does; the control plane's health applies to kept endpoints.
+#[test]
+fn assemble_keeps_state_across_updates() {
+    let metrics = Metrics::new();
+    let v = validated(EVERYTHING);
+    let mut r = resources(&snapshot(&v, "default")).unwrap();
+    let ctx = Context {
+        metrics: &metrics,
+        previous: None,
+        resolve: &fake_dns,
+    };
+    let first = assemble(&r, &ctx);
+    let name = "outbound|80|v1|reviews.default.svc.cluster.local";
+    if let Some(eps) = r.assignments.get_mut(name) {
+        for e in eps.iter_mut() {
+            e.healthy = false;
+        }
+    }
+    let ctx = Context {
+        metrics: &metrics,
+        previous: Some(&first),
+        resolve: &fake_dns,
+    };
+    let second = assemble(&r, &ctx);
+    assert_eq!(second.generation, first.generation + 1);
+    let (a, b) = (&first.clusters[name], &second.clusters[name]);
+    assert!(Arc::ptr_eq(&a.breaker, &b.breaker));
+    assert!(Arc::ptr_eq(&a.budget, &b.budget));
+    let (ea, eb) = (a.balancer.endpoints(), b.balancer.endpoints());
+    assert_eq!(ea.len(), eb.len());
+    for (x, y) in ea.iter().zip(eb) {
+        assert!(Arc::ptr_eq(x, y), "endpoint {} was rebuilt", x.addr);
+        assert!(!y.is_healthy(), "EDS health applies");
+    }
+    assert_eq!(
+        first.rate_limits.keys().collect::<Vec<_>>(),
+        second.rate_limits.keys().collect::<Vec<_>>()
+    );
+    for (k, bucket) in &first.rate_limits {
+        assert!(
+            Arc::ptr_eq(bucket, &second.rate_limits[k]),
+            "bucket {k} was rebuilt"
+        );
+    }
+    // Changed limits get a fresh breaker.
+    let mut c = r.clusters[name].clone();
+    c.limits.max_connections = 1;
+    r.clusters.insert(name.to_string(), c);
+    let third = assemble(
+        &r,
+        &Context {
+            metrics: &metrics,
+            previous: Some(&second),
+            resolve: &fake_dns,
+        },
+    );
+    assert!(!Arc::ptr_eq(
+        &second.clusters[name].breaker,
+        &third.clusters[name].breaker
+    ));
+}
