@@ -1515,25 +1515,7 @@ pub fn assemble(r: &Resources, ctx: &Context) -> ProxyConfig {
         .filter_map(|l| l.rds.as_ref())
         .filter_map(|n| r.routes.get(n))
         .collect();
-    // A ring-hash cluster hashes on the key its routes give it.
-    let mut keys: HashMap<&str, HashKey> = HashMap::new();
-    for rc in &route_configs {
-        for vh in &rc.vhosts {
-            let RoutesSpec::Http(routes) = &vh.routes else {
-                continue;
-            };
-            for route in routes {
-                for (i, d) in route.destinations.iter().enumerate() {
-                    // One key per destination in order, as the translation writes them;
-                    // with fewer keys than destinations the first applies.
-                    let key = route.hash.get(i).or(route.hash.first());
-                    if let Some(k) = key {
-                        keys.entry(d.cluster.as_str()).or_insert_with(|| k.clone());
-                    }
-                }
-            }
-        }
-    }
+    let keys = ring_hash_keys(&route_configs, &r.clusters);
     let mut clusters = BTreeMap::new();
     for (name, c) in &r.clusters {
         if name == names::INBOUND_APP_CLUSTER {
@@ -1558,6 +1540,47 @@ pub fn assemble(r: &Resources, ctx: &Context) -> ProxyConfig {
         rate_limits: a.rate_limits,
         source: Default::default(),
     }
+}
+
+/// The key each ring-hash cluster hashes on. Envoy puts hash policies on
+/// routes, the proxy on clusters; the translation writes a route's policies
+/// in destination order, one per distinct key. A route with one policy
+/// gives it to all its ring-hash destinations (unambiguous, and every
+/// default route is such a route); otherwise the policies are matched to
+/// the ring-hash destinations in order.
+fn ring_hash_keys<'r>(
+    route_configs: &[&'r RouteConfigSpec],
+    clusters: &BTreeMap<String, ClusterSpec>,
+) -> HashMap<&'r str, HashKey> {
+    let ring = |name: &str| {
+        clusters
+            .get(name)
+            .is_some_and(|c| matches!(c.lb, LbKind::RingHash { .. }))
+    };
+    let routes = || {
+        route_configs
+            .iter()
+            .flat_map(|rc| rc.vhosts.iter())
+            .filter_map(|vh| match &vh.routes {
+                RoutesSpec::Http(rs) => Some(rs.iter()),
+                RoutesSpec::Tcp(_) => None,
+            })
+            .flatten()
+    };
+    let mut keys: HashMap<&str, HashKey> = HashMap::new();
+    for route in routes().filter(|r| r.hash.len() == 1) {
+        for d in route.destinations.iter().filter(|d| ring(&d.cluster)) {
+            keys.entry(d.cluster.as_str())
+                .or_insert_with(|| route.hash[0].clone());
+        }
+    }
+    for route in routes().filter(|r| r.hash.len() > 1) {
+        let ringed = route.destinations.iter().filter(|d| ring(&d.cluster));
+        for (d, k) in ringed.zip(route.hash.iter()) {
+            keys.entry(d.cluster.as_str()).or_insert_with(|| k.clone());
+        }
+    }
+    keys
 }
 
 impl Assembler<'_> {

@@ -812,3 +812,42 @@ fn assemble_keeps_state_across_updates() {
         &third.clusters[name].breaker
     ));
 }
+
+/// Subsets hashing on different keys behind one weighted route: each
+/// ring-hash cluster gets its own key back from the route's policies.
+const HASH_KEYS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cart}
+spec:
+  hosts: [cart]
+  resolution: STATIC
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 10.0.0.1, labels: {v: a}}, {address: 10.0.0.2, labels: {v: b}}, {address: 10.0.0.3, labels: {v: c}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cart}
+spec:
+  host: cart
+  subsets:
+  - {name: a, labels: {v: a}, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}}
+  - {name: b, labels: {v: b}, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: session}}}}}
+  - {name: c, labels: {v: c}, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: cart}
+spec:
+  hosts: [cart]
+  http:
+  - route:
+    - {destination: {host: cart, subset: a}, weight: 34}
+    - {destination: {host: cart, subset: b}, weight: 33}
+    - {destination: {host: cart, subset: c}, weight: 33}
+"#;
+
+#[test]
+fn round_trip_hash_keys_per_subset() {
+    assert_round_trip("hash keys", &validated(HASH_KEYS), "default");
+}
