@@ -9,6 +9,7 @@
 //! [`run`] serves ADS on the xDS address with it.
 
 pub mod api;
+pub mod health;
 pub mod kind;
 pub mod metrics;
 pub mod registry;

@@ -11,8 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::health::{self, HealthCheck, Probe};
 use trellis_translate::names::{INBOUND_PORT, OUTBOUND_PORT};
 use trellis_translate::{ProxyIdentity, Registry, Workload};
 use trellis_xds::envoy_types::pb::envoy::config::core::v3::Node;
@@ -31,6 +32,7 @@ pub mod keys {
     pub const LOCALITY: &str = "LOCALITY";
     pub const OUTBOUND_PORT: &str = "OUTBOUND_PORT";
     pub const INBOUND_PORT: &str = "INBOUND_PORT";
+    pub const HEALTH_CHECK: &str = "HEALTH_CHECK";
 }
 
 /// Where the inbound listener forwards when the node does not say (`APP`).
@@ -59,6 +61,8 @@ pub struct NodeInfo {
     pub workload: Workload,
     /// For the proxy's own listeners (`view`).
     pub identity: ProxyIdentity,
+    /// The active health check it asks for (`HEALTH_CHECK`), if any.
+    pub health_check: Option<HealthCheck>,
 }
 
 /// Reads a node's metadata. Every problem is an error: a proxy whose
@@ -95,13 +99,14 @@ pub fn parse_node(node: &Node) -> Result<NodeInfo, MetadataError> {
     };
     let locality = opt_string(md, keys::LOCALITY)?.filter(|l| !l.is_empty());
     let labels = string_map(md, keys::LABELS)?;
-    let ports = string_map(md, keys::PORTS)?
+    let ports: BTreeMap<String, u16> = string_map(md, keys::PORTS)?
         .into_iter()
         .map(|(k, v)| {
             let key = format!("{}.{k}", keys::PORTS);
             port(&key, &v).map(|p| (k, p))
         })
         .collect::<Result<_, _>>()?;
+    let health_check = health_check(md, &ports)?;
     let outbound_port = opt_port(md, keys::OUTBOUND_PORT)?.unwrap_or(OUTBOUND_PORT);
     let inbound_port = opt_port(md, keys::INBOUND_PORT)?.unwrap_or(INBOUND_PORT);
     Ok(NodeInfo {
@@ -113,8 +118,7 @@ pub fn parse_node(node: &Node) -> Result<NodeInfo, MetadataError> {
             addresses,
             ports,
             locality: locality.clone(),
-            // Until health checks run (issue 4 item 4), a connected proxy's
-            // workload is taken as healthy.
+            // Healthy until a health check (`HEALTH_CHECK`) says otherwise.
             healthy: true,
         },
         identity: ProxyIdentity {
@@ -127,7 +131,108 @@ pub fn parse_node(node: &Node) -> Result<NodeInfo, MetadataError> {
             locality,
             egress: None,
         },
+        health_check,
     })
+}
+
+/// `HEALTH_CHECK`: `{http_path | tcp, port?, interval?, timeout?,
+/// healthy_threshold?, unhealthy_threshold?}`.
+fn health_check(
+    md: &Struct,
+    ports: &BTreeMap<String, u16>,
+) -> Result<Option<HealthCheck>, MetadataError> {
+    const K: &str = keys::HEALTH_CHECK;
+    let hc = match md.fields.get(K).and_then(|v| v.kind.as_ref()) {
+        None | Some(Kind::NullValue(_)) => return Ok(None),
+        Some(Kind::StructValue(s)) => s,
+        Some(other) => return Err(invalid(K, &format!("{other:?}"), "not a struct")),
+    };
+    let field = |f: &str| -> Result<Option<(String, String)>, MetadataError> {
+        let key = format!("{K}.{f}");
+        match hc.fields.get(f) {
+            None
+            | Some(Value {
+                kind: None | Some(Kind::NullValue(_)),
+            }) => Ok(None),
+            Some(Value {
+                kind: Some(Kind::BoolValue(b)),
+            }) => Ok(Some((key, b.to_string()))),
+            Some(v) => as_string(&key, v).map(|s| Some((key, s))),
+        }
+    };
+    let probe = match (field("http_path")?, field("tcp")?) {
+        (Some((key, path)), None) => {
+            if !path.starts_with('/') {
+                return Err(invalid(&key, &format!("{path:?}"), "not a path (/...)"));
+            }
+            Probe::Http { path }
+        }
+        (None, Some((_, t))) if t == "true" => Probe::Tcp,
+        (None, Some((key, t))) => {
+            return Err(invalid(&key, &t, "only `true` (or leave it out)"));
+        }
+        _ => {
+            return Err(invalid(
+                K,
+                "{..}",
+                "needs exactly one of http_path and tcp: true",
+            ));
+        }
+    };
+    let port = match field("port")? {
+        Some((key, p)) => match ports.get(&p) {
+            Some(n) => *n,
+            None => parse(&key, &p, "neither a PORTS name nor a port number")?,
+        },
+        None => match ports.values().next() {
+            Some(n) => *n,
+            None => return Err(invalid(K, "{..}", "no port, and PORTS is empty")),
+        },
+    };
+    let duration = |f: &str, default: Duration| -> Result<Duration, MetadataError> {
+        let Some((key, s)) = field(f)? else {
+            return Ok(default);
+        };
+        let d = parse_duration(&s)
+            .ok_or_else(|| invalid(&key, &format!("{s:?}"), "not a duration (5s, 500ms)"))?;
+        if d.is_zero() {
+            return Err(invalid(&key, &format!("{s:?}"), "must be more than 0"));
+        }
+        Ok(d)
+    };
+    let threshold = |f: &str, default: u32| -> Result<u32, MetadataError> {
+        let Some((key, s)) = field(f)? else {
+            return Ok(default);
+        };
+        match s.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(invalid(&key, &format!("{s:?}"), "not a count (1 or more)")),
+        }
+    };
+    Ok(Some(HealthCheck {
+        probe,
+        port,
+        interval: duration("interval", health::DEFAULT_INTERVAL)?,
+        timeout: duration("timeout", health::DEFAULT_TIMEOUT)?,
+        healthy_threshold: threshold("healthy_threshold", health::DEFAULT_HEALTHY_THRESHOLD)?,
+        unhealthy_threshold: threshold("unhealthy_threshold", health::DEFAULT_UNHEALTHY_THRESHOLD)?,
+    }))
+}
+
+/// `5s`, `500ms`, `1.5s`, or a plain number of seconds.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    (0.0..1e9)
+        .contains(&v)
+        .then(|| Duration::from_secs_f64(v * scale))
 }
 
 fn invalid(key: &str, value: &str, reason: &'static str) -> MetadataError {
@@ -215,6 +320,15 @@ impl Registrations {
             |i: &Result<NodeInfo, MetadataError>| i.as_ref().ok().map(|i| i.workload.clone());
         match self.by_node.get_mut(&node.id) {
             Some(r) => {
+                let mut info = info;
+                // The same check keeps the health it has found so far (the
+                // prober keeps running); a new or no check starts healthy.
+                if let (Ok(old), Ok(new)) = (&r.info, &mut info)
+                    && old.health_check.is_some()
+                    && old.health_check == new.health_check
+                {
+                    new.workload.healthy = old.workload.healthy;
+                }
                 let changed = workload(&r.info) != workload(&info);
                 r.info = info;
                 r.streams.insert(conn_id);
@@ -258,6 +372,18 @@ impl Registrations {
             return false;
         }
         self.by_node.remove(node_id).is_some_and(|r| r.info.is_ok())
+    }
+
+    /// The health check found `node_id`'s workload `healthy` or not.
+    /// Returns whether the registry changed.
+    pub fn set_healthy(&mut self, node_id: &str, healthy: bool) -> bool {
+        match self.by_node.get_mut(node_id).map(|r| r.info.as_mut()) {
+            Some(Ok(i)) if i.workload.healthy != healthy => {
+                i.workload.healthy = healthy;
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn get(&self, node_id: &str) -> Option<&Registration> {
@@ -403,6 +529,125 @@ mod tests {
             let err = parse_node(&node).unwrap_err().to_string();
             assert!(err.starts_with(want), "{err:?} should start with {want:?}");
         }
+    }
+
+    #[test]
+    fn health_check() {
+        let with = |hc: Value| {
+            parse_node(&node(
+                "w",
+                &[
+                    ("ADDRESS", s("10.0.0.1")),
+                    ("PORTS", st(&[("http", n(8080.0)), ("admin", s("9901"))])),
+                    ("HEALTH_CHECK", hc),
+                ],
+            ))
+            .map(|i| i.health_check)
+        };
+        // Defaults: the first PORTS entry (by name), 5s, 1s, 1, 2.
+        let hc = with(st(&[("http_path", s("/healthz"))])).unwrap().unwrap();
+        assert_eq!(
+            hc,
+            HealthCheck {
+                probe: Probe::Http {
+                    path: "/healthz".into()
+                },
+                port: 9901,
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(1),
+                healthy_threshold: 1,
+                unhealthy_threshold: 2,
+            }
+        );
+        let hc = with(st(&[
+            (
+                "tcp",
+                Value {
+                    kind: Some(Kind::BoolValue(true)),
+                },
+            ),
+            ("port", s("http")),
+            ("interval", s("500ms")),
+            ("timeout", n(2.0)),
+            ("healthy_threshold", s("3")),
+            ("unhealthy_threshold", n(4.0)),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(hc.probe, Probe::Tcp);
+        assert_eq!((hc.port, hc.interval), (8080, Duration::from_millis(500)));
+        assert_eq!(hc.timeout, Duration::from_secs(2));
+        assert_eq!((hc.healthy_threshold, hc.unhealthy_threshold), (3, 4));
+        assert_eq!(
+            with(st(&[("tcp", s("true")), ("port", n(7000.0))]))
+                .unwrap()
+                .unwrap()
+                .port,
+            7000
+        );
+        let errors = [
+            (
+                st(&[]),
+                "node metadata HEALTH_CHECK is {..}: needs exactly one",
+            ),
+            (s("tcp"), "node metadata HEALTH_CHECK is"),
+            (
+                st(&[("http_path", s("healthz"))]),
+                "node metadata HEALTH_CHECK.http_path is",
+            ),
+            (
+                st(&[("tcp", s("true")), ("port", s("grpc"))]),
+                "node metadata HEALTH_CHECK.port is",
+            ),
+            (
+                st(&[("tcp", s("true")), ("interval", s("5m"))]),
+                "node metadata HEALTH_CHECK.interval is",
+            ),
+            (
+                st(&[("tcp", s("true")), ("timeout", s("0s"))]),
+                "node metadata HEALTH_CHECK.timeout is",
+            ),
+            (
+                st(&[("tcp", s("true")), ("unhealthy_threshold", n(0.0))]),
+                "node metadata HEALTH_CHECK.unhealthy_threshold is",
+            ),
+        ];
+        for (hc, want) in errors {
+            let err = with(hc).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{err:?} should start with {want:?}");
+        }
+        // Without PORTS, a port must be given.
+        let err = parse_node(&node(
+            "w",
+            &[
+                ("ADDRESS", s("10.0.0.1")),
+                ("HEALTH_CHECK", st(&[("tcp", s("true"))])),
+            ],
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("PORTS is empty"), "{err}");
+    }
+
+    #[test]
+    fn health_is_kept_across_a_reconnect_with_the_same_check() {
+        let mut r = Registrations::default();
+        let a = node(
+            "a",
+            &[
+                ("ADDRESS", s("10.0.0.1")),
+                ("HEALTH_CHECK", st(&[("tcp", s("true")), ("port", n(80.0))])),
+            ],
+        );
+        assert!(r.connect(1, &a));
+        assert!(r.set_healthy("a", false));
+        assert!(!r.set_healthy("a", false), "no change");
+        assert!(!r.registry().workloads[0].healthy);
+        assert!(!r.connect(2, &a), "same metadata, same health");
+        assert!(!r.registry().workloads[0].healthy);
+        // Without the check, it is healthy again.
+        assert!(r.connect(3, &node("a", &[("ADDRESS", s("10.0.0.1"))])));
+        assert!(r.registry().workloads[0].healthy);
+        assert!(!r.set_healthy("nobody", false));
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! comparing. translate stays free of the xDS server crate.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,7 @@ use trellis_translate::{ProxyIdentity, Registry, SharedResources};
 use trellis_xds::envoy_types::pb::envoy::config::core::v3::Node;
 use trellis_xds::{Connection, ConnectionStatus, Nack, Snapshots, XdsHooks};
 
+use crate::health::HealthCheck;
 use crate::registry::{MetadataError, NodeInfo, Registrations};
 use crate::store::{self, Key};
 
@@ -69,6 +71,16 @@ struct State {
     shared: Option<Arc<SharedResources>>,
     cache: HashMap<(&'static str, u64), Cached>,
     served: HashMap<String, Served>,
+    /// The health-check prober of each registered workload that asks for
+    /// one: what it probes, and the task.
+    probers: HashMap<String, Prober>,
+}
+
+#[derive(Debug)]
+struct Prober {
+    check: HealthCheck,
+    target: SocketAddr,
+    task: tokio::task::AbortHandle,
 }
 
 #[derive(Debug)]
@@ -92,6 +104,7 @@ impl Mesh {
                 shared: None,
                 cache: HashMap::new(),
                 served: HashMap::new(),
+                probers: HashMap::new(),
             }),
             generations: watch::Sender::new(1),
             grace,
@@ -167,6 +180,55 @@ impl Mesh {
         self.bump(st);
     }
 
+    /// The health check of `node_id` found it `healthy` or not.
+    pub fn set_healthy(&self, node_id: &str, healthy: bool) {
+        let mut st = self.lock();
+        if st.registrations.set_healthy(node_id, healthy) {
+            self.registry_changed(&mut st);
+        }
+    }
+
+    /// Starts, restarts or stops `node_id`'s prober to match its
+    /// registration (a check, what it probes).
+    fn sync_prober(&self, st: &mut State, node_id: &str) {
+        let want = match st.registrations.get(node_id).map(|r| &r.info) {
+            Some(Ok(i)) => i.health_check.as_ref().and_then(|c| {
+                let ip = *i.workload.addresses.first()?;
+                Some((c.clone(), SocketAddr::new(ip, c.port)))
+            }),
+            _ => None,
+        };
+        if let (Some(p), Some((check, target))) = (st.probers.get(node_id), &want)
+            && p.check == *check
+            && p.target == *target
+        {
+            return;
+        }
+        if let Some(p) = st.probers.remove(node_id) {
+            p.task.abort();
+        }
+        let Some((check, target)) = want else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let task = rt
+            .spawn(crate::health::run(
+                self.me.clone(),
+                node_id.to_string(),
+                check.clone(),
+                target,
+            ))
+            .abort_handle();
+        st.probers.insert(
+            node_id.to_string(),
+            Prober {
+                check,
+                target,
+                task,
+            },
+        );
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every write is a plain field update: consistent after a panic.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -183,6 +245,7 @@ impl Mesh {
             if st.registrations.expire(&node_id, grace, Instant::now()) {
                 tracing::info!(node = %node_id, "workload deregistered (disconnected for the grace period)");
                 st.served.remove(&node_id);
+                me.sync_prober(&mut st, &node_id);
                 me.registry_changed(&mut st);
             }
         });
@@ -365,6 +428,7 @@ impl XdsHooks for Mesh {
             ),
             None => {}
         }
+        self.sync_prober(&mut st, &conn.node.id);
         if changed {
             self.registry_changed(&mut st);
         }
