@@ -587,3 +587,69 @@ fn a_nack_is_shown_and_a_gone_workload_leaves_after_the_grace() {
     assert!(took >= Duration::from_secs(1), "{took:?}");
     drop(taken);
 }
+
+#[test]
+fn a_health_check_marks_the_workload_unhealthy_and_back() {
+    let data = tempfile::tempdir().unwrap();
+    let control = Control::start(data.path(), &[]);
+    // The workload's "app": a listener that completes TCP connects while it
+    // is bound.
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_addr = app.local_addr().unwrap();
+    let ports = format!("http={}", app_addr.port());
+    let bootstrap = trellis(&[
+        "bootstrap",
+        "envoy",
+        "--workload",
+        "productpage",
+        "--labels",
+        "app=productpage",
+        "--ports",
+        &ports,
+        "--address",
+        "127.0.0.1",
+        "--outbound-port",
+        "0",
+        "--inbound-port",
+        "0",
+        "--xds",
+        &control.xds,
+        "--admin",
+        "127.0.0.1:0",
+    ])
+    .ok()
+    .stdout;
+    let mut bootstrap: Value = serde_json::from_str(&bootstrap).unwrap();
+    bootstrap["node"]["metadata"]["HEALTH_CHECK"] = serde_json::json!({
+        "tcp": true,
+        "port": "http",
+        "interval": "200ms",
+        "timeout": "200ms",
+    });
+    let envoy = Envoy::start(&bootstrap.to_string());
+    let healthy = || {
+        let w = get_json(&control, "/api/v1/workloads");
+        w["items"][0]["workload"]["healthy"].as_bool()
+    };
+    eventually("the workload to register healthy", || {
+        (healthy() == Some(true)).then_some(())
+    });
+    // Two failed probes (two intervals) after the app goes away.
+    drop(app);
+    let gone = Instant::now();
+    eventually("the workload to turn unhealthy", || {
+        (healthy() == Some(false)).then_some(())
+    });
+    assert!(
+        gone.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        gone.elapsed()
+    );
+    // Back with one successful probe.
+    let app = std::net::TcpListener::bind(app_addr).unwrap();
+    eventually("the workload to turn healthy again", || {
+        (healthy() == Some(true)).then_some(())
+    });
+    drop(app);
+    drop(envoy);
+}
