@@ -50,6 +50,7 @@
 mod chaos;
 mod client;
 mod echo;
+mod envoy;
 mod grpc;
 mod process;
 mod python;
@@ -63,6 +64,7 @@ pub use client::{
     http1_client_to, send, try_send,
 };
 pub use echo::EchoServer;
+pub use envoy::envoy_binary;
 pub use grpc::{decode_messages, encode_message};
 pub use process::{ProxyCommand, ProxyProcess, START_TIMEOUT, StartError};
 pub use python::{grpc_client, grpc_client_script, python, workspace_root};

