@@ -36,7 +36,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 
 use crate::protocol::{
-    Event, Nack, Nonces, Output, ProtocolError, Subscription, TypeStatus, WILDCARD,
+    Acks, Event, Nonces, Output, ProtocolError, Subscription, TypeStatus, WILDCARD,
 };
 use crate::resource::{Fnv64, Resources, Snapshot, TypeUrl, type_url};
 
@@ -70,15 +70,10 @@ struct TypeState {
     /// nothing dirty means nothing to send, without walking the map.
     computed_from: Option<Arc<Resources>>,
     computed: bool,
-    /// `system_version_info` and nonce of the last response sent.
-    sent: Option<(String, String)>,
-    pending: bool,
-    acked_version: Option<String>,
-    last_nack: Option<Nack>,
+    /// What was sent last and what the client said of it.
+    ack: Acks,
     pushes: u64,
     resources_sent: u64,
-    acks: u64,
-    nacks: u64,
 }
 
 impl DeltaStream {
@@ -108,40 +103,13 @@ impl DeltaStream {
         let state = self.types.entry(req.type_url.clone()).or_default();
 
         if !req.response_nonce.is_empty() {
-            let answers_pending = state.pending
-                && state
-                    .sent
-                    .as_ref()
-                    .is_some_and(|(_, nonce)| *nonce == req.response_nonce);
-            if answers_pending {
-                state.pending = false;
-                let version = state
-                    .sent
-                    .as_ref()
-                    .map(|(v, _)| v.clone())
-                    .unwrap_or_default();
-                if let Some(err) = &req.error_detail {
-                    state.nacks += 1;
-                    let nack = Nack {
-                        type_url: req.type_url.clone(),
-                        rejected_version: version,
-                        client_version: String::new(),
-                        nonce: req.response_nonce.clone(),
-                        code: err.code,
-                        message: err.message.clone(),
-                    };
-                    state.last_nack = Some(nack.clone());
-                    out.events.push(Event::Nack(nack));
-                } else {
-                    state.acks += 1;
-                    state.acked_version = Some(version.clone());
-                    state.last_nack = None;
-                    out.events.push(Event::Ack {
-                        type_url: req.type_url.clone(),
-                        version,
-                        nonce: req.response_nonce.clone(),
-                    });
-                }
+            if let Some(event) = state.ack.on_answer(
+                &req.type_url,
+                &req.response_nonce,
+                req.error_detail.as_ref(),
+                String::new(),
+            ) {
+                out.events.push(event);
             } else {
                 out.events.push(Event::Stale {
                     type_url: req.type_url.clone(),
@@ -196,7 +164,7 @@ impl DeltaStream {
             }
         }
 
-        if !state.pending
+        if !state.ack.pending
             && let Some(resp) = push(&self.snapshot, &req.type_url, state, &mut self.nonces)
         {
             out.responses.push(resp);
@@ -216,7 +184,7 @@ impl DeltaStream {
             let Some(state) = self.types.get_mut(&t) else {
                 continue;
             };
-            if state.pending {
+            if state.ack.pending {
                 continue;
             }
             if let Some(resp) = push(&self.snapshot, &t, state, &mut self.nonces) {
@@ -241,15 +209,15 @@ impl DeltaStream {
                     TypeStatus {
                         wildcard: s.sub.wildcard,
                         names: s.sub.names.iter().cloned().collect(),
-                        sent_version: s.sent.as_ref().map(|(v, _)| v.clone()),
-                        sent_nonce: s.sent.as_ref().map(|(_, n)| n.clone()),
-                        acked_version: s.acked_version.clone(),
-                        pending: s.pending,
-                        last_nack: s.last_nack.clone(),
+                        sent_version: s.ack.sent.as_ref().map(|(v, _)| v.clone()),
+                        sent_nonce: s.ack.sent.as_ref().map(|(_, n)| n.clone()),
+                        acked_version: s.ack.acked_version.clone(),
+                        pending: s.ack.pending,
+                        last_nack: s.ack.last_nack.clone(),
                         pushes: s.pushes,
                         resources_sent: s.resources_sent,
-                        acks: s.acks,
-                        nacks: s.nacks,
+                        acks: s.ack.acks,
+                        nacks: s.ack.nacks,
                     },
                 )
             })
@@ -361,8 +329,8 @@ fn push(
 
     let nonce = nonces.next();
     let version = h.hex();
-    state.sent = Some((version.clone(), nonce.clone()));
-    state.pending = true;
+    state.ack.sent = Some((version.clone(), nonce.clone()));
+    state.ack.pending = true;
     state.pushes += 1;
     Some(DeltaDiscoveryResponse {
         system_version_info: version,

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeSet;
 
+use envoy_types::pb::google::rpc::Status;
+
 use crate::resource::type_url;
 
 /// The name that subscribes to every resource of a type.
@@ -78,6 +80,71 @@ impl<R> Default for Output<R> {
             responses: Vec::new(),
             events: Vec::new(),
         }
+    }
+}
+
+/// One type's last response on one stream and what the client said of it:
+/// the ACK/NACK bookkeeping both protocol variants share.
+#[derive(Debug, Default)]
+pub(crate) struct Acks {
+    /// Version and nonce of the last response sent.
+    pub(crate) sent: Option<(String, String)>,
+    /// Whether `sent` awaits its ACK/NACK.
+    pub(crate) pending: bool,
+    pub(crate) acked_version: Option<String>,
+    /// The last NACK, kept until a later response is ACKed.
+    pub(crate) last_nack: Option<Nack>,
+    pub(crate) acks: u64,
+    pub(crate) nacks: u64,
+}
+
+impl Acks {
+    /// A request carrying `nonce`: if it answers the pending response, it is
+    /// an ACK, or a NACK when it has `error` (the client keeps the version
+    /// it ACKed last, which is kept here too). `None` when it answers
+    /// nothing pending; what that means differs between the variants.
+    pub(crate) fn on_answer(
+        &mut self,
+        type_url: &str,
+        nonce: &str,
+        error: Option<&Status>,
+        client_version: String,
+    ) -> Option<Event> {
+        let answers_pending = self.pending && self.sent.as_ref().is_some_and(|(_, n)| n == nonce);
+        if !answers_pending {
+            return None;
+        }
+        self.pending = false;
+        let version = self
+            .sent
+            .as_ref()
+            .map(|(v, _)| v.clone())
+            .unwrap_or_default();
+        Some(match error {
+            Some(err) => {
+                self.nacks += 1;
+                let nack = Nack {
+                    type_url: type_url.to_string(),
+                    rejected_version: version,
+                    client_version,
+                    nonce: nonce.to_string(),
+                    code: err.code,
+                    message: err.message.clone(),
+                };
+                self.last_nack = Some(nack.clone());
+                Event::Nack(nack)
+            }
+            None => {
+                self.acks += 1;
+                self.acked_version = Some(version.clone());
+                self.last_nack = None;
+                Event::Ack {
+                    type_url: type_url.to_string(),
+                    version,
+                    nonce: nonce.to_string(),
+                }
+            }
+        })
     }
 }
 

@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
-use crate::protocol::{Event, Nack, Nonces, Output, ProtocolError, Subscription, TypeStatus};
+use crate::protocol::{Acks, Event, Nonces, Output, ProtocolError, Subscription, TypeStatus};
 use crate::resource::{Fnv64, Resources, Snapshot, TypeUrl, type_url};
 
 /// One state-of-the-world ADS stream.
@@ -46,12 +46,8 @@ pub struct SotwStream {
 #[derive(Debug, Default)]
 struct TypeState {
     sub: Subscription,
-    /// Version and nonce of the last response sent.
-    sent: Option<(String, String)>,
-    /// Whether `sent` awaits its ACK/NACK.
-    pending: bool,
-    acked_version: Option<String>,
-    last_nack: Option<Nack>,
+    /// What was sent last and what the client said of it.
+    ack: Acks,
     /// The view version computed last, and what it was computed from (the
     /// type's map in the snapshot): when neither the map (same `Arc`) nor
     /// the subscription changed, the version is reused without hashing the
@@ -59,8 +55,6 @@ struct TypeState {
     cached: Option<(Option<Arc<Resources>>, String)>,
     pushes: u64,
     resources_sent: u64,
-    acks: u64,
-    nacks: u64,
 }
 
 impl SotwStream {
@@ -90,41 +84,15 @@ impl SotwStream {
         let state = self.types.entry(req.type_url.clone()).or_default();
 
         if !req.response_nonce.is_empty() {
-            let answers_pending = state.pending
-                && state
-                    .sent
-                    .as_ref()
-                    .is_some_and(|(_, nonce)| *nonce == req.response_nonce);
-            if answers_pending {
-                state.pending = false;
-                let version = state
-                    .sent
-                    .as_ref()
-                    .map(|(v, _)| v.clone())
-                    .unwrap_or_default();
-                if let Some(err) = &req.error_detail {
-                    state.nacks += 1;
-                    let nack = Nack {
-                        type_url: req.type_url.clone(),
-                        rejected_version: version,
-                        client_version: req.version_info.clone(),
-                        nonce: req.response_nonce.clone(),
-                        code: err.code,
-                        message: err.message.clone(),
-                    };
-                    state.last_nack = Some(nack.clone());
-                    out.events.push(Event::Nack(nack));
-                } else {
-                    state.acks += 1;
-                    state.acked_version = Some(version.clone());
-                    state.last_nack = None;
-                    out.events.push(Event::Ack {
-                        type_url: req.type_url.clone(),
-                        version,
-                        nonce: req.response_nonce.clone(),
-                    });
-                }
+            if let Some(event) = state.ack.on_answer(
+                &req.type_url,
+                &req.response_nonce,
+                req.error_detail.as_ref(),
+                req.version_info.clone(),
+            ) {
+                out.events.push(event);
             } else if state
+                .ack
                 .sent
                 .as_ref()
                 .is_none_or(|(_, n)| *n != req.response_nonce)
@@ -153,13 +121,13 @@ impl SotwStream {
             // a full push per proxy after a control-plane restart.
             let version = current_version(&self.snapshot, &req.type_url, state);
             if version == req.version_info {
-                state.sent = Some((version.clone(), String::new()));
-                state.acked_version = Some(version);
+                state.ack.sent = Some((version.clone(), String::new()));
+                state.ack.acked_version = Some(version);
                 force = false;
             }
         }
 
-        if !state.pending
+        if !state.ack.pending
             && let Some(resp) = push(
                 &self.snapshot,
                 &req.type_url,
@@ -186,7 +154,7 @@ impl SotwStream {
             let Some(state) = self.types.get_mut(&t) else {
                 continue;
             };
-            if state.pending {
+            if state.ack.pending {
                 continue;
             }
             if let Some(resp) = push(&self.snapshot, &t, state, &mut self.nonces, false) {
@@ -211,15 +179,15 @@ impl SotwStream {
                     TypeStatus {
                         wildcard: s.sub.wildcard,
                         names: s.sub.names.iter().cloned().collect(),
-                        sent_version: s.sent.as_ref().map(|(v, _)| v.clone()),
-                        sent_nonce: s.sent.as_ref().map(|(_, n)| n.clone()),
-                        acked_version: s.acked_version.clone(),
-                        pending: s.pending,
-                        last_nack: s.last_nack.clone(),
+                        sent_version: s.ack.sent.as_ref().map(|(v, _)| v.clone()),
+                        sent_nonce: s.ack.sent.as_ref().map(|(_, n)| n.clone()),
+                        acked_version: s.ack.acked_version.clone(),
+                        pending: s.ack.pending,
+                        last_nack: s.ack.last_nack.clone(),
                         pushes: s.pushes,
                         resources_sent: s.resources_sent,
-                        acks: s.acks,
-                        nacks: s.nacks,
+                        acks: s.ack.acks,
+                        nacks: s.ack.nacks,
                     },
                 )
             })
@@ -238,7 +206,7 @@ fn push(
 ) -> Option<DiscoveryResponse> {
     let source = snapshot.of_type(type_url).cloned();
     let version = current_version(snapshot, type_url, state);
-    let unchanged = state.sent.as_ref().is_some_and(|(v, _)| *v == version);
+    let unchanged = state.ack.sent.as_ref().is_some_and(|(v, _)| *v == version);
     if unchanged && !force {
         return None;
     }
@@ -247,8 +215,8 @@ fn push(
         .collect();
     state.resources_sent += resources.len() as u64;
     let nonce = nonces.next();
-    state.sent = Some((version.clone(), nonce.clone()));
-    state.pending = true;
+    state.ack.sent = Some((version.clone(), nonce.clone()));
+    state.ack.pending = true;
     state.pushes += 1;
     Some(DiscoveryResponse {
         version_info: version,
