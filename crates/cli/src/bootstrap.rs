@@ -8,16 +8,42 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde_json::{Value, json};
 
-/// What a bootstrap describes.
+/// The workload a bootstrap registers with the control plane.
 #[derive(Debug, Clone)]
-pub struct EnvoyBootstrap {
-    pub workload: String,
+pub struct Workload {
+    pub name: String,
     pub namespace: String,
     pub service_account: String,
     pub labels: BTreeMap<String, String>,
     /// Service port name -> the workload's port for it.
     pub ports: BTreeMap<String, u16>,
     pub address: IpAddr,
+}
+
+impl Workload {
+    /// The node id: unique per workload and namespace.
+    pub fn node_id(&self) -> String {
+        format!("{}.{}", self.name, self.namespace)
+    }
+
+    /// The node metadata every bootstrap carries (docs/xds.md).
+    fn metadata(&self) -> Value {
+        json!({
+            "NAME": self.name,
+            "NAMESPACE": self.namespace,
+            "SERVICE_ACCOUNT": self.service_account,
+            "LABELS": self.labels,
+            "ADDRESS": self.address.to_string(),
+            "ADDRESSES": [self.address.to_string()],
+            "PORTS": self.ports,
+        })
+    }
+}
+
+/// What an Envoy bootstrap describes.
+#[derive(Debug, Clone)]
+pub struct EnvoyBootstrap {
+    pub workload: Workload,
     pub app: Option<SocketAddr>,
     pub locality: Option<String>,
     pub outbound_port: Option<u16>,
@@ -26,6 +52,53 @@ pub struct EnvoyBootstrap {
     pub admin: SocketAddr,
     /// Delta (incremental) ADS instead of state of the world.
     pub delta: bool,
+}
+
+/// What a proxyless gRPC client's bootstrap describes (gRFC A27's format,
+/// read by grpcio, grpc-go and grpc-java from `GRPC_XDS_BOOTSTRAP`).
+#[derive(Debug, Clone)]
+pub struct GrpcBootstrap {
+    pub workload: Workload,
+    pub locality: Option<String>,
+    pub xds: SocketAddr,
+}
+
+impl GrpcBootstrap {
+    pub fn to_json(&self) -> Value {
+        let mut md = self.workload.metadata();
+        // Istio's key: the control plane sends named api_listeners
+        // (translate::proxyless) instead of a sidecar's listeners.
+        md["GENERATOR"] = json!("grpc");
+        if let Some(l) = &self.locality {
+            md["LOCALITY"] = json!(l);
+        }
+        json!({
+            "xds_servers": [{
+                "server_uri": self.xds.to_string(),
+                // Plaintext on loopback, like every proxy's ADS today.
+                "channel_creds": [{"type": "insecure"}],
+                "server_features": ["xds_v3"],
+            }],
+            "node": {
+                "id": self.workload.node_id(),
+                "cluster": self.workload.node_id(),
+                "metadata": md,
+                "locality": locality_json(self.locality.as_deref()),
+            },
+        })
+    }
+}
+
+/// `region/zone/subzone` as the node's `locality` object.
+fn locality_json(l: Option<&str>) -> Value {
+    let mut parts = l.unwrap_or_default().splitn(3, '/');
+    let mut out = serde_json::Map::new();
+    for key in ["region", "zone", "sub_zone"] {
+        if let Some(p) = parts.next().filter(|p| !p.is_empty()) {
+            out.insert(key.into(), json!(p));
+        }
+    }
+    Value::Object(out)
 }
 
 /// `k=v,k2=v2` -> labels. Empty input: none.
@@ -55,22 +128,9 @@ pub fn parse_ports(s: &str) -> Result<BTreeMap<String, u16>, String> {
 }
 
 impl EnvoyBootstrap {
-    /// The node id: unique per workload and namespace.
-    pub fn node_id(&self) -> String {
-        format!("{}.{}", self.workload, self.namespace)
-    }
-
     /// The bootstrap as JSON (Envoy reads it as YAML too).
     pub fn to_json(&self) -> Value {
-        let mut md = json!({
-            "NAME": self.workload,
-            "NAMESPACE": self.namespace,
-            "SERVICE_ACCOUNT": self.service_account,
-            "LABELS": self.labels,
-            "ADDRESS": self.address.to_string(),
-            "ADDRESSES": [self.address.to_string()],
-            "PORTS": self.ports,
-        });
+        let mut md = self.workload.metadata();
         if let Some(app) = self.app {
             md["APP"] = json!(app.to_string());
         }
@@ -86,8 +146,8 @@ impl EnvoyBootstrap {
         let socket = |a: SocketAddr| json!({"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}});
         json!({
             "node": {
-                "id": self.node_id(),
-                "cluster": self.node_id(),
+                "id": self.workload.node_id(),
+                "cluster": self.workload.node_id(),
                 "metadata": md,
             },
             "admin": {"address": socket(self.admin)},
@@ -147,15 +207,38 @@ mod tests {
         assert!(parse_labels("=x").is_err());
     }
 
-    #[test]
-    fn bootstrap_carries_the_node_metadata_and_the_ads_cluster() {
-        let b = EnvoyBootstrap {
-            workload: "productpage".into(),
+    fn workload() -> Workload {
+        Workload {
+            name: "productpage".into(),
             namespace: "default".into(),
             service_account: "default".into(),
             labels: parse_labels("app=productpage").unwrap(),
             ports: parse_ports("http=9080").unwrap(),
             address: "127.0.0.5".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn grpc_bootstrap_is_a27_with_the_generator() {
+        let b = GrpcBootstrap {
+            workload: workload(),
+            locality: Some("eu/eu-1".into()),
+            xds: "127.0.0.1:15010".parse().unwrap(),
+        }
+        .to_json();
+        assert_eq!(b["xds_servers"][0]["server_uri"], "127.0.0.1:15010");
+        assert_eq!(b["xds_servers"][0]["channel_creds"][0]["type"], "insecure");
+        assert_eq!(b["xds_servers"][0]["server_features"][0], "xds_v3");
+        assert_eq!(b["node"]["id"], "productpage.default");
+        assert_eq!(b["node"]["metadata"]["GENERATOR"], "grpc");
+        assert_eq!(b["node"]["metadata"]["ADDRESS"], "127.0.0.5");
+        assert_eq!(b["node"]["locality"], json!({"region": "eu", "zone": "eu-1"}));
+    }
+
+    #[test]
+    fn bootstrap_carries_the_node_metadata_and_the_ads_cluster() {
+        let b = EnvoyBootstrap {
+            workload: workload(),
             app: Some("127.0.0.5:9080".parse().unwrap()),
             locality: None,
             outbound_port: Some(0),

@@ -1,6 +1,7 @@
 //! `trellis`: the control plane (`trellis control`) and the verbs that talk
-//! to it (`apply`, `get`, `delete`), plus offline `check` and `bootstrap envoy`
-//! (a proxy's bootstrap pointing at the control plane). kubectl's habits:
+//! to it (`apply`, `get`, `delete`), plus offline `check` and `bootstrap
+//! envoy|grpc` (a proxy's or a proxyless gRPC client's bootstrap pointing at
+//! the control plane). kubectl's habits:
 //! `-f FILE|DIR`, `-n NS`, `-o yaml|json|table`, exit 1 on errors.
 
 mod bootstrap;
@@ -53,10 +54,14 @@ enum Command {
 enum BootstrapCommand {
     /// An Envoy bootstrap (JSON): node metadata for the workload, ADS from `trellis control`.
     Envoy(EnvoyBootstrapArgs),
+    /// A gRPC xDS bootstrap (JSON) for proxyless clients: point
+    /// GRPC_XDS_BOOTSTRAP at it and dial `xds:///<service>:<port>`.
+    Grpc(GrpcBootstrapArgs),
 }
 
+/// The workload a bootstrap registers (node metadata, docs/xds.md).
 #[derive(Args, Debug)]
-struct EnvoyBootstrapArgs {
+struct WorkloadArgs {
     /// The workload's name.
     #[arg(long)]
     workload: String,
@@ -73,6 +78,41 @@ struct EnvoyBootstrapArgs {
     /// The workload's service account.
     #[arg(long, default_value = "default")]
     service_account: String,
+}
+
+impl WorkloadArgs {
+    fn into_workload(self, address: IpAddr) -> Result<bootstrap::Workload, Failure> {
+        Ok(bootstrap::Workload {
+            labels: bootstrap::parse_labels(&self.labels).map_err(Failure::new)?,
+            ports: bootstrap::parse_ports(&self.ports).map_err(Failure::new)?,
+            name: self.workload,
+            namespace: self.namespace,
+            service_account: self.service_account,
+            address,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+struct GrpcBootstrapArgs {
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    /// The client's address (registered as the workload's; a workloadSelector
+    /// that matches its labels sends traffic there).
+    #[arg(long, default_value = "127.0.0.1")]
+    address: IpAddr,
+    /// Istio locality, region/zone/subzone.
+    #[arg(long)]
+    locality: Option<String>,
+    /// The control plane's xDS address.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds: SocketAddr,
+}
+
+#[derive(Args, Debug)]
+struct EnvoyBootstrapArgs {
+    #[command(flatten)]
+    workload: WorkloadArgs,
     /// The proxy's address: its listeners bind <address>:15001 (outbound) and :15006 (inbound).
     #[arg(long)]
     address: IpAddr,
@@ -228,6 +268,7 @@ fn main() -> ExitCode {
         Command::Delete(a) => delete(a),
         Command::Check(a) => check(a),
         Command::Bootstrap(BootstrapCommand::Envoy(a)) => bootstrap_envoy(a),
+        Command::Bootstrap(BootstrapCommand::Grpc(a)) => bootstrap_grpc(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -276,15 +317,8 @@ fn control(a: ControlArgs) -> Result<(), Failure> {
 }
 
 fn bootstrap_envoy(a: EnvoyBootstrapArgs) -> Result<(), Failure> {
-    let labels = bootstrap::parse_labels(&a.labels).map_err(Failure::new)?;
-    let ports = bootstrap::parse_ports(&a.ports).map_err(Failure::new)?;
     let b = bootstrap::EnvoyBootstrap {
-        workload: a.workload,
-        namespace: a.namespace,
-        service_account: a.service_account,
-        labels,
-        ports,
-        address: a.address,
+        workload: a.workload.into_workload(a.address)?,
         app: a.app,
         locality: a.locality,
         outbound_port: a.outbound_port,
@@ -293,7 +327,20 @@ fn bootstrap_envoy(a: EnvoyBootstrapArgs) -> Result<(), Failure> {
         admin: a.admin,
         delta: a.delta,
     };
-    let text = serde_json::to_string_pretty(&b.to_json())
+    print_json(&b.to_json())
+}
+
+fn bootstrap_grpc(a: GrpcBootstrapArgs) -> Result<(), Failure> {
+    let b = bootstrap::GrpcBootstrap {
+        workload: a.workload.into_workload(a.address)?,
+        locality: a.locality,
+        xds: a.xds,
+    };
+    print_json(&b.to_json())
+}
+
+fn print_json(v: &Value) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(v)
         .map_err(|e| Failure::new(format!("cannot print the bootstrap: {e}")))?;
     println!("{text}");
     Ok(())

@@ -33,6 +33,8 @@ pub mod keys {
     pub const OUTBOUND_PORT: &str = "OUTBOUND_PORT";
     pub const INBOUND_PORT: &str = "INBOUND_PORT";
     pub const HEALTH_CHECK: &str = "HEALTH_CHECK";
+    /// `grpc`: a proxyless gRPC client (Istio's key and value).
+    pub const GENERATOR: &str = "GENERATOR";
 }
 
 /// Where the inbound listener forwards when the node does not say (`APP`).
@@ -109,6 +111,11 @@ pub fn parse_node(node: &Node) -> Result<NodeInfo, MetadataError> {
     let health_check = health_check(md, &ports)?;
     let outbound_port = opt_port(md, keys::OUTBOUND_PORT)?.unwrap_or(OUTBOUND_PORT);
     let inbound_port = opt_port(md, keys::INBOUND_PORT)?.unwrap_or(INBOUND_PORT);
+    let proxyless = match opt_string(md, keys::GENERATOR)?.as_deref() {
+        None | Some("") => false,
+        Some("grpc") => true,
+        Some(other) => return Err(invalid(keys::GENERATOR, other, "the only generator is grpc")),
+    };
     Ok(NodeInfo {
         workload: Workload {
             name: name.clone(),
@@ -130,6 +137,7 @@ pub fn parse_node(node: &Node) -> Result<NodeInfo, MetadataError> {
             app,
             locality,
             egress: None,
+            proxyless,
         },
         health_check,
     })

@@ -312,6 +312,7 @@ fn placeholder_identity(node: &Node) -> ProxyIdentity {
         app: crate::registry::DEFAULT_APP,
         locality: None,
         egress: None,
+        proxyless: false,
     }
 }
 

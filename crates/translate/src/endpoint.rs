@@ -283,6 +283,13 @@ pub fn load_assignment(
         .into_iter()
         .map(|((p, locality), eps)| LocalityLbEndpoints {
             locality: Some(parse_locality(&locality)).filter(|l| !locality_is_empty(l)),
+            // Envoy ignores locality weights unless the cluster enables
+            // locality-weighted balancing; gRPC clients skip a locality
+            // without one. The sum keeps endpoint weights meaningful across
+            // localities.
+            load_balancing_weight: Some(u32v(
+                eps.iter().map(|e| e.weight.max(1)).fold(0u32, u32::saturating_add),
+            )),
             lb_endpoints: eps.into_iter().map(lb_endpoint).collect(),
             priority: compact(p),
             ..Default::default()

@@ -26,6 +26,7 @@ pub mod error;
 pub mod inline;
 pub mod listener;
 pub mod names;
+pub mod proxyless;
 pub mod registry;
 pub mod route;
 
@@ -69,6 +70,10 @@ pub struct ProxyIdentity {
     /// kind is not in the model yet; this is where the control plane passes
     /// its `egress[].hosts` once it is.
     pub egress: Option<Vec<EgressHost>>,
+    /// A proxyless gRPC client (node metadata `GENERATOR: grpc`): it gets
+    /// named `api_listener`s per service port instead of the sidecar's
+    /// two listeners ([`proxyless`]).
+    pub proxyless: bool,
 }
 
 /// One Istio Sidecar `egress.hosts` entry: `namespace/dnsName`, where the
@@ -503,6 +508,10 @@ pub fn view(shared: &SharedResources, proxy: &ProxyIdentity) -> Snapshot {
         .map(|(h, (a, _))| (h.clone(), a.clone()))
         .collect();
     let claimed = route::claim_aliases(&aliases);
+    if proxy.proxyless {
+        proxyless_listeners(&mut snap, &tables, &claimed);
+        return snap;
+    }
     let mut used: HashSet<String> = HashSet::new();
     let mut vhosts: Vec<(&VhostBody, Vec<String>)> = Vec::new();
     for (host, (_, ports)) in &tables {
@@ -556,6 +565,43 @@ pub fn view(shared: &SharedResources, proxy: &ProxyIdentity) -> Snapshot {
         )),
     );
     snap
+}
+
+/// A proxyless client's listeners and route configurations: per service
+/// port, a route configuration named `<fqdn>:<port>` and a listener for
+/// each name the proxy's namespace resolves to the host (those `claimed`),
+/// so `xds:///reviews:9080` and `xds:///reviews.default.svc.cluster.local:9080`
+/// both work. Hosts without a port (VirtualService-only hosts) have no
+/// gRPC target and are left out.
+fn proxyless_listeners(
+    snap: &mut Snapshot,
+    tables: &BTreeMap<String, (Vec<String>, Vec<PortBody>)>,
+    claimed: &BTreeMap<String, Vec<String>>,
+) {
+    use prost::Message;
+    for (host, (_, ports)) in tables {
+        let names = claimed.get(host).map(Vec::as_slice).unwrap_or_default();
+        for (port, body) in ports {
+            let Some(port) = *port else { continue };
+            let route_name = proxyless::name(host, port);
+            // Bodies come from `route::vhost_body`, so they decode.
+            let Ok(routes) = proxyless::route_config(&route_name, body) else {
+                continue;
+            };
+            snap.insert(
+                ROUTE_TYPE,
+                Arc::new(Resource::new(route_name.clone(), ROUTE_TYPE, routes)),
+            );
+            for alias in names {
+                let name = proxyless::name(alias, port);
+                let l = proxyless::listener(&name, &route_name);
+                snap.insert(
+                    LISTENER_TYPE,
+                    Arc::new(Resource::new(name, LISTENER_TYPE, l.encode_to_vec())),
+                );
+            }
+        }
+    }
 }
 
 /// [`shared`] then [`view`], for one proxy.

@@ -147,6 +147,7 @@ fn translated(yaml: &str) -> trellis_xds::Snapshot {
         app: SocketAddr::new(address, 8080),
         locality: None,
         egress: None,
+        proxyless: false,
     };
     let snap = trellis_translate::translate(&v, &Registry::default(), &proxy);
     let mut out = trellis_xds::Snapshot::new();

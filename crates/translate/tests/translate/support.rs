@@ -36,6 +36,7 @@ pub fn proxy(namespace: &str) -> ProxyIdentity {
         app: SocketAddr::new(address, 8080),
         locality: None,
         egress: None,
+        proxyless: false,
     }
 }
 

@@ -64,6 +64,7 @@ fn snapshot(v: &Validated, ns: &str) -> Snapshot {
         app: SocketAddr::new(address, 8080),
         locality: None,
         egress: None,
+        proxyless: false,
     };
     trellis_translate::translate(v, &Registry::default(), &proxy)
 }
