@@ -67,7 +67,7 @@ pub use echo::EchoServer;
 pub use envoy::envoy_binary;
 pub use grpc::{decode_messages, encode_message};
 pub use process::{ProxyCommand, ProxyProcess, START_TIMEOUT, StartError};
-pub use python::{grpc_client, grpc_client_script, python, workspace_root};
+pub use python::{grpc_client, grpc_client_script, python, workspace_root, xds_client_script};
 pub use tcp::{BannerServer, TcpEchoServer};
 pub use ws::{WsResponse, WsStream, ws_connect, ws_roundtrip};
 

@@ -82,3 +82,9 @@ pub async fn grpc_client(target: SocketAddr, authority: &str, args: &[&str]) -> 
         panic!("{what} printed no JSON ({e}); stdout:\n{stdout}\nstderr:\n{stderr}")
     })
 }
+
+/// Path of `py/xds_client.py`, a proxyless grpcio client (`xds:///` targets)
+/// that counts which echo server answered each call.
+pub fn xds_client_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("py/xds_client.py")
+}

@@ -282,7 +282,9 @@ pub fn load_assignment(
     let localities = groups
         .into_iter()
         .map(|((p, locality), eps)| LocalityLbEndpoints {
-            locality: Some(parse_locality(&locality)).filter(|l| !locality_is_empty(l)),
+            // Always present, empty when unknown: gRPC rejects a group
+            // without one.
+            locality: Some(parse_locality(&locality)),
             // Envoy ignores locality weights unless the cluster enables
             // locality-weighted balancing; gRPC clients skip a locality
             // without one. The sum keeps endpoint weights meaningful across

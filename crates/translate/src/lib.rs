@@ -183,6 +183,27 @@ struct SharedCluster {
     cluster: Arc<Resource>,
     /// EDS clusters only.
     assignments: Option<Assignments>,
+    /// `cluster` as proxyless gRPC clients get it, made on first use.
+    proxyless: std::sync::OnceLock<Arc<Resource>>,
+}
+
+impl SharedCluster {
+    fn for_proxy(&self, proxyless: bool) -> Arc<Resource> {
+        if !proxyless {
+            return self.cluster.clone();
+        }
+        self.proxyless
+            .get_or_init(|| match proxyless::cluster(&self.cluster.any.value) {
+                Ok(bytes) => Arc::new(Resource::new(
+                    self.cluster.name.clone(),
+                    CLUSTER_TYPE,
+                    bytes,
+                )),
+                // Our own encoding: it decodes.
+                Err(_) => self.cluster.clone(),
+            })
+            .clone()
+    }
 }
 
 /// A virtual host of one port (None: any port) of a host.
@@ -432,6 +453,7 @@ fn shared_cluster(
             encode_cluster(&built.cluster),
         )),
         assignments,
+        proxyless: Default::default(),
     })
 }
 
@@ -467,7 +489,7 @@ pub fn view(shared: &SharedResources, proxy: &ProxyIdentity) -> Snapshot {
             _ => &s.clusters,
         };
         for c in clusters {
-            snap.insert(CLUSTER_TYPE, c.cluster.clone());
+            snap.insert(CLUSTER_TYPE, c.for_proxy(proxy.proxyless));
             if let Some(a) = &c.assignments {
                 snap.insert(ENDPOINT_TYPE, a.for_locality(proxy.locality.as_deref()));
             }

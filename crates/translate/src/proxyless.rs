@@ -13,8 +13,10 @@
 //! The routes are the sidecar's (weighted splits, header matches, retries,
 //! timeouts via `max_stream_duration`, faults), minus what gRPC does not
 //! implement and would NACK: per-filter configs other than fault injection
-//! (the rate limit filters have no gRPC implementation).
+//! (the rate limit filters have no gRPC implementation). Clusters are the
+//! sidecar's with the balancer gRPC has in its place ([`cluster`]).
 
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster::LbPolicy};
 use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
@@ -87,11 +89,49 @@ pub fn route_config(name: &str, body: &VhostBody) -> Result<Vec<u8>, prost::Deco
     .encode_to_vec())
 }
 
+/// A sidecar's cluster (encoded) as a gRPC client can take it: gRPC
+/// balances with ROUND_ROBIN or RING_HASH only, and NACKs a cluster naming
+/// another policy. LEAST_REQUEST (Istio's default), RANDOM and PEAK_EWMA
+/// become ROUND_ROBIN, MAGLEV becomes RING_HASH. Everything else is kept:
+/// gRPC honours circuit breakers and outlier detection, and ignores the
+/// HTTP protocol options and Trellis metadata.
+pub fn cluster(encoded: &[u8]) -> Result<Vec<u8>, prost::DecodeError> {
+    let mut c = Cluster::decode(encoded)?;
+    let policy = match LbPolicy::try_from(c.lb_policy) {
+        Ok(LbPolicy::RoundRobin | LbPolicy::RingHash) => return Ok(encoded.to_vec()),
+        Ok(LbPolicy::Maglev) => LbPolicy::RingHash,
+        _ => LbPolicy::RoundRobin,
+    };
+    c.lb_policy = policy as i32;
+    Ok(crate::cluster::encode_cluster(&c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use envoy_types::pb::envoy::config::route::v3::{Route, route};
     use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+
+    #[test]
+    fn clusters_get_a_balancer_grpc_has() {
+        let cases = [
+            (LbPolicy::LeastRequest, LbPolicy::RoundRobin),
+            (LbPolicy::Random, LbPolicy::RoundRobin),
+            (LbPolicy::RoundRobin, LbPolicy::RoundRobin),
+            (LbPolicy::RingHash, LbPolicy::RingHash),
+            (LbPolicy::Maglev, LbPolicy::RingHash),
+        ];
+        for (sidecar, grpc) in cases {
+            let c = Cluster {
+                name: "outbound|9080||reviews".into(),
+                lb_policy: sidecar as i32,
+                ..Default::default()
+            };
+            let out = Cluster::decode(cluster(&c.encode_to_vec()).unwrap().as_slice()).unwrap();
+            assert_eq!(out.lb_policy, grpc as i32, "{sidecar:?}");
+            assert_eq!(out.name, c.name);
+        }
+    }
 
     #[test]
     fn the_listener_is_an_api_listener_over_rds() {

@@ -159,3 +159,55 @@ fn shared_resources_are_shared_not_copied() {
     );
     assert_eq!(a.get(lt, "outbound").unwrap().version().len(), 16);
 }
+
+#[test]
+fn a_proxyless_client_gets_named_api_listeners_and_grpc_clusters() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+    use trellis_translate::names::{LISTENER_TYPE, ROUTE_TYPE};
+    let s = shared(&validated(TWO_NAMESPACES), &Registry::default());
+    let mut p = proxy("shop");
+    p.proxyless = true;
+    let snap = view(&s, &p);
+
+    // Every name the shop resolves to orders, on its port; none of the
+    // sidecar's listeners (they would bind addresses).
+    let listeners: Vec<&String> = snap.of_type(LISTENER_TYPE).unwrap().keys().collect();
+    for name in [
+        "orders:80",
+        "orders.shop:80",
+        "orders.shop.svc:80",
+        "orders.shop.svc.cluster.local:80",
+        "secret:80",
+        "web.front:80",
+    ] {
+        assert!(listeners.iter().any(|l| *l == name), "{name}: {listeners:?}");
+    }
+    assert!(!listeners.iter().any(|l| *l == "outbound" || *l == "inbound"));
+    assert!(!listeners.iter().any(|l| *l == "web:80"), "web is front's");
+    // One route table per service port, named by the FQDN; the shop sees
+    // its VirtualService.
+    let rc: RouteConfiguration = unpack(
+        &snap
+            .get(ROUTE_TYPE, "orders.shop.svc.cluster.local:80")
+            .expect("route table")
+            .any,
+    );
+    assert_eq!(rc.virtual_hosts[0].domains, ["*"]);
+    assert_eq!(
+        action(&rc.virtual_hosts[0].routes[0]).cluster_specifier,
+        Some(ClusterSpecifier::Cluster(c(80, "one", ORDERS)))
+    );
+    assert!(snap.get(ROUTE_TYPE, "outbound").is_none());
+    // RANDOM is not a gRPC balancer: round robin instead.
+    assert_eq!(
+        cluster(&snap, &c(80, "", ORDERS)).lb_policy,
+        LbPolicy::RoundRobin as i32
+    );
+    // The sidecar view of the same shared resources is untouched.
+    assert_eq!(
+        cluster(&view(&s, &proxy("shop")), &c(80, "", ORDERS)).lb_policy,
+        LbPolicy::Random as i32
+    );
+}
