@@ -8,16 +8,28 @@
 //! keeps them keyed by node id (with the ids of the streams holding each),
 //! and turns them into a [`trellis_translate::Registry`]. The xDS glue
 //! (`xds.rs`) calls it from the server's hooks.
+//!
+//! **Persistence.** Each registration is also kept in the store (table
+//! `registrations`: node id -> [`encode`]d node metadata and last known
+//! health), so that a restarted control plane serves every workload's
+//! endpoints before its proxy reconnects. [`Registrations`] only notes which
+//! node ids changed ([`Registrations::take_unsaved`]); the control plane
+//! writes them in batches (`run.rs`), never one transaction per connect.
+//! At start, [`Registrations::restore`] registers what was stored as
+//! disconnected since the start: served at once, and gone after the
+//! registration grace unless its proxy reconnects.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use crate::health::{self, HealthCheck, Probe};
 use trellis_translate::names::{INBOUND_PORT, OUTBOUND_PORT};
 use trellis_translate::{ProxyIdentity, Registry, Workload};
 use trellis_xds::envoy_types::pb::envoy::config::core::v3::Node;
-use trellis_xds::envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use trellis_xds::envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 
 /// The metadata keys (docs/xds.md, "Node metadata").
 pub mod keys {
@@ -309,14 +321,29 @@ pub struct Registration {
     pub info: Result<NodeInfo, MetadataError>,
     /// The streams (connection ids) of this node that are open now.
     pub streams: BTreeSet<u64>,
-    /// When the last stream ended (None while one is open).
+    /// When the last stream ended (None while one is open). A registration
+    /// restored from the store counts as gone since the start.
     pub gone_since: Option<Instant>,
+    /// Read back from the store at start, and no stream of the node has
+    /// opened since.
+    pub restored: bool,
+    /// The node metadata `info` was read from: what is persisted.
+    pub metadata: Struct,
+}
+
+/// Whether `info` is a healthy workload (an unusable node counts as healthy:
+/// it has no health to keep).
+fn healthy(info: &Result<NodeInfo, MetadataError>) -> bool {
+    info.as_ref().map_or(true, |i| i.workload.healthy)
 }
 
 /// Registrations by node id.
 #[derive(Debug, Default)]
 pub struct Registrations {
     by_node: BTreeMap<String, Registration>,
+    /// Node ids whose stored form may be out of date (changed, added or
+    /// removed since the last [`Registrations::take_unsaved`]).
+    unsaved: BTreeSet<String>,
 }
 
 impl Registrations {
@@ -324,6 +351,7 @@ impl Registrations {
     /// (a new workload, or one whose metadata changed).
     pub fn connect(&mut self, conn_id: u64, node: &Node) -> bool {
         let info = parse_node(node);
+        let metadata = node.metadata.clone().unwrap_or_default();
         let workload =
             |i: &Result<NodeInfo, MetadataError>| i.as_ref().ok().map(|i| i.workload.clone());
         match self.by_node.get_mut(&node.id) {
@@ -338,9 +366,14 @@ impl Registrations {
                     new.workload.healthy = old.workload.healthy;
                 }
                 let changed = workload(&r.info) != workload(&info);
+                if r.metadata != metadata || healthy(&r.info) != healthy(&info) {
+                    self.unsaved.insert(node.id.clone());
+                }
                 r.info = info;
+                r.metadata = metadata;
                 r.streams.insert(conn_id);
                 r.gone_since = None;
+                r.restored = false;
                 changed
             }
             None => {
@@ -351,8 +384,11 @@ impl Registrations {
                         info,
                         streams: BTreeSet::from([conn_id]),
                         gone_since: None,
+                        restored: false,
+                        metadata,
                     },
                 );
+                self.unsaved.insert(node.id.clone());
                 changed
             }
         }
@@ -379,6 +415,7 @@ impl Registrations {
         if !due {
             return false;
         }
+        self.unsaved.insert(node_id.to_string());
         self.by_node.remove(node_id).is_some_and(|r| r.info.is_ok())
     }
 
@@ -388,10 +425,85 @@ impl Registrations {
         match self.by_node.get_mut(node_id).map(|r| r.info.as_mut()) {
             Some(Ok(i)) if i.workload.healthy != healthy => {
                 i.workload.healthy = healthy;
+                self.unsaved.insert(node_id.to_string());
                 true
             }
             _ => false,
         }
+    }
+
+    /// Registers what the store held (node id, [`encode`]d), as
+    /// disconnected since `now`: in the registry at once, and removed by
+    /// [`Registrations::expire`] after the grace unless a stream of the node
+    /// opens. The health is the last one known. A node id that is already
+    /// registered is left alone. Returns the node ids restored, and the
+    /// records that could not be read (node id, why): those are forgotten,
+    /// and deleted from the store with the next save.
+    pub fn restore(
+        &mut self,
+        stored: Vec<(String, Vec<u8>)>,
+        now: Instant,
+    ) -> (Vec<String>, Vec<(String, String)>) {
+        let (mut restored, mut unreadable) = (Vec::new(), Vec::new());
+        for (node_id, bytes) in stored {
+            if self.by_node.contains_key(&node_id) {
+                continue;
+            }
+            let (metadata, was_healthy) = match decode(&bytes) {
+                Ok(d) => d,
+                Err(reason) => {
+                    self.unsaved.insert(node_id.clone());
+                    unreadable.push((node_id, reason));
+                    continue;
+                }
+            };
+            let node = Node {
+                id: node_id.clone(),
+                metadata: Some(metadata.clone()),
+                ..Default::default()
+            };
+            let mut info = parse_node(&node);
+            if let Ok(i) = &mut info {
+                i.workload.healthy = was_healthy;
+            }
+            self.by_node.insert(
+                node_id.clone(),
+                Registration {
+                    info,
+                    streams: BTreeSet::new(),
+                    gone_since: Some(now),
+                    restored: true,
+                    metadata,
+                },
+            );
+            restored.push(node_id);
+        }
+        (restored, unreadable)
+    }
+
+    /// What to write to the store: every node id changed since the last
+    /// call, with its [`encode`]d registration, or None to delete it.
+    pub fn take_unsaved(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
+        std::mem::take(&mut self.unsaved)
+            .into_iter()
+            .map(|id| {
+                let bytes = self
+                    .by_node
+                    .get(&id)
+                    .map(|r| encode(&r.metadata, healthy(&r.info)));
+                (id, bytes)
+            })
+            .collect()
+    }
+
+    /// A save failed: write these node ids with the next one.
+    pub fn mark_unsaved(&mut self, node_ids: impl IntoIterator<Item = String>) {
+        self.unsaved.extend(node_ids);
+    }
+
+    /// Whether [`Registrations::take_unsaved`] has anything to write.
+    pub fn has_unsaved(&self) -> bool {
+        !self.unsaved.is_empty()
     }
 
     pub fn get(&self, node_id: &str) -> Option<&Registration> {
@@ -416,11 +528,76 @@ impl Registrations {
     }
 }
 
+/// A registration as stored: JSON, so an operator can read it
+/// (`{"metadata": {...node metadata...}, "healthy": true}`). The metadata,
+/// not the parsed workload, so a restart parses it with the current rules.
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    metadata: serde_json::Map<String, serde_json::Value>,
+    healthy: bool,
+}
+
+/// A registration's stored form: its node metadata and last known health.
+pub fn encode(metadata: &Struct, healthy: bool) -> Vec<u8> {
+    let stored = Stored {
+        metadata: struct_to_json(metadata),
+        healthy,
+    };
+    // Plain maps of JSON values: serializing cannot fail.
+    serde_json::to_vec(&stored).unwrap_or_default()
+}
+
+/// The inverse of [`encode`].
+pub fn decode(bytes: &[u8]) -> Result<(Struct, bool), String> {
+    let stored: Stored = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    Ok((json_to_struct(stored.metadata), stored.healthy))
+}
+
+fn struct_to_json(s: &Struct) -> serde_json::Map<String, serde_json::Value> {
+    s.fields
+        .iter()
+        .map(|(k, v)| (k.clone(), value_to_json(v)))
+        .collect()
+}
+
+fn value_to_json(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => J::Null,
+        // NaN and infinities have no JSON form (nor a meaning here).
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n).map_or(J::Null, J::Number),
+        Some(Kind::StringValue(s)) => J::String(s.clone()),
+        Some(Kind::BoolValue(b)) => J::Bool(*b),
+        Some(Kind::StructValue(s)) => J::Object(struct_to_json(s)),
+        Some(Kind::ListValue(l)) => J::Array(l.values.iter().map(value_to_json).collect()),
+    }
+}
+
+fn json_to_struct(m: serde_json::Map<String, serde_json::Value>) -> Struct {
+    Struct {
+        fields: m.into_iter().map(|(k, v)| (k, json_to_value(v))).collect(),
+    }
+}
+
+fn json_to_value(v: serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        J::String(s) => Kind::StringValue(s),
+        J::Array(a) => Kind::ListValue(ListValue {
+            values: a.into_iter().map(json_to_value).collect(),
+        }),
+        J::Object(m) => Kind::StructValue(json_to_struct(m)),
+    };
+    Value { kind: Some(kind) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
-    use trellis_xds::envoy_types::pb::google::protobuf::ListValue;
 
     fn s(v: &str) -> Value {
         Value {
@@ -677,6 +854,217 @@ mod tests {
         assert!(!r.expire("a", grace, t0 + Duration::from_secs(60)));
         assert!(r.expire("a", grace, t0 + Duration::from_secs(70)));
         assert!(r.registry().workloads.is_empty());
+    }
+
+    /// What `take_unsaved` returns, as (node id, stored?) pairs.
+    fn unsaved(r: &mut Registrations) -> Vec<(String, bool)> {
+        r.take_unsaved()
+            .into_iter()
+            .map(|(id, b)| (id, b.is_some()))
+            .collect()
+    }
+
+    #[test]
+    fn only_what_changes_the_stored_form_is_saved() {
+        let a = node("a", &[("ADDRESS", s("10.0.0.1"))]);
+        let a2 = node("a", &[("ADDRESS", s("10.0.0.2"))]);
+        let checked = node(
+            "a",
+            &[
+                ("ADDRESS", s("10.0.0.2")),
+                ("HEALTH_CHECK", st(&[("tcp", s("true")), ("port", n(80.0))])),
+            ],
+        );
+        let t0 = Instant::now();
+        type Step = fn(&mut Registrations, &[&Node], Instant);
+        // (what, the step, what is to be saved: node id, stored or deleted)
+        type Case = (&'static str, Step, &'static [(&'static str, bool)]);
+        let cases: &[Case] = &[
+            (
+                "a new node",
+                |r, n, _| {
+                    let _ = r.connect(1, n[0]);
+                },
+                &[("a", true)],
+            ),
+            (
+                "a reconnect, same metadata",
+                |r, n, _| {
+                    let _ = r.connect(2, n[0]);
+                },
+                &[],
+            ),
+            ("a disconnect", |r, _, t| r.disconnect(2, "a", t), &[]),
+            (
+                "new metadata",
+                |r, n, _| {
+                    let _ = r.connect(3, n[1]);
+                },
+                &[("a", true)],
+            ),
+            (
+                "a check is added",
+                |r, n, _| {
+                    let _ = r.connect(4, n[2]);
+                },
+                &[("a", true)],
+            ),
+            (
+                "health changes",
+                |r, _, _| {
+                    let _ = r.set_healthy("a", false);
+                },
+                &[("a", true)],
+            ),
+            (
+                "health stays",
+                |r, _, _| {
+                    let _ = r.set_healthy("a", false);
+                },
+                &[],
+            ),
+            (
+                "not due yet",
+                |r, _, t| {
+                    let _ = r.expire("a", Duration::from_secs(30), t);
+                },
+                &[],
+            ),
+            (
+                "expired",
+                |r, _, t| {
+                    for c in 1..=4 {
+                        r.disconnect(c, "a", t);
+                    }
+                    let _ = r.expire("a", Duration::from_secs(30), t + Duration::from_secs(31));
+                },
+                &[("a", false)],
+            ),
+            (
+                "an unusable node is kept too",
+                |r, _, _| {
+                    let _ = r.connect(5, &node("b", &[]));
+                },
+                &[("b", true)],
+            ),
+        ];
+        let mut r = Registrations::default();
+        for (what, step, want) in cases {
+            step(&mut r, &[&a, &a2, &checked], t0);
+            let want: Vec<(String, bool)> = want.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            assert_eq!(unsaved(&mut r), want, "{what}");
+            assert!(!r.has_unsaved(), "{what}: taken");
+        }
+        // A failed save is written with the next one.
+        r.mark_unsaved(["b".to_string()]);
+        assert_eq!(unsaved(&mut r), vec![("b".to_string(), true)]);
+    }
+
+    #[test]
+    fn the_stored_form_round_trips() {
+        let md = node(
+            "x",
+            &[
+                ("ADDRESS", s("10.0.0.1")),
+                ("PORTS", st(&[("http", n(9080.0))])),
+                (
+                    "ADDRESSES",
+                    Value {
+                        kind: Some(Kind::ListValue(ListValue {
+                            values: vec![s("10.0.0.1"), s("::1")],
+                        })),
+                    },
+                ),
+                (
+                    "HEALTH_CHECK",
+                    st(&[(
+                        "tcp",
+                        Value {
+                            kind: Some(Kind::BoolValue(true)),
+                        },
+                    )]),
+                ),
+                (
+                    "EMPTY",
+                    Value {
+                        kind: Some(Kind::NullValue(0)),
+                    },
+                ),
+            ],
+        )
+        .metadata
+        .unwrap();
+        for healthy in [true, false] {
+            let bytes = encode(&md, healthy);
+            assert_eq!(decode(&bytes), Ok((md.clone(), healthy)));
+        }
+        let text = String::from_utf8(encode(&md, true)).unwrap();
+        assert!(text.contains(r#""ADDRESS":"10.0.0.1""#), "{text}");
+        assert!(decode(b"nope").is_err());
+        assert!(decode(br#"{"metadata": 3, "healthy": true}"#).is_err());
+    }
+
+    #[test]
+    fn a_restored_registration_is_served_at_once_and_expires_unless_it_reconnects() {
+        let a = node(
+            "a",
+            &[
+                ("ADDRESS", s("10.0.0.1")),
+                ("HEALTH_CHECK", st(&[("tcp", s("true")), ("port", n(80.0))])),
+            ],
+        );
+        let b = node("b", &[("ADDRESS", s("10.0.0.2"))]);
+        // Before the restart: a (found unhealthy) and b; c never reconnects.
+        let mut before = Registrations::default();
+        before.connect(1, &a);
+        before.connect(2, &b);
+        before.connect(3, &node("c", &[("ADDRESS", s("10.0.0.3"))]));
+        before.set_healthy("a", false);
+        let mut stored: Vec<(String, Vec<u8>)> = before
+            .take_unsaved()
+            .into_iter()
+            .filter_map(|(id, b)| Some((id, b?)))
+            .collect();
+        stored.push(("garbled".into(), b"{".to_vec()));
+
+        // After: everything is in the registry before any proxy reconnects.
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(30);
+        let mut r = Registrations::default();
+        let (restored, unreadable) = r.restore(stored.clone(), t0);
+        assert_eq!(restored, ["a", "b", "c"]);
+        assert_eq!(unreadable.len(), 1);
+        assert_eq!(unreadable[0].0, "garbled");
+        assert_eq!(
+            r.registry(),
+            before.registry(),
+            "same workloads, same health"
+        );
+        assert!(!r.registry().workloads[0].healthy, "a's last known health");
+        let ra = r.get("a").unwrap();
+        assert!(ra.restored && ra.streams.is_empty() && ra.gone_since == Some(t0));
+        // Only the unreadable record is to be written (deleted).
+        assert_eq!(unsaved(&mut r), vec![("garbled".to_string(), false)]);
+        // Restoring again (or over a live registration) changes nothing.
+        assert_eq!(r.restore(stored, t0).0.len(), 0);
+        assert_eq!(unsaved(&mut r), vec![("garbled".to_string(), false)]);
+
+        // a and b reconnect with what they had: no change, nothing to save;
+        // a keeps its health (same check).
+        assert!(!r.connect(10, &a));
+        assert!(!r.connect(11, &b));
+        assert!(!r.get("a").unwrap().restored);
+        assert!(!r.registry().workloads[0].healthy);
+        assert!(!r.has_unsaved());
+        // c is gone after the grace, counted from the start.
+        assert!(!r.expire("c", grace, t0 + Duration::from_secs(29)));
+        assert!(
+            !r.expire("a", grace, t0 + Duration::from_secs(31)),
+            "reconnected"
+        );
+        assert!(r.expire("c", grace, t0 + Duration::from_secs(30)));
+        assert_eq!(r.registry().workloads.len(), 2);
+        assert_eq!(unsaved(&mut r), vec![("c".to_string(), false)]);
     }
 
     #[test]

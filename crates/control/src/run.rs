@@ -1,5 +1,6 @@
 //! Starting and stopping `trellis control`: the data directory, the store,
-//! the listeners, the config-directory watcher, signals.
+//! the registry restored from it and the writer that keeps it there, the
+//! listeners, the config-directory watcher, signals.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -16,6 +17,11 @@ use crate::store::{Store, StoreError};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "store.redb";
+
+/// How long registry changes gather before they are written to the store
+/// (one transaction, one fsync): a connect storm of 10,000 proxies is a few
+/// writes, not 10,000, and the hooks never wait for the disk.
+pub const SAVE_REGISTRATIONS_EVERY: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -113,6 +119,11 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
     let store = Store::open(&settings.data_dir.join(DB_FILE), files, metrics.clone())?;
     let generation = store.snapshot().generation;
+    // Not fatal: the registry then fills from reconnects, as before.
+    let stored_registrations = store.registrations().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the stored registrations; the registry starts empty");
+        Vec::new()
+    });
     let plane = ControlPlane::new(store, metrics, settings.registration_grace);
 
     let bind = |what, addr| {
@@ -159,6 +170,18 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
                 .await
         });
         tokio::spawn(plane.mesh.clone().follow_store(plane.subscribe()));
+        // Before the first stream: whoever reconnects first already gets
+        // every workload's endpoints.
+        let restored = plane.mesh.restore(stored_registrations);
+        if restored > 0 {
+            tracing::info!(
+                workloads = restored,
+                grace = ?settings.registration_grace,
+                "registry restored from the store; each leaves after the grace unless its proxy reconnects"
+            );
+        }
+        let (saver_stop, saver_stopped) = tokio::sync::watch::channel(false);
+        let saver = tokio::spawn(save_registrations(plane.clone(), saver_stopped));
         let xds_server = trellis_xds::XdsServer::builder(plane.mesh.clone())
             .hooks(plane.mesh.clone())
             .metrics(plane.metrics.xds.clone())
@@ -196,12 +219,64 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
         // ADS streams are ended by the server's shutdown; proxies keep their
         // config and reconnect to the next control plane.
         let _ = tokio::time::timeout(Duration::from_secs(1), xds_task).await;
+        // Whatever the registry changed last is written before exiting.
+        let _ = saver_stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), saver).await;
         Ok(())
     });
     stop.store(true, Ordering::Relaxed);
     rt.shutdown_timeout(Duration::from_secs(1));
     tracing::info!("stopped");
     result
+}
+
+/// Writes registry changes to the store until `stop`, then once more: after
+/// the first change it waits [`SAVE_REGISTRATIONS_EVERY`] for more, then
+/// writes everything that changed in one transaction (coalesced per node).
+/// A failed write is retried with the next one, a second later.
+async fn save_registrations(
+    plane: Arc<ControlPlane>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let mut stopping = tokio::select! {
+            () = plane.mesh.unsaved_registrations() => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if !stopping {
+            stopping = tokio::select! {
+                () = tokio::time::sleep(SAVE_REGISTRATIONS_EVERY) => false,
+                _ = stop.wait_for(|s| *s) => true,
+            };
+        }
+        let changes = plane.mesh.take_unsaved_registrations();
+        if !changes.is_empty() {
+            let p = plane.clone();
+            let saved = tokio::task::spawn_blocking(move || {
+                let r = p.with_store(|s| s.save_registrations(&changes));
+                (changes, r)
+            })
+            .await;
+            match saved {
+                Ok((changes, Ok(()))) => {
+                    tracing::debug!(registrations = changes.len(), "registry saved");
+                }
+                Ok((changes, Err(e))) => {
+                    tracing::warn!(error = %e, registrations = changes.len(), "cannot save the registry; retrying");
+                    plane
+                        .mesh
+                        .retry_unsaved_registrations(changes.into_iter().map(|(id, _)| id));
+                    if !stopping {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "the registry save task failed"),
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// Create `dir` (and missing parents) readable by its owner only, and make

@@ -57,6 +57,9 @@ pub struct Mesh {
     grace: Duration,
     /// To schedule expiry tasks from a hook (which only gets `&self`).
     me: Weak<Mesh>,
+    /// Woken when registrations have changes to persist
+    /// ([`Mesh::unsaved_registrations`]).
+    saves: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -109,6 +112,7 @@ impl Mesh {
             generations: watch::Sender::new(1),
             grace,
             me: me.clone(),
+            saves: tokio::sync::Notify::new(),
         })
     }
 
@@ -185,6 +189,56 @@ impl Mesh {
         let mut st = self.lock();
         if st.registrations.set_healthy(node_id, healthy) {
             self.registry_changed(&mut st);
+            self.note_unsaved(&st);
+        }
+    }
+
+    /// Registers what the store held at start (`Store::registrations`), as
+    /// disconnected since now: each is in the registry (and every proxy's
+    /// EDS) at once, with its last known health, and leaves after the grace
+    /// unless its proxy reconnects. Call before serving xDS, inside the
+    /// runtime (expiry and probers are tasks). Returns how many.
+    pub fn restore(&self, stored: Vec<(String, Vec<u8>)>) -> usize {
+        let mut st = self.lock();
+        let (restored, unreadable) = st.registrations.restore(stored, Instant::now());
+        for (node, reason) in &unreadable {
+            tracing::warn!(%node, %reason, "stored registration cannot be read; forgotten");
+        }
+        for node_id in &restored {
+            self.sync_prober(&mut st, node_id);
+            self.expire_later(node_id.clone());
+        }
+        if !restored.is_empty() {
+            self.registry_changed(&mut st);
+        }
+        self.note_unsaved(&st);
+        restored.len()
+    }
+
+    /// Waits until registrations have changes to persist (returns at once
+    /// if some arrived since the last [`Mesh::take_unsaved_registrations`]).
+    pub async fn unsaved_registrations(&self) {
+        self.saves.notified().await;
+    }
+
+    /// The registrations to write to the store: (node id, stored form, or
+    /// None to delete). What changed since the last call, coalesced: a
+    /// node that changed ten times is one entry.
+    pub fn take_unsaved_registrations(&self) -> Vec<(String, Option<Vec<u8>>)> {
+        self.lock().registrations.take_unsaved()
+    }
+
+    /// A save of these node ids failed: keep them for the next one.
+    pub fn retry_unsaved_registrations(&self, node_ids: impl IntoIterator<Item = String>) {
+        let mut st = self.lock();
+        st.registrations.mark_unsaved(node_ids);
+        self.note_unsaved(&st);
+    }
+
+    fn note_unsaved(&self, st: &State) {
+        if st.registrations.has_unsaved() {
+            // Stores a permit if the writer is busy: no change is missed.
+            self.saves.notify_one();
         }
     }
 
@@ -198,6 +252,10 @@ impl Mesh {
             }),
             _ => None,
         };
+        let healthy = matches!(
+            st.registrations.get(node_id).map(|r| &r.info),
+            Some(Ok(i)) if i.workload.healthy
+        );
         if let (Some(p), Some((check, target))) = (st.probers.get(node_id), &want)
             && p.check == *check
             && p.target == *target
@@ -211,14 +269,14 @@ impl Mesh {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let task = rt
-            .spawn(crate::health::run(
-                self.me.clone(),
-                node_id.to_string(),
-                check.clone(),
-                target,
-            ))
-            .abort_handle();
+        let run = probe_from(
+            healthy,
+            self.me.clone(),
+            node_id.to_string(),
+            check.clone(),
+            target,
+        );
+        let task = rt.spawn(run).abort_handle();
         st.probers.insert(
             node_id.to_string(),
             Prober {
@@ -248,8 +306,54 @@ impl Mesh {
                 me.sync_prober(&mut st, &node_id);
                 me.registry_changed(&mut st);
             }
+            // Also an unusable node's removal, which is no registry change.
+            me.note_unsaved(&st);
         });
     }
+}
+
+/// A workload's prober. `health::run` starts from healthy (as a new
+/// registration does); a workload restored unhealthy from the store is
+/// probed here until it passes `healthy_threshold` probes in a row, marked
+/// healthy, and handed over. So the last known health holds until a probe
+/// says otherwise.
+async fn probe_from(
+    healthy: bool,
+    mesh: Weak<Mesh>,
+    node_id: String,
+    check: HealthCheck,
+    target: SocketAddr,
+) {
+    use crate::health::{Tally, observe, probe_once};
+    if !healthy {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build_http();
+        let mut tally = Tally {
+            healthy: false,
+            ..Tally::START
+        };
+        let mut ticks = tokio::time::interval(check.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !tally.healthy {
+            ticks.tick().await;
+            if mesh.strong_count() == 0 {
+                return;
+            }
+            let ok = probe_once(&client, &check, target).await;
+            tally = observe(
+                tally,
+                ok,
+                check.healthy_threshold,
+                check.unhealthy_threshold,
+            );
+        }
+        let Some(m) = mesh.upgrade() else { return };
+        tracing::info!(node = %node_id, %target, healthy = true, "workload health changed");
+        m.set_healthy(&node_id, true);
+    }
+    crate::health::run(mesh, node_id, check, target).await;
 }
 
 /// Per resource, a hash of its document, to tell which ones a store
@@ -433,6 +537,7 @@ impl XdsHooks for Mesh {
         if changed {
             self.registry_changed(&mut st);
         }
+        self.note_unsaved(&st);
     }
 
     fn on_disconnect(&self, conn: &Connection) {
@@ -491,6 +596,15 @@ mod tests {
                     .collect(),
             }),
             ..Default::default()
+        }
+    }
+
+    impl Mesh {
+        fn on_connect_for_test(&self, conn: u64, node: &Node) {
+            let mut st = self.lock();
+            if st.registrations.connect(conn, node) {
+                self.registry_changed(&mut st);
+            }
         }
     }
 
@@ -564,6 +678,59 @@ spec:
             mesh.changed_at(&key(Kind::VirtualService, "reviews")),
             Some(2)
         );
+    }
+
+    #[test]
+    fn restored_workloads_are_endpoints_before_any_proxy_reconnects() {
+        let selected = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  resolution: STATIC
+  ports: [{number: 9080, name: http}]
+  workloadSelector: {labels: {app: reviews}}
+";
+        let mut reviews = node("reviews-1.default", "default", "127.0.0.7");
+        let labels = Value {
+            kind: Some(VKind::StructValue(Struct {
+                fields: [(
+                    "app".to_string(),
+                    Value {
+                        kind: Some(VKind::StringValue("reviews".into())),
+                    },
+                )]
+                .into_iter()
+                .collect(),
+            })),
+        };
+        let md = reviews.metadata.as_mut().unwrap();
+        md.fields.insert("LABELS".into(), labels);
+        // What the store holds after the first control plane saw it.
+        let mut before = Registrations::default();
+        before.connect(1, &reviews);
+        let stored: Vec<(String, Vec<u8>)> = before
+            .take_unsaved()
+            .into_iter()
+            .filter_map(|(id, b)| Some((id, b?)))
+            .collect();
+
+        let endpoints = |mesh: &Mesh| {
+            let s = mesh.snapshot(&node("client.default", "default", "127.0.0.2"));
+            let cla = &s.of_type(trellis_translate::names::ENDPOINT_TYPE).unwrap()["outbound|9080||reviews.default.svc.cluster.local"];
+            format!("{:?}", cla.body.value)
+        };
+        let fresh = Mesh::new(store_snapshot(1, selected), DEFAULT_REGISTRATION_GRACE);
+        let restarted = Mesh::new(store_snapshot(1, selected), DEFAULT_REGISTRATION_GRACE);
+        assert_eq!(restarted.restore(stored), 1);
+        assert_eq!(restarted.registry().workloads.len(), 1);
+        assert!(restarted.take_unsaved_registrations().is_empty());
+        // The first client to reconnect gets the same endpoints as before
+        // the restart, where a registry from reconnects alone has none.
+        let live = Mesh::new(store_snapshot(1, selected), DEFAULT_REGISTRATION_GRACE);
+        live.on_connect_for_test(1, &reviews);
+        assert_eq!(endpoints(&restarted), endpoints(&live));
+        assert_ne!(endpoints(&fresh), endpoints(&live));
     }
 
     #[test]

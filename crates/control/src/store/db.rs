@@ -1,6 +1,7 @@
 //! The embedded database: one redb file under the data directory holding the
-//! resources applied through the API, and the creation order of resources
-//! seen in the config directory (their content stays in the files).
+//! resources applied through the API, the creation order of resources
+//! seen in the config directory (their content stays in the files), and
+//! the workload registrations (so a restart serves them at once).
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -18,6 +19,8 @@ const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources"
 const FILE_SEEN: TableDefinition<&str, &[u8]> = TableDefinition::new("file_seen");
 /// Counters, e.g. `next_order`.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Node id -> the registration as `registry::encode` wrote it.
+const REGISTRATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("registrations");
 
 /// A resource applied through the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,6 +189,40 @@ impl Db {
             let mut t = txn.open_table(META).map_err(|x| self.err(x))?;
             if let Some(n) = batch.next_order {
                 t.insert("next_order", n).map_err(|x| self.err(x))?;
+            }
+            // Opened so that it exists (the first commit is at open).
+            txn.open_table(REGISTRATIONS).map_err(|x| self.err(x))?;
+        }
+        txn.commit().map_err(|x| self.err(x))?;
+        Ok(())
+    }
+
+    /// Every stored registration: (node id, bytes).
+    pub fn read_registrations(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(|x| self.err(x))?;
+        let table = txn.open_table(REGISTRATIONS).map_err(|x| self.err(x))?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(|x| self.err(x))? {
+            let (k, v) = item.map_err(|x| self.err(x))?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Writes (Some) or deletes (None) registrations, in one transaction.
+    pub fn commit_registrations(
+        &self,
+        changes: &[(String, Option<Vec<u8>>)],
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|x| self.err(x))?;
+        {
+            let mut t = txn.open_table(REGISTRATIONS).map_err(|x| self.err(x))?;
+            for (k, v) in changes {
+                match v {
+                    Some(bytes) => t.insert(k.as_str(), bytes.as_slice()).map(drop),
+                    None => t.remove(k.as_str()).map(drop),
+                }
+                .map_err(|x| self.err(x))?;
             }
         }
         txn.commit().map_err(|x| self.err(x))?;

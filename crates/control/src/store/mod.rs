@@ -255,6 +255,25 @@ impl Store {
         self.db.path()
     }
 
+    /// The workload registrations stored by [`Store::save_registrations`]:
+    /// (node id, the registry's encoding). Read once, at start.
+    pub fn registrations(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.db.read_registrations()
+    }
+
+    /// Writes (Some) or deletes (None) registrations by node id, in one
+    /// transaction. The registry's own data: not part of the config, no
+    /// generation, no snapshot. Callers batch (one call per save tick).
+    pub fn save_registrations(
+        &self,
+        changes: &[(String, Option<Vec<u8>>)],
+    ) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.db.commit_registrations(changes)
+    }
+
     /// The last rejected config-directory change, until one is accepted.
     pub fn file_errors(&self) -> Option<&ConfigErrors> {
         self.file_errors.as_ref()

@@ -351,3 +351,38 @@ fn a_second_store_on_the_same_file_is_refused() {
     assert!(matches!(err, StoreError::Locked { .. }), "{err}");
     assert!(err.to_string().contains("another `trellis control`"));
 }
+
+#[test]
+fn registrations_survive_a_reopen_and_are_not_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert!(store.registrations().unwrap().is_empty());
+    let generation = store.snapshot().generation;
+    store
+        .save_registrations(&[
+            ("a.default".into(), Some(b"one".to_vec())),
+            ("b.default".into(), Some(b"two".to_vec())),
+        ])
+        .unwrap();
+    // A later batch updates one and deletes the other; deleting what is
+    // not there is fine.
+    store
+        .save_registrations(&[
+            ("a.default".into(), Some(b"one again".to_vec())),
+            ("b.default".into(), None),
+            ("nobody".into(), None),
+        ])
+        .unwrap();
+    store.save_registrations(&[]).unwrap();
+    assert_eq!(
+        store.snapshot().generation,
+        generation,
+        "not a config change"
+    );
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(
+        store.registrations().unwrap(),
+        vec![("a.default".to_string(), b"one again".to_vec())]
+    );
+}
