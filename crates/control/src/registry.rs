@@ -126,7 +126,13 @@ pub fn parse_node(node: &Node) -> Result<NodeInfo, MetadataError> {
     let proxyless = match opt_string(md, keys::GENERATOR)?.as_deref() {
         None | Some("") => false,
         Some("grpc") => true,
-        Some(other) => return Err(invalid(keys::GENERATOR, other, "the only generator is grpc")),
+        Some(other) => {
+            return Err(invalid(
+                keys::GENERATOR,
+                other,
+                "the only generator is grpc",
+            ));
+        }
     };
     Ok(NodeInfo {
         workload: Workload {
