@@ -232,7 +232,10 @@ mod tests {
         assert_eq!(b["node"]["id"], "productpage.default");
         assert_eq!(b["node"]["metadata"]["GENERATOR"], "grpc");
         assert_eq!(b["node"]["metadata"]["ADDRESS"], "127.0.0.5");
-        assert_eq!(b["node"]["locality"], json!({"region": "eu", "zone": "eu-1"}));
+        assert_eq!(
+            b["node"]["locality"],
+            json!({"region": "eu", "zone": "eu-1"})
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub fn short_name(kind: Kind) -> &'static str {
         Kind::VirtualService => "vs",
         Kind::RateLimitPolicy => "rlp",
         Kind::RetryBudget => "rb",
+        // Istio defines none; kubectl users type the name.
+        Kind::Sidecar => "sidecar",
     }
 }
 
@@ -55,6 +57,8 @@ mod tests {
             ("destinationrules", Some(Kind::DestinationRule)),
             ("ratelimitpolicies", Some(Kind::RateLimitPolicy)),
             ("retrybudget", Some(Kind::RetryBudget)),
+            ("sidecars", Some(Kind::Sidecar)),
+            ("Sidecar", Some(Kind::Sidecar)),
             ("gateway", None),
             ("", None),
         ];

@@ -393,6 +393,7 @@ fn fingerprints(set: &ResourceSet) -> HashMap<Key, u64> {
     add(&mut out, Kind::VirtualService, &set.virtual_services);
     add(&mut out, Kind::RateLimitPolicy, &set.rate_limit_policies);
     add(&mut out, Kind::RetryBudget, &set.retry_budgets);
+    add(&mut out, Kind::Sidecar, &set.sidecars);
     out
 }
 
@@ -463,7 +464,7 @@ impl State {
 
 impl Snapshots for Mesh {
     fn snapshot(&self, node: &Node) -> Arc<trellis_xds::Snapshot> {
-        let (shared, info, generation, store_generation) = {
+        let (shared, info, identity, generation, store_generation) = {
             let mut st = self.lock();
             let shared = match &st.shared {
                 Some(s) => s.clone(),
@@ -485,15 +486,34 @@ impl Snapshots for Mesh {
                 .get(&node.id)
                 .map(|r| r.info.clone())
                 .unwrap_or_else(|| crate::registry::parse_node(node));
-            (shared, info, st.generation, st.store.generation)
+            // The Sidecar that applies to the workload limits what it sees.
+            let sidecars = &st.store.validated.sidecars;
+            let identity = match &info {
+                Ok(i) => {
+                    let mut id = i.identity.clone();
+                    id.egress = trellis_model::sidecar::egress_hosts(
+                        sidecars,
+                        &id.namespace,
+                        &i.workload.labels,
+                    );
+                    id
+                }
+                Err(_) => {
+                    let mut id = placeholder_identity(node);
+                    id.egress = trellis_model::sidecar::egress_hosts(
+                        sidecars,
+                        &id.namespace,
+                        &Default::default(),
+                    );
+                    id
+                }
+            };
+            (shared, info, identity, st.generation, st.store.generation)
         };
         // The per-proxy part runs without the lock.
         let view = match &info {
-            Ok(i) => trellis_translate::view(&shared, &i.identity),
-            Err(_) => without_listeners(trellis_translate::view(
-                &shared,
-                &placeholder_identity(node),
-            )),
+            Ok(_) => trellis_translate::view(&shared, &identity),
+            Err(_) => without_listeners(trellis_translate::view(&shared, &identity)),
         };
         let mut st = self.lock();
         let out = st.convert(&view, generation);

@@ -1,7 +1,7 @@
 //! Conflicts between resources that claim the same thing: two VirtualServices
 //! routing one host, two DestinationRules (or RetryBudgets) for one host, two
 //! ServiceEntries defining one host, two RateLimitPolicies limiting the same
-//! requests.
+//! requests, two Sidecars without a selector in one namespace.
 //!
 //! The standalone proxy rejects such a set ([`crate::validate`] reports it):
 //! a folder of files is one author's work, and a conflict in it is a mistake.
@@ -63,7 +63,8 @@ pub struct Conflict {
 /// Drop the newer of every pair of conflicting resources. `order` ranks
 /// resources (smaller is older); ties are broken by namespace, name and
 /// position in `set`, so the result never depends on chance. Resources keep
-/// their order in `set`. A resource that loses to several older ones gets a
+/// their order in `set`, except Sidecars, which come oldest first (the first
+/// one whose selector matches a workload applies). A resource that loses to several older ones gets a
 /// [`Conflict`] for each.
 ///
 /// Host references are resolved against the ServiceEntries that survive, as
@@ -171,12 +172,35 @@ pub fn resolve(
         |h, w| format!("{w}, which is older, already applies to {h}; one RetryBudget per host"),
     );
 
+    let mut sidecars = c.pick(
+        Kind::Sidecar,
+        &set.sidecars,
+        |sc| {
+            if sc.spec.workload_selector.is_some() {
+                return Vec::new();
+            }
+            vec![format!("namespace {}", sc.metadata.namespace)]
+        },
+        |ns, w| {
+            format!(
+                "{w}, which is older, already applies to {ns} without a selector; one per namespace"
+            )
+        },
+    );
+    // The first Sidecar whose selector matches a workload applies to it
+    // (`sidecar::select`), so the oldest must come first.
+    sidecars.sort_by_cached_key(|sc| {
+        let m = &sc.metadata;
+        (order(Kind::Sidecar, m), m.namespace.clone(), m.name.clone())
+    });
+
     let resolved = ResourceSet {
         service_entries,
         destination_rules,
         virtual_services,
         rate_limit_policies,
         retry_budgets,
+        sidecars,
     };
     (resolved, conflicts)
 }

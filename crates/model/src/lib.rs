@@ -13,6 +13,7 @@ pub mod load;
 pub mod networking;
 pub mod policy;
 pub mod resource;
+pub mod sidecar;
 pub mod trellis;
 pub mod validate;
 

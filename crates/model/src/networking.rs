@@ -748,3 +748,36 @@ pub struct RouteDestination {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
 }
+
+// ---------------------------------------------------------------- Sidecar
+
+/// Istio's `Sidecar`: which hosts a workload's proxy is sent config for.
+/// Trellis honours `workloadSelector` and `egress[].hosts` (see
+/// [`crate::sidecar`]); the rest is rejected rather than ignored.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SidecarSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<WorkloadSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<IstioEgressListener>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<NotYetSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_traffic_policy: Option<NotYetSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_connection_pool: Option<NotYetSupported>,
+}
+
+/// One `egress` entry: the hosts (`namespace/dnsName`) a proxy may call.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IstioEgressListener {
+    pub hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<NotYetSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<NotYetSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_mode: Option<NotYetSupported>,
+}

@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::networking::{DestinationRuleSpec, ServiceEntrySpec, VirtualServiceSpec};
+use crate::networking::{DestinationRuleSpec, ServiceEntrySpec, SidecarSpec, VirtualServiceSpec};
 use crate::trellis::{RateLimitPolicySpec, RetryBudgetSpec};
 
 /// Kubernetes object metadata, the part Trellis uses. Other metadata fields
@@ -35,15 +35,17 @@ pub enum Kind {
     VirtualService,
     RateLimitPolicy,
     RetryBudget,
+    Sidecar,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::ServiceEntry,
         Kind::DestinationRule,
         Kind::VirtualService,
         Kind::RateLimitPolicy,
         Kind::RetryBudget,
+        Kind::Sidecar,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +55,7 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::RateLimitPolicy => "RateLimitPolicy",
             Kind::RetryBudget => "RetryBudget",
+            Kind::Sidecar => "Sidecar",
         }
     }
 
@@ -65,7 +68,7 @@ impl Kind {
     /// Trellis's kinds: [`crate::trellis::API_VERSION`].
     pub fn api_versions(self) -> &'static [&'static str] {
         match self {
-            Kind::ServiceEntry | Kind::DestinationRule | Kind::VirtualService => &[
+            Kind::ServiceEntry | Kind::DestinationRule | Kind::VirtualService | Kind::Sidecar => &[
                 "networking.istio.io/v1",
                 "networking.istio.io/v1beta1",
                 "networking.istio.io/v1alpha3",
@@ -111,6 +114,7 @@ pub enum Resource {
     VirtualService(Object<VirtualServiceSpec>),
     RateLimitPolicy(Object<RateLimitPolicySpec>),
     RetryBudget(Object<RetryBudgetSpec>),
+    Sidecar(Object<SidecarSpec>),
 }
 
 impl Resource {
@@ -121,6 +125,7 @@ impl Resource {
             Resource::VirtualService(_) => Kind::VirtualService,
             Resource::RateLimitPolicy(_) => Kind::RateLimitPolicy,
             Resource::RetryBudget(_) => Kind::RetryBudget,
+            Resource::Sidecar(_) => Kind::Sidecar,
         }
     }
 
@@ -131,6 +136,7 @@ impl Resource {
             Resource::VirtualService(o) => &o.metadata,
             Resource::RateLimitPolicy(o) => &o.metadata,
             Resource::RetryBudget(o) => &o.metadata,
+            Resource::Sidecar(o) => &o.metadata,
         }
     }
 
@@ -141,6 +147,7 @@ impl Resource {
             Resource::VirtualService(o) => &o.source,
             Resource::RateLimitPolicy(o) => &o.source,
             Resource::RetryBudget(o) => &o.source,
+            Resource::Sidecar(o) => &o.source,
         }
     }
 
@@ -153,6 +160,7 @@ impl Resource {
             Resource::VirtualService(o) => o.source = source,
             Resource::RateLimitPolicy(o) => o.source = source,
             Resource::RetryBudget(o) => o.source = source,
+            Resource::Sidecar(o) => o.source = source,
         }
     }
 
@@ -172,6 +180,7 @@ pub struct ResourceSet {
     pub virtual_services: Vec<Object<VirtualServiceSpec>>,
     pub rate_limit_policies: Vec<Object<RateLimitPolicySpec>>,
     pub retry_budgets: Vec<Object<RetryBudgetSpec>>,
+    pub sidecars: Vec<Object<SidecarSpec>>,
 }
 
 impl ResourceSet {
@@ -182,6 +191,7 @@ impl ResourceSet {
             Resource::VirtualService(o) => self.virtual_services.push(o),
             Resource::RateLimitPolicy(o) => self.rate_limit_policies.push(o),
             Resource::RetryBudget(o) => self.retry_budgets.push(o),
+            Resource::Sidecar(o) => self.sidecars.push(o),
         }
     }
 
@@ -191,6 +201,7 @@ impl ResourceSet {
             + self.virtual_services.len()
             + self.rate_limit_policies.len()
             + self.retry_budgets.len()
+            + self.sidecars.len()
     }
 
     pub fn is_empty(&self) -> bool {

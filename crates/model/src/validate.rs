@@ -70,6 +70,9 @@ pub struct Validated {
     pub rate_limits: Vec<(String, Object<RateLimitPolicySpec>)>,
     /// RetryBudgets by their resolved service host (one per host).
     pub retry_budgets: BTreeMap<String, Object<RetryBudgetSpec>>,
+    /// Sidecars in load order ([`crate::sidecar::select`] picks one per
+    /// workload).
+    pub sidecars: Vec<Object<SidecarSpec>>,
 }
 
 impl Validated {
@@ -92,6 +95,7 @@ pub fn validate(set: &ResourceSet) -> Result<Validated, ConfigErrors> {
     v.virtual_services(&set.virtual_services);
     v.rate_limit_policies(&set.rate_limit_policies);
     v.retry_budgets(&set.retry_budgets);
+    v.sidecars(&set.sidecars);
     if v.errors.is_empty() {
         Ok(v.out)
     } else {
@@ -1188,6 +1192,43 @@ impl Validator {
                 }
             }
             self.out.rate_limits.push((host, rl.clone()));
+        }
+    }
+
+    fn sidecars(&mut self, sidecars: &[Object<SidecarSpec>]) {
+        for (i, sc) in sidecars.iter().enumerate() {
+            let at = at("Sidecar", sc);
+            for (j, e) in sc.spec.egress.iter().enumerate() {
+                if e.hosts.is_empty() {
+                    self.push(at.err(
+                        format!("spec.egress[{j}].hosts"),
+                        "is empty; list the hosts this workload may call, e.g. \"./*\"",
+                    ));
+                }
+                for (k, h) in e.hosts.iter().enumerate() {
+                    if let Err(e) = crate::sidecar::EgressHost::parse(h) {
+                        self.push(at.err(format!("spec.egress[{j}].hosts[{k}]"), e));
+                    }
+                }
+            }
+            if sc.spec.workload_selector.is_none()
+                && let Some(older) = sidecars[..i].iter().find(|o| {
+                    o.metadata.namespace == sc.metadata.namespace
+                        && o.spec.workload_selector.is_none()
+                })
+            {
+                self.push(at.err(
+                    "spec.workloadSelector",
+                    format!(
+                        "Sidecar {} ({}) already applies to namespace {} without a selector; one per namespace",
+                        older.key(),
+                        older.source,
+                        sc.metadata.namespace
+                    ),
+                ));
+                continue;
+            }
+            self.out.sidecars.push(sc.clone());
         }
     }
 

@@ -2,7 +2,7 @@
 """A proxyless gRPC client (grpcio's xDS resolver) of trellis.test.Echo.
 
     xds_client.py --target xds:///reviews:9080 --calls N [--metadata k=v]...
-                  [--until-share NAME=PCT --deadline S]
+                  [--until-share NAME=PCT --deadline S] [--timeout S]
 
 GRPC_XDS_BOOTSTRAP must name the bootstrap (`trellis bootstrap grpc`).
 All calls share one channel, so its balancer's choices are what is counted.
@@ -25,12 +25,12 @@ import grpc
 METHOD = "/trellis.test.Echo/Unary"
 
 
-def call_many(fn, n, metadata):
+def call_many(fn, n, metadata, timeout):
     by_upstream = collections.Counter()
     errors = collections.Counter()
     for _ in range(n):
         try:
-            _, call = fn.with_call(b"hello", timeout=10, metadata=metadata)
+            _, call = fn.with_call(b"hello", timeout=timeout, metadata=metadata)
             md = dict(call.initial_metadata() or ())
             by_upstream[md.get("x-upstream", "?")] += 1
         except grpc.RpcError as err:
@@ -45,6 +45,7 @@ def main():
     p.add_argument("--metadata", action="append", default=[])
     p.add_argument("--until-share")
     p.add_argument("--deadline", type=float, default=20.0)
+    p.add_argument("--timeout", type=float, default=10.0, help="per call, seconds")
     args = p.parse_args()
     metadata = [tuple(kv.split("=", 1)) for kv in args.metadata]
     with grpc.insecure_channel(args.target) as channel:
@@ -53,10 +54,10 @@ def main():
             name, pct = args.until_share.split("=")
             end = time.monotonic() + args.deadline
             while time.monotonic() < end:
-                seen, _ = call_many(fn, args.calls, metadata)
+                seen, _ = call_many(fn, args.calls, metadata, args.timeout)
                 if seen[name] * 100 >= float(pct) * args.calls:
                     break
-        by_upstream, errors = call_many(fn, args.calls, metadata)
+        by_upstream, errors = call_many(fn, args.calls, metadata, args.timeout)
     print(json.dumps({"calls": args.calls, "by_upstream": by_upstream, "errors": errors}))
 
 

@@ -290,7 +290,9 @@ pub fn load_assignment(
             // without one. The sum keeps endpoint weights meaningful across
             // localities.
             load_balancing_weight: Some(u32v(
-                eps.iter().map(|e| e.weight.max(1)).fold(0u32, u32::saturating_add),
+                eps.iter()
+                    .map(|e| e.weight.max(1))
+                    .fold(0u32, u32::saturating_add),
             )),
             lb_endpoints: eps.into_iter().map(lb_endpoint).collect(),
             priority: compact(p),

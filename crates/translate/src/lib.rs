@@ -40,6 +40,7 @@ use trellis_model::validate::Validated;
 pub use encode::Resource;
 pub use error::TranslateError;
 pub use registry::{Registry, Workload};
+pub use trellis_model::sidecar::EgressHost;
 
 use crate::cluster::{ClusterSpec, encode_assignment, encode_cluster};
 use crate::endpoint::{EndpointInfo, LocalityPolicy};
@@ -65,50 +66,14 @@ pub struct ProxyIdentity {
     pub app: SocketAddr,
     /// Istio's `region/zone/subzone`: endpoint priorities are relative to it.
     pub locality: Option<String>,
-    /// Istio `Sidecar` egress hosts (`namespace/host`). `None`: no Sidecar
-    /// applies and everything the namespace may see is sent. The Sidecar
-    /// kind is not in the model yet; this is where the control plane passes
-    /// its `egress[].hosts` once it is.
+    /// The egress hosts of the Istio `Sidecar` that applies to the proxy's
+    /// workload ([`trellis_model::sidecar::egress_hosts`]). `None`: no
+    /// Sidecar applies and everything the namespace may see is sent.
     pub egress: Option<Vec<EgressHost>>,
     /// A proxyless gRPC client (node metadata `GENERATOR: grpc`): it gets
     /// named `api_listener`s per service port instead of the sidecar's
     /// two listeners ([`proxyless`]).
     pub proxyless: bool,
-}
-
-/// One Istio Sidecar `egress.hosts` entry: `namespace/dnsName`, where the
-/// namespace is a name, `.` (the proxy's own), `*` (any) or `~` (none), and
-/// the name is an FQDN, `*.suffix` or `*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EgressHost {
-    pub namespace: String,
-    pub host: String,
-}
-
-impl EgressHost {
-    pub fn parse(s: &str) -> Result<EgressHost, String> {
-        let (ns, host) = s
-            .split_once('/')
-            .ok_or_else(|| format!("egress host {s:?} must be namespace/host, e.g. ./*"))?;
-        if ns.is_empty() || host.is_empty() {
-            return Err(format!("egress host {s:?} must be namespace/host"));
-        }
-        Ok(EgressHost {
-            namespace: ns.to_string(),
-            host: host.to_ascii_lowercase(),
-        })
-    }
-
-    /// Does this entry let a proxy in `proxy_ns` see `host` of `host_ns`?
-    pub fn allows(&self, proxy_ns: &str, host_ns: &str, host: &str) -> bool {
-        let ns_ok = match self.namespace.as_str() {
-            "*" => true,
-            "." => host_ns == proxy_ns,
-            "~" => false,
-            n => n == host_ns,
-        };
-        ns_ok && host::matches_pattern(&self.host, host)
-    }
 }
 
 /// Istio's `exportTo`: who may see a resource. Empty means everyone.
@@ -461,10 +426,7 @@ fn shared_cluster(
 type PortBody<'a> = (Option<u16>, &'a VhostBody);
 
 fn egress_allows(proxy: &ProxyIdentity, host_ns: &str, host: &str) -> bool {
-    proxy
-        .egress
-        .as_ref()
-        .is_none_or(|e| e.iter().any(|e| e.allows(&proxy.namespace, host_ns, host)))
+    trellis_model::sidecar::allows(proxy.egress.as_deref(), &proxy.namespace, host_ns, host)
 }
 
 /// One proxy's snapshot from the shared resources: cheap (no translation,

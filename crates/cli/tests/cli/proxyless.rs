@@ -71,9 +71,26 @@ fn calls(bootstrap: &Path, target: &str, calls: u32, extra: &[&str]) -> Value {
         .expect("run python (set TRELLIS_PYTHON?)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "xds_client.py failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "xds_client.py failed:\n{stdout}\n{stderr}"
+    );
     let line = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"))
+}
+
+/// Retries `f` for up to 20 s.
+fn eventually_json(what: &str, mut f: impl FnMut() -> Option<Value>) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+    }
 }
 
 fn count(v: &Value, upstream: &str) -> u64 {
@@ -105,6 +122,8 @@ fn grpcio_resolves_balances_and_routes_over_xds() {
         "grpc",
         "--workload",
         "client",
+        "--labels",
+        "app=client",
         "--xds",
         &control.xds,
     ])
@@ -120,7 +139,10 @@ fn grpcio_resolves_balances_and_routes_over_xds() {
         let v = calls(&bootstrap, target, 100, &[]);
         eprintln!("{target}: {v}");
         no_errors(&v);
-        assert!(count(&v, "v1") >= 40 && count(&v, "v2") >= 40, "{target}: {v}");
+        assert!(
+            count(&v, "v1") >= 40 && count(&v, "v2") >= 40,
+            "{target}: {v}"
+        );
     }
     // A canary split and a header route, pushed while the client runs.
     write(&config, "canary.yaml", &canary(80));
@@ -153,5 +175,24 @@ fn grpcio_resolves_balances_and_routes_over_xds() {
     );
     no_errors(&v);
     assert_eq!(count(&v, "v2"), 100, "{v}");
+
+    // A Sidecar selecting the client by label takes the service out of its
+    // view: the target no longer resolves.
+    write(
+        &config,
+        "sidecar.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: client}
+spec:
+  workloadSelector: {labels: {app: client}}
+  egress: [{hosts: [other/*]}]
+",
+    );
+    let v = eventually_json("the Sidecar to hide greeter", || {
+        let v = calls(&bootstrap, "xds:///greeter:50051", 1, &["--timeout", "3"]);
+        (count(&v, "v1") + count(&v, "v2") == 0).then_some(v)
+    });
+    eprintln!("with the Sidecar: {v}");
     drop(control);
 }

@@ -7,7 +7,7 @@ use trellis_model::conflict::{Conflict, resolve};
 use trellis_model::resource::Kind;
 use trellis_model::validate::validate;
 
-use crate::support::{base, docs, dr, parse_all, rate_limit, retry_budget, se, vs};
+use crate::support::{base, docs, dr, parse_all, rate_limit, retry_budget, se, sidecar, vs};
 
 struct Case {
     name: &'static str,
@@ -181,6 +181,33 @@ fn cases() -> Vec<Case> {
             dropped: &["RetryBudget/b"],
         },
         Case {
+            name: "two Sidecars without a selector in one namespace; selectors claim nothing",
+            text: docs(&[
+                sidecar("new", "{egress: [{hosts: ['*/*']}]}"),
+                sidecar("old", "{egress: [{hosts: ['./*']}]}"),
+                sidecar(
+                    "cart",
+                    "{workloadSelector: {labels: {app: cart}}, egress: [{hosts: ['./*']}]}",
+                ),
+                sidecar(
+                    "cart-too",
+                    "{workloadSelector: {labels: {app: cart}}, egress: [{hosts: ['./*']}]}",
+                ),
+            ]),
+            ages: &[
+                "Sidecar/old",
+                "Sidecar/new",
+                "Sidecar/cart",
+                "Sidecar/cart-too",
+            ],
+            want: &[(
+                "Sidecar default/new",
+                "Sidecar default/old",
+                "already applies to namespace default without a selector; one per namespace",
+            )],
+            dropped: &["Sidecar/new"],
+        },
+        Case {
             name: "RateLimitPolicies: host-wide and per-route claims are distinct",
             text: docs(&[
                 vs(
@@ -292,6 +319,7 @@ fn oldest_wins_and_every_conflict_is_reported() {
                     .retry_budgets
                     .iter()
                     .any(|o| o.metadata.name == name),
+                Kind::Sidecar => resolved.sidecars.iter().any(|o| o.metadata.name == name),
             }
         };
         for d in c.dropped {

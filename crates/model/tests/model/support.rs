@@ -81,6 +81,10 @@ pub fn dr(name: &str, spec: &str) -> String {
     doc("DestinationRule", &format!("name: {name}"), spec)
 }
 
+pub fn sidecar(name: &str, spec: &str) -> String {
+    doc("Sidecar", &format!("name: {name}"), spec)
+}
+
 pub fn vs(name: &str, spec: &str) -> String {
     doc("VirtualService", &format!("name: {name}"), spec)
 }

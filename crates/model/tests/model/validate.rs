@@ -1792,3 +1792,57 @@ fn errors_of_every_resource_are_reported_together() {
     );
     assert_eq!(errs.to_string().lines().next(), Some("4 errors in config"));
 }
+
+#[test]
+fn sidecar_egress_hosts_are_checked() {
+    use crate::support::{check, docs, sidecar};
+    let text = docs(&[
+        sidecar("ok", "{egress: [{hosts: ['./*', '*/api.example.com']}]}"),
+        sidecar(
+            "bad",
+            "{workloadSelector: {labels: {app: a}}, egress: [{hosts: [reviews]}, {hosts: []}]}",
+        ),
+        sidecar("again", "{egress: [{hosts: ['~/*']}]}"),
+    ]);
+    let errs: Vec<String> = check(&[("s.yaml", &text)])
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let has = |parts: &[&str]| errs.iter().any(|e| parts.iter().all(|p| e.contains(p)));
+    assert!(
+        has(&[
+            "Sidecar default/bad",
+            "spec.egress[0].hosts[0]",
+            "must be namespace/host"
+        ]),
+        "{errs:?}"
+    );
+    assert!(
+        has(&["Sidecar default/bad", "spec.egress[1].hosts", "is empty"]),
+        "{errs:?}"
+    );
+    assert!(
+        has(&[
+            "Sidecar default/again",
+            "spec.workloadSelector",
+            "Sidecar default/ok",
+            "one per namespace"
+        ]),
+        "{errs:?}"
+    );
+    assert_eq!(errs.len(), 3, "{errs:?}");
+
+    // What Trellis does not implement fails at parse time, at its path.
+    let err = trellis_model::parse_documents(
+        "p.yaml",
+        &sidecar("port", "{egress: [{hosts: ['./*'], port: {number: 80}}]}"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("spec.egress[0].port") && err.contains("not supported"),
+        "{err}"
+    );
+}

@@ -14,6 +14,7 @@ use trellis_model::networking::{
     self as m, Destination, HttpMatchRequest, HttpRoute, LoadBalancerSettings, Protocol,
     Resolution, SimpleLb, StringMatch, TrafficPolicy,
 };
+use trellis_model::sidecar::{self, EgressHost};
 use trellis_model::validate::{Port, Service, Validated, compile_regex};
 use trellis_model::{ConfigError, ConfigErrors, host};
 
@@ -84,6 +85,7 @@ pub fn compile(v: Validated, ctx: &Context) -> Result<ProxyConfig, ConfigErrors>
         clusters: BTreeMap::new(),
         budgets: BTreeMap::new(),
         rate_limits: BTreeMap::new(),
+        egress: trellis_model::sidecar::egress_hosts(&v.sidecars, ctx.namespace, &BTreeMap::new()),
         errors: ConfigErrors::default(),
     };
     c.build_clusters();
@@ -109,6 +111,10 @@ struct Compiler<'a> {
     budgets: BTreeMap<String, Arc<SharedBudget>>,
     /// Rate-limit buckets by policy (and route), see [`ProxyConfig::rate_limits`].
     rate_limits: BTreeMap<String, Arc<SharedBucket>>,
+    /// Egress hosts of the Sidecar that applies: a standalone proxy knows
+    /// its namespace but not its labels, so a namespace-wide (or root
+    /// namespace) Sidecar; `None`: no restriction.
+    egress: Option<Vec<EgressHost>>,
     errors: ConfigErrors,
 }
 
@@ -127,6 +133,11 @@ impl Compiler<'_> {
 
     fn service_visible(&self, s: &Service) -> bool {
         visible(&s.export_to, &s.namespace, self.ctx.namespace)
+            && self.egress_allows(&s.namespace, &s.host)
+    }
+
+    fn egress_allows(&self, host_ns: &str, host: &str) -> bool {
+        sidecar::allows(self.egress.as_deref(), self.ctx.namespace, host_ns, host)
     }
 
     fn build_clusters(&mut self) {
@@ -452,6 +463,10 @@ impl Compiler<'_> {
                             }
                         }
                     }
+                    // A service this proxy does not see: nothing to route
+                    // to (as the control plane's translation).
+                    None if self.v.services.contains_key(host) => {}
+                    None if !self.egress_allows(&vs.metadata.namespace, host) => {}
                     None => {
                         let any_port = if vs.spec.http.is_empty() {
                             self.tcp_routes(vs, None).map(|r| PortRoutes::Tcp(r.into()))

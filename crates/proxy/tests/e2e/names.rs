@@ -118,3 +118,46 @@ async fn short_names_ports_and_absolute_form() {
         "the absolute URI names an unknown host: {body}"
     );
 }
+
+/// A namespace-wide Istio `Sidecar` limits the hosts the proxy routes to;
+/// a host it leaves out answers as unknown.
+#[tokio::test]
+async fn a_namespace_sidecar_limits_egress_hosts() {
+    let reviews = EchoServer::start("reviews").await;
+    let ratings = EchoServer::start("ratings").await;
+    let api = EchoServer::start("api").await;
+    let other_ns = service_entry("ratings", &[(80, "http", "HTTP")], &[(ratings.addr(), &[])])
+        .replace("namespace: default", "namespace: other");
+    let sidecar = "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  egress:
+  - hosts: [./*, '*/api.example.com']
+";
+    let proxy = Proxy::start(&[
+        (
+            "a.yaml",
+            service_entry("reviews", &[(80, "http", "HTTP")], &[(reviews.addr(), &[])]),
+        ),
+        ("b.yaml", other_ns),
+        (
+            "c.yaml",
+            service_entry(
+                "api.example.com",
+                &[(80, "http", "HTTP")],
+                &[(api.addr(), &[])],
+            ),
+        ),
+        ("d.yaml", sidecar.to_string()),
+    ])
+    .await;
+    let r = proxy.get("http://reviews/s").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = proxy.get("http://api.example.com/s").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    proxy
+        .get("http://ratings.other/s")
+        .await
+        .assert_local(404, "route_not_found");
+}

@@ -182,9 +182,16 @@ fn a_proxyless_client_gets_named_api_listeners_and_grpc_clusters() {
         "secret:80",
         "web.front:80",
     ] {
-        assert!(listeners.iter().any(|l| *l == name), "{name}: {listeners:?}");
+        assert!(
+            listeners.iter().any(|l| *l == name),
+            "{name}: {listeners:?}"
+        );
     }
-    assert!(!listeners.iter().any(|l| *l == "outbound" || *l == "inbound"));
+    assert!(
+        !listeners
+            .iter()
+            .any(|l| *l == "outbound" || *l == "inbound")
+    );
     assert!(!listeners.iter().any(|l| *l == "web:80"), "web is front's");
     // One route table per service port, named by the FQDN; the shop sees
     // its VirtualService.
