@@ -12,6 +12,7 @@ pub mod api;
 pub mod health;
 pub mod kind;
 pub mod metrics;
+pub mod reach;
 pub mod registry;
 mod run;
 pub mod store;

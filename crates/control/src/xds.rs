@@ -19,7 +19,7 @@
 //! change across generations keeps its `Arc`, so streams skip it without
 //! comparing. translate stays free of the xDS server crate.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -41,12 +41,14 @@ use crate::store::{self, Key};
 pub const DEFAULT_REGISTRATION_GRACE: Duration = Duration::from_secs(30);
 
 /// What a node was last given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Served {
     /// The control plane's generation (store and registry changes).
     pub generation: u64,
     /// The store generation inside it.
     pub store_generation: u64,
+    /// What the node's view was made for (namespace, labels, Sidecar).
+    pub viewer: crate::reach::Viewer,
 }
 
 /// The proxies' source of config. See the module docs.
@@ -137,7 +139,16 @@ impl Mesh {
 
     /// What `node_id` was last given.
     pub fn served(&self, node_id: &str) -> Option<Served> {
-        self.lock().served.get(node_id).copied()
+        self.lock().served.get(node_id).cloned()
+    }
+
+    /// The store generation of what `node_id` was last given, and whether
+    /// `key` (as in effect now) is part of it ([`crate::reach`]).
+    pub fn holds(&self, node_id: &str, key: &Key) -> Option<(u64, bool)> {
+        let st = self.lock();
+        let served = st.served.get(node_id)?;
+        let held = crate::reach::reaches(&st.store.validated, key, &served.viewer);
+        Some((served.store_generation, held))
     }
 
     /// The store generation at which `key` last changed, if it is in the
@@ -464,7 +475,7 @@ impl State {
 
 impl Snapshots for Mesh {
     fn snapshot(&self, node: &Node) -> Arc<trellis_xds::Snapshot> {
-        let (shared, info, identity, generation, store_generation) = {
+        let (shared, info, identity, viewer, generation, store_generation) = {
             let mut st = self.lock();
             let shared = match &st.shared {
                 Some(s) => s.clone(),
@@ -487,28 +498,28 @@ impl Snapshots for Mesh {
                 .map(|r| r.info.clone())
                 .unwrap_or_else(|| crate::registry::parse_node(node));
             // The Sidecar that applies to the workload limits what it sees.
-            let sidecars = &st.store.validated.sidecars;
-            let identity = match &info {
-                Ok(i) => {
-                    let mut id = i.identity.clone();
-                    id.egress = trellis_model::sidecar::egress_hosts(
-                        sidecars,
-                        &id.namespace,
-                        &i.workload.labels,
-                    );
-                    id
-                }
-                Err(_) => {
-                    let mut id = placeholder_identity(node);
-                    id.egress = trellis_model::sidecar::egress_hosts(
-                        sidecars,
-                        &id.namespace,
-                        &Default::default(),
-                    );
-                    id
-                }
+            let (mut identity, labels) = match &info {
+                Ok(i) => (i.identity.clone(), i.workload.labels.clone()),
+                Err(_) => (placeholder_identity(node), BTreeMap::new()),
             };
-            (shared, info, identity, st.generation, st.store.generation)
+            identity.egress = trellis_model::sidecar::egress_hosts(
+                &st.store.validated.sidecars,
+                &identity.namespace,
+                &labels,
+            );
+            let viewer = crate::reach::Viewer {
+                namespace: identity.namespace.clone(),
+                labels,
+                egress: identity.egress.clone(),
+            };
+            (
+                shared,
+                info,
+                identity,
+                viewer,
+                st.generation,
+                st.store.generation,
+            )
         };
         // The per-proxy part runs without the lock.
         let view = match &info {
@@ -522,6 +533,7 @@ impl Snapshots for Mesh {
             Served {
                 generation,
                 store_generation,
+                viewer,
             },
         );
         Arc::new(out)
@@ -652,6 +664,33 @@ spec:
   ports: [{number: 9080, name: http}]
   endpoints: [{address: 10.0.0.1}]
 ";
+
+    #[test]
+    fn a_resource_is_held_by_the_proxies_whose_view_has_it() {
+        let local = SE.replace("endpoints:", "exportTo: [\".\"]\n  endpoints:");
+        let sidecar = "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: none, namespace: narrow}
+spec:
+  egress: [{hosts: [./*]}]
+";
+        let mesh = Mesh::new(
+            store_snapshot(1, &format!("{local}---\n{sidecar}")),
+            DEFAULT_REGISTRATION_GRACE,
+        );
+        for (id, ns) in [("a", "default"), ("b", "other"), ("c", "narrow")] {
+            mesh.snapshot(&node(id, ns, "127.0.0.2"));
+        }
+        let se = Key::new(Kind::ServiceEntry, "default", "reviews");
+        let sc = Key::new(Kind::Sidecar, "narrow", "none");
+        let held = |id: &str, key: &Key| mesh.holds(id, key).map(|(_, h)| h);
+        assert_eq!(held("a", &se), Some(true));
+        assert_eq!(held("b", &se), Some(false), "exportTo: [.]");
+        assert_eq!(held("c", &se), Some(false));
+        assert_eq!(held("c", &sc), Some(true));
+        assert_eq!(held("a", &sc), Some(false));
+        assert_eq!(held("unknown", &se), None);
+    }
 
     #[test]
     fn proxies_share_per_type_maps_and_unchanged_types_keep_their_arc() {

@@ -29,9 +29,9 @@ fn streams(plane: &ControlPlane) -> Vec<ConnectionStatus> {
 }
 
 /// The connected proxies that were sent a config holding `key` as it is
-/// now: approximated by generation (the store generation of the last
-/// config a proxy was sent is at least the one where the resource last
-/// changed). Visibility (`exportTo`) is not taken into account.
+/// now: the store generation of the last config a proxy was sent is at
+/// least the one where the resource last changed, and the resource is part
+/// of that proxy's view (`exportTo`, its Sidecar; [`crate::reach`]).
 pub fn holding(plane: &ControlPlane, key: &Key) -> Vec<ProxyRef> {
     let Some(since) = plane.mesh.changed_at(key) else {
         return Vec::new();
@@ -39,10 +39,10 @@ pub fn holding(plane: &ControlPlane, key: &Key) -> Vec<ProxyRef> {
     streams(plane)
         .into_iter()
         .filter_map(|s| {
-            let served = plane.mesh.served(&s.connection.node.id)?;
-            (served.store_generation >= since).then(|| ProxyRef {
+            let (generation, held) = plane.mesh.holds(&s.connection.node.id, key)?;
+            (held && generation >= since).then(|| ProxyRef {
                 node: s.connection.node.id.clone(),
-                generation: served.store_generation,
+                generation,
                 acked: in_sync(&s),
             })
         })
