@@ -383,6 +383,15 @@ fn a_minute_without_the_control_plane_under_load_fails_nothing() {
         "applied generation before/after: client {}/{}, server {}/{}",
         client_before.1, client_after.1, server_before.1, server_after.1
     );
+    // What a reconnect re-sends unchanged is ACKed, not applied again.
+    assert_eq!(
+        client_before.1, client_after.1,
+        "client re-applied its config"
+    );
+    assert_eq!(
+        server_before.1, server_after.1,
+        "server re-applied its config"
+    );
     drop(client);
     drop(server);
 }

@@ -67,6 +67,10 @@ struct TypeState {
     nonce: String,
     /// A response has been accepted for this type.
     received: bool,
+    /// A hash of each accepted resource's encoding, by name: a response
+    /// that only repeats them (a reconnect re-sends everything) changes
+    /// nothing, and is ACKed without a new apply.
+    held: BTreeMap<String, u64>,
 }
 
 /// The ADS protocol state: subscriptions, versions, nonces, accepted resources.
@@ -143,11 +147,11 @@ impl Ads {
         };
         self.types.get_mut(type_url).expect("all types").nonce = r.nonce.clone();
         match self.accept(type_url, &r.resources) {
-            Ok(()) => {
+            Ok(changed) => {
                 let st = self.types.get_mut(type_url).expect("all types");
                 st.version = r.version_info.clone();
                 st.received = true;
-                self.dirty = true;
+                self.dirty |= changed;
                 let mut out = vec![self.request(type_url, None)];
                 out.extend(self.resubscribe());
                 (out, Ok(()))
@@ -156,7 +160,9 @@ impl Ads {
         }
     }
 
-    fn accept(&mut self, type_url: &'static str, resources: &[Any]) -> Result<(), String> {
+    /// Converts and keeps the resources of a response; true if any differs
+    /// from what was held.
+    fn accept(&mut self, type_url: &'static str, resources: &[Any]) -> Result<bool, String> {
         fn decode<M: Message + Default>(a: &Any, what: &str) -> Result<M, String> {
             M::decode(a.value.as_slice()).map_err(|e| format!("{what}: does not decode: {e}"))
         }
@@ -168,11 +174,19 @@ impl Ads {
             return Err(e);
         }
         let err = |e: ConvertError| e.to_string();
+        let hash = |a: &Any| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            a.value.hash(&mut h);
+            h.finish()
+        };
+        let mut names: Vec<(String, u64)> = Vec::with_capacity(resources.len());
         match type_url {
             LISTENER_TYPE => {
                 let mut out = BTreeMap::new();
                 for a in resources {
                     let l: Listener = decode(a, "Listener")?;
+                    names.push((l.name.clone(), hash(a)));
                     out.insert(l.name.clone(), convert::listener(&l).map_err(err)?);
                 }
                 self.resources.listeners = out;
@@ -181,6 +195,7 @@ impl Ads {
                 let mut out = BTreeMap::new();
                 for a in resources {
                     let c: EnvoyCluster = decode(a, "Cluster")?;
+                    names.push((c.name.clone(), hash(a)));
                     out.insert(c.name.clone(), convert::cluster(&c).map_err(err)?);
                 }
                 self.resources.clusters = out;
@@ -191,6 +206,7 @@ impl Ads {
                 let mut got = Vec::new();
                 for a in resources {
                     let rc: RouteConfiguration = decode(a, "RouteConfiguration")?;
+                    names.push((rc.name.clone(), hash(a)));
                     got.push((rc.name.clone(), convert::route_config(&rc).map_err(err)?));
                 }
                 self.resources.routes.extend(got);
@@ -199,6 +215,7 @@ impl Ads {
                 let mut got = Vec::new();
                 for a in resources {
                     let cla: ClusterLoadAssignment = decode(a, "ClusterLoadAssignment")?;
+                    names.push((cla.cluster_name.clone(), hash(a)));
                     got.push((
                         cla.cluster_name.clone(),
                         convert::assignment(&cla).map_err(err)?,
@@ -207,7 +224,16 @@ impl Ads {
                 self.resources.assignments.extend(got);
             }
         }
-        Ok(())
+        let st = self.types.get_mut(type_url).expect("all types");
+        let wildcard = matches!(type_url, LISTENER_TYPE | CLUSTER_TYPE);
+        let changed = !st.received
+            || (wildcard && names.len() != st.held.len())
+            || names.iter().any(|(n, h)| st.held.get(n) != Some(h));
+        if wildcard {
+            st.held.clear();
+        }
+        st.held.extend(names);
+        Ok(changed)
     }
 
     fn wanted_routes(&self) -> Vec<String> {
@@ -694,6 +720,28 @@ mod tests {
             ]
         );
         assert!(again.iter().all(|r| r.response_nonce.is_empty()));
+
+        // The control plane re-sends the same listener on the new stream:
+        // ACKed, nothing new to apply. A changed one is.
+        ads.dirty = false;
+        let (reqs, r) = ads.on_response(&response(
+            LISTENER_TYPE,
+            "v1",
+            "n3",
+            vec![any(LISTENER_TYPE, &outbound_listener())],
+        ));
+        assert_eq!((r, reqs[0].response_nonce.as_str()), (Ok(()), "n3"));
+        assert!(!ads.dirty, "a repeat is not a change");
+        let mut changed = outbound_listener();
+        changed.stat_prefix = "other".into();
+        let (_, r) = ads.on_response(&response(
+            LISTENER_TYPE,
+            "v2",
+            "n4",
+            vec![any(LISTENER_TYPE, &changed)],
+        ));
+        assert_eq!(r, Ok(()));
+        assert!(ads.dirty);
     }
 
     #[test]
