@@ -1,8 +1,10 @@
 //! `trellis control`: the control plane. The config store (resources
 //! applied through the HTTP API, persisted in redb, plus a watched config
 //! directory), conflict resolution, the HTTP API, workload registration
-//! from xDS node metadata ([`registry`]) and the ADS server fed by
-//! `trellis-translate` ([`xds::Mesh`]). Not yet: health checking.
+//! from xDS node metadata ([`registry`], persisted in the store), active
+//! health checks ([`health`]), and the ADS server fed by
+//! `trellis-translate` ([`xds::Mesh`]); [`reach`] says which proxies a
+//! resource reaches.
 //!
 //! The store publishes every accepted change on a `tokio::sync::watch`
 //! channel ([`ControlPlane::subscribe`]); [`xds::Mesh`] follows it, and
