@@ -29,7 +29,7 @@ use trellis_model::ResourceSet;
 use trellis_model::resource::Kind;
 use trellis_translate::encode::Fnv;
 use trellis_translate::names::{CLUSTER_TYPE, INBOUND_APP_CLUSTER, LISTENER_TYPE};
-use trellis_translate::{ProxyIdentity, Registry, SharedResources};
+use trellis_translate::{ProxyIdentity, Registry, SharedResources, ViewClass};
 use trellis_xds::envoy_types::pb::envoy::config::core::v3::Node;
 use trellis_xds::{Connection, ConnectionStatus, Nack, Snapshots, XdsHooks};
 
@@ -74,6 +74,9 @@ struct State {
     generation: u64,
     /// For `generation`; None until a stream asks.
     shared: Option<Arc<SharedResources>>,
+    /// For `generation`: each class's view (all but a sidecar's own
+    /// listeners), converted once and shared by its proxies.
+    views: HashMap<ViewClass, Arc<trellis_xds::Snapshot>>,
     cache: HashMap<(&'static str, u64), Cached>,
     served: HashMap<String, Served>,
     /// The health-check prober of each registered workload that asks for
@@ -107,6 +110,7 @@ impl Mesh {
                 registry: Arc::new(Registry::default()),
                 generation: 1,
                 shared: None,
+                views: HashMap::new(),
                 cache: HashMap::new(),
                 served: HashMap::new(),
                 probers: HashMap::new(),
@@ -183,6 +187,7 @@ impl Mesh {
     fn bump(&self, st: &mut State) {
         st.generation += 1;
         st.shared = None;
+        st.views.clear();
         // Keep what the previous generation used: streams still on it
         // convert to the same Arcs, and unchanged types stay skippable.
         let keep_from = st.generation.saturating_sub(1);
@@ -475,7 +480,7 @@ impl State {
 
 impl Snapshots for Mesh {
     fn snapshot(&self, node: &Node) -> Arc<trellis_xds::Snapshot> {
-        let (shared, info, identity, viewer, generation, store_generation) = {
+        let (shared, info, identity, viewer, class, cached, generation, store_generation) = {
             let mut st = self.lock();
             let shared = match &st.shared {
                 Some(s) => s.clone(),
@@ -512,22 +517,61 @@ impl Snapshots for Mesh {
                 labels,
                 egress: identity.egress.clone(),
             };
+            let class = ViewClass::of(&identity);
+            let cached = info
+                .is_ok()
+                .then(|| st.views.get(&class).cloned())
+                .flatten();
             (
                 shared,
                 info,
                 identity,
                 viewer,
+                class,
+                cached,
                 st.generation,
                 st.store.generation,
             )
         };
-        // The per-proxy part runs without the lock.
-        let view = match &info {
-            Ok(_) => trellis_translate::view(&shared, &identity),
-            Err(_) => without_listeners(trellis_translate::view(&shared, &identity)),
+        // The class's view, unless another proxy of the class already made
+        // it for this generation; computed without the lock.
+        let class_view = match (cached, &info) {
+            (Some(v), _) => v,
+            (None, Ok(_)) => {
+                let view = trellis_translate::class_view(&shared, &identity);
+                let mut st = self.lock();
+                let out = Arc::new(st.convert(&view, generation));
+                if st.generation == generation {
+                    st.views.insert(class, out.clone());
+                }
+                out
+            }
+            (None, Err(_)) => {
+                let view = without_listeners(trellis_translate::class_view(&shared, &identity));
+                Arc::new(self.lock().convert(&view, generation))
+            }
+        };
+        let own = match &info {
+            Ok(_) => trellis_translate::own_listeners(&identity),
+            Err(_) => Vec::new(),
+        };
+        let out = if own.is_empty() {
+            class_view
+        } else {
+            let mut out = (*class_view).clone();
+            let listeners: trellis_xds::Resources = own
+                .iter()
+                .map(|r| {
+                    (
+                        r.name.clone(),
+                        trellis_xds::Resource::with_version(r.any.clone(), r.version()),
+                    )
+                })
+                .collect();
+            out.set_type(LISTENER_TYPE, Arc::new(listeners));
+            Arc::new(out)
         };
         let mut st = self.lock();
-        let out = st.convert(&view, generation);
         st.served.insert(
             node.id.clone(),
             Served {
@@ -536,7 +580,7 @@ impl Snapshots for Mesh {
                 viewer,
             },
         );
-        Arc::new(out)
+        out
     }
 
     fn generations(&self) -> watch::Receiver<u64> {

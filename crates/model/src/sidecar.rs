@@ -22,7 +22,7 @@ pub const ROOT_NAMESPACE: &str = "istio-system";
 /// One `egress.hosts` entry, `namespace/dnsName`: the namespace is a name,
 /// `.` (the proxy's own), `*` (any) or `~` (none); the name is an FQDN,
 /// `*.suffix` or `*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EgressHost {
     pub namespace: String,
     pub host: String,

@@ -12,10 +12,12 @@
 //! - [`shared`] translates every service once: its clusters and endpoint
 //!   assignments (encoded, hashed, behind `Arc`s), and its virtual hosts
 //!   without their domains;
-//! - [`view`] picks, for one proxy, what its namespace may see (`exportTo`,
-//!   and a Sidecar's egress hosts when given), adds the domains its
-//!   namespace uses for each host, and builds its two listeners. Shared
-//!   resources are not copied: a proxy's [`Snapshot`] holds `Arc`s.
+//! - [`class_view`] picks, for a class of proxies ([`ViewClass`]: same
+//!   namespace, locality, Sidecar, kind and app), what they may see
+//!   (`exportTo`, and a Sidecar's egress hosts when given) and adds the
+//!   domains the namespace uses for each host; [`own_listeners`] are the
+//!   two listeners only one sidecar has (its address); [`view`] is both.
+//!   Shared resources are not copied: a [`Snapshot`] holds `Arc`s.
 //!
 //! [`translate`] does both for one proxy.
 
@@ -429,10 +431,11 @@ fn egress_allows(proxy: &ProxyIdentity, host_ns: &str, host: &str) -> bool {
     trellis_model::sidecar::allows(proxy.egress.as_deref(), &proxy.namespace, host_ns, host)
 }
 
-/// One proxy's snapshot from the shared resources: cheap (no translation,
-/// no re-encoding of shared resources; the route table is assembled from
-/// encoded virtual hosts).
-pub fn view(shared: &SharedResources, proxy: &ProxyIdentity) -> Snapshot {
+/// The part of a proxy's snapshot its [`ViewClass`] decides (all but the
+/// sidecar's own listeners): no translation, no re-encoding of shared
+/// resources; the route table is assembled from encoded virtual hosts.
+/// Only the fields of `proxy` in [`ViewClass`] are read.
+pub fn class_view(shared: &SharedResources, proxy: &ProxyIdentity) -> Snapshot {
     let ns = proxy.namespace.as_str();
     let mut snap = Snapshot::default();
     // Host name -> (aliases, per-port virtual hosts), in name order.
@@ -521,25 +524,6 @@ pub fn view(shared: &SharedResources, proxy: &ProxyIdentity) -> Snapshot {
         )),
     );
 
-    use prost::Message;
-    let outbound = listener::outbound(SocketAddr::new(proxy.address, proxy.outbound_port));
-    let inbound = listener::inbound(SocketAddr::new(proxy.address, proxy.inbound_port));
-    snap.insert(
-        LISTENER_TYPE,
-        Arc::new(Resource::new(
-            names::OUTBOUND,
-            LISTENER_TYPE,
-            outbound.encode_to_vec(),
-        )),
-    );
-    snap.insert(
-        LISTENER_TYPE,
-        Arc::new(Resource::new(
-            names::INBOUND,
-            LISTENER_TYPE,
-            inbound.encode_to_vec(),
-        )),
-    );
     snap.insert(
         CLUSTER_TYPE,
         Arc::new(Resource::new(
@@ -548,6 +532,64 @@ pub fn view(shared: &SharedResources, proxy: &ProxyIdentity) -> Snapshot {
             encode_cluster(&cluster::inbound_app(proxy.app)),
         )),
     );
+    snap
+}
+
+/// The resources only this proxy has: a sidecar's two listeners, bound to
+/// its own address (none for a proxyless client, whose listeners are named
+/// by target). Everything else in its [`view`] is the same for every proxy
+/// of its [`ViewClass`].
+pub fn own_listeners(proxy: &ProxyIdentity) -> Vec<Arc<Resource>> {
+    use prost::Message;
+    if proxy.proxyless {
+        return Vec::new();
+    }
+    let outbound = listener::outbound(SocketAddr::new(proxy.address, proxy.outbound_port));
+    let inbound = listener::inbound(SocketAddr::new(proxy.address, proxy.inbound_port));
+    vec![
+        Arc::new(Resource::new(
+            names::OUTBOUND,
+            LISTENER_TYPE,
+            outbound.encode_to_vec(),
+        )),
+        Arc::new(Resource::new(
+            names::INBOUND,
+            LISTENER_TYPE,
+            inbound.encode_to_vec(),
+        )),
+    ]
+}
+
+/// What a view depends on besides the shared resources, other than the
+/// proxy's own listeners: proxies with equal classes get equal
+/// [`class_view`]s, so a control plane computes one per class.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ViewClass {
+    pub namespace: String,
+    pub locality: Option<String>,
+    pub egress: Option<Vec<EgressHost>>,
+    pub proxyless: bool,
+    pub app: SocketAddr,
+}
+
+impl ViewClass {
+    pub fn of(proxy: &ProxyIdentity) -> ViewClass {
+        ViewClass {
+            namespace: proxy.namespace.clone(),
+            locality: proxy.locality.clone(),
+            egress: proxy.egress.clone(),
+            proxyless: proxy.proxyless,
+            app: proxy.app,
+        }
+    }
+}
+
+/// One proxy's snapshot: its class's view plus [`own_listeners`].
+pub fn view(shared: &SharedResources, proxy: &ProxyIdentity) -> Snapshot {
+    let mut snap = class_view(shared, proxy);
+    for l in own_listeners(proxy) {
+        snap.insert(LISTENER_TYPE, l);
+    }
     snap
 }
 
