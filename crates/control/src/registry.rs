@@ -524,13 +524,12 @@ impl Registrations {
     /// The registry translation reads: every registered workload, in node
     /// id order (so equal registrations give equal resources).
     pub fn registry(&self) -> Registry {
-        Registry {
-            workloads: self
-                .by_node
+        Registry::new(
+            self.by_node
                 .values()
                 .filter_map(|r| r.info.as_ref().ok().map(|i| i.workload.clone()))
                 .collect(),
-        }
+        )
     }
 }
 

@@ -5,9 +5,12 @@
 //! **Generations.** Every accepted store change and every registry change
 //! bumps one counter. The expensive translation
 //! (`trellis_translate::shared`) runs at most once per generation, lazily,
-//! by the first stream that asks after the bump; each proxy's `view` is
-//! computed in [`Snapshots::snapshot`] from that shared result and the
-//! proxy's identity (its node metadata).
+//! by the first stream that asks after the bump; after a registry-only
+//! change it starts from the previous one and retranslates only the
+//! services whose endpoints changed (`shared_since`). Each class of
+//! proxies (`translate::ViewClass`: namespace, locality, Sidecar, kind,
+//! app) gets one `class_view` per generation, converted once; a proxy's
+//! snapshot is its class's plus its own two listeners.
 //!
 //! **Two `Snapshot` types.** translate's snapshot holds `Arc<Resource>` per
 //! resource (shared per service); the xDS server's holds one
@@ -74,6 +77,10 @@ struct State {
     generation: u64,
     /// For `generation`; None until a stream asks.
     shared: Option<Arc<SharedResources>>,
+    /// The last translation and the store generation it was made from:
+    /// when only the registry changed since, the next one starts from it
+    /// (`translate::shared_since`).
+    last_shared: Option<(u64, Arc<SharedResources>)>,
     /// For `generation`: each class's view (all but a sidecar's own
     /// listeners), converted once and shared by its proxies.
     views: HashMap<ViewClass, Arc<trellis_xds::Snapshot>>,
@@ -110,6 +117,7 @@ impl Mesh {
                 registry: Arc::new(Registry::default()),
                 generation: 1,
                 shared: None,
+                last_shared: None,
                 views: HashMap::new(),
                 cache: HashMap::new(),
                 served: HashMap::new(),
@@ -488,7 +496,17 @@ impl Snapshots for Mesh {
                     // Once per generation, under the lock: streams asking at
                     // the same time wait for this one result.
                     let started = Instant::now();
-                    let s = Arc::new(trellis_translate::shared(&st.store.validated, &st.registry));
+                    let prev = st
+                        .last_shared
+                        .as_ref()
+                        .filter(|(g, _)| *g == st.store.generation)
+                        .map(|(_, s)| s.clone());
+                    let s = Arc::new(trellis_translate::shared_since(
+                        &st.store.validated,
+                        &st.registry,
+                        prev.as_deref(),
+                    ));
+                    st.last_shared = Some((st.store.generation, s.clone()));
                     for e in &s.errors {
                         tracing::warn!(error = %e, "left out of the proxies' config");
                     }

@@ -197,6 +197,11 @@ struct SharedService {
     /// `exportTo` and namespace of the VirtualService.
     vs_visibility: Option<(Vec<String>, String)>,
     vhosts: Vec<PortVhost>,
+    /// What it was translated from besides the config: per port, its
+    /// endpoints ([`shared_since`] reuses the service while they stay).
+    endpoints: Vec<Vec<EndpointInfo>>,
+    /// What was left out of it, and why.
+    errors: Vec<TranslateError>,
 }
 
 /// A VirtualService host that is not a service (`*.example.org`, or a name
@@ -205,13 +210,16 @@ struct SharedService {
 struct SharedHost {
     vs_visibility: (Vec<String>, String),
     vhosts: Vec<PortVhost>,
+    errors: Vec<TranslateError>,
 }
 
 /// Everything that does not depend on the proxy, computed once.
 #[derive(Debug, Clone, Default)]
 pub struct SharedResources {
-    services: BTreeMap<String, SharedService>,
-    hosts: BTreeMap<String, SharedHost>,
+    services: BTreeMap<String, Arc<SharedService>>,
+    hosts: Arc<BTreeMap<String, SharedHost>>,
+    /// The registry's localities it was translated for.
+    localities: Vec<String>,
     /// Resources left out, and why. Validated config should produce none.
     pub errors: Vec<TranslateError>,
 }
@@ -230,109 +238,157 @@ impl SharedResources {
 /// assignments and virtual hosts; per other VirtualService host its virtual
 /// hosts.
 pub fn shared(v: &Validated, registry: &Registry) -> SharedResources {
-    let mut out = SharedResources::default();
+    shared_since(v, registry, None)
+}
+
+/// [`shared`], reusing from `prev` every service whose endpoints (and the
+/// registry's localities) did not change, and the VirtualService-only hosts.
+/// `prev` must come from the same `v`: a control plane passes it when only
+/// the registry changed (workloads joining, leaving, changing health), so
+/// that a registration costs the services it is an endpoint of, not all.
+pub fn shared_since(
+    v: &Validated,
+    registry: &Registry,
+    prev: Option<&SharedResources>,
+) -> SharedResources {
     let localities = registry.localities();
+    let prev = prev.filter(|p| p.localities == localities);
+    let mut services = BTreeMap::new();
+    let mut errors = Vec::new();
     for (host, s) in &v.services {
-        let rule = v.destination_rules.get(host);
-        let budget = v.retry_budgets.get(host).map(|b| &b.spec);
         let endpoints: Vec<Vec<EndpointInfo>> = s
             .ports
             .iter()
             .map(|p| endpoint::service_endpoints(s, p, registry))
             .collect();
-        let build = |with_rule: bool, errors: &mut Vec<TranslateError>| {
-            let rule = rule.filter(|_| with_rule);
-            let mut clusters = Vec::new();
-            for (port, eps) in s.ports.iter().zip(&endpoints) {
-                let key = rule.map(|r| r.key());
-                let base = ClusterSpec {
-                    service: s,
-                    port,
-                    rule_policy: rule.and_then(|r| r.spec.traffic_policy.as_ref()),
-                    subset: None,
-                    budget,
-                    rule_key: key.as_deref(),
-                };
-                let mut specs = vec![base];
-                if let Some(r) = rule {
-                    specs.extend(r.spec.subsets.iter().map(|sub| ClusterSpec {
-                        subset: Some(sub),
-                        ..base
-                    }));
-                }
-                for spec in specs {
-                    match shared_cluster(&spec, eps, &localities) {
-                        Ok(c) => clusters.push(c),
-                        Err(e) => errors.push(e),
-                    }
-                }
-            }
-            clusters
+        let service = match prev.and_then(|p| p.services.get(host)) {
+            Some(old) if old.endpoints == endpoints => old.clone(),
+            _ => Arc::new(shared_service(v, host, s, endpoints, &localities)),
         };
-        let clusters = build(true, &mut out.errors);
-        let clusters_without_rule = rule
-            .filter(|r| !exported_to_all(&r.spec.export_to))
-            .map(|_| build(false, &mut out.errors));
-
-        let ctx = route::Ctx { v, host };
-        let vs = v
-            .virtual_services
-            .iter()
-            .find(|(hosts, _)| hosts.contains(host));
-        let host_limit = match ctx.host_rate_limit() {
-            Ok(l) => l,
-            Err(e) => {
-                out.errors.push(e);
-                None
-            }
-        };
-        let mut vhosts = Vec::new();
-        for port in &s.ports {
-            let http = port.protocol.is_http();
-            let limit = host_limit.as_ref().filter(|_| http);
-            let name = names::virtual_host(host, Some(port.number));
-            let default =
-                route::vhost_body(&name, vec![ctx.default_route(port.number, http)], limit);
-            let filter = PortFilter::Port(port.number);
-            let routed = vs.and_then(|(_, vs)| {
-                let routes = if http {
-                    (!vs.spec.http.is_empty())
-                        .then(|| ctx.http_routes(vs, Some(port.number), filter, &mut out.errors))
-                } else {
-                    (!vs.spec.tcp.is_empty())
-                        .then(|| ctx.tcp_routes(vs, Some(port.number), filter, &mut out.errors))
-                };
-                routes.map(|r| route::vhost_body(&name, r, limit))
-            });
-            vhosts.push(PortVhost {
-                port: Some(port.number),
-                default: Some(default),
-                routed,
-            });
-        }
-        out.services.insert(
-            host.clone(),
-            SharedService {
-                namespace: s.namespace.clone(),
-                export_to: s.export_to.clone(),
-                clusters,
-                clusters_without_rule,
-                rule_visibility: rule
-                    .map(|r| (r.spec.export_to.clone(), r.metadata.namespace.clone())),
-                vs_visibility: vs
-                    .map(|(_, vs)| (vs.spec.export_to.clone(), vs.metadata.namespace.clone())),
-                vhosts,
-            },
-        );
+        errors.extend(service.errors.iter().cloned());
+        services.insert(host.clone(), service);
     }
+    let hosts = match prev {
+        Some(p) => {
+            errors.extend(p.hosts.values().flat_map(|h| h.errors.iter().cloned()));
+            p.hosts.clone()
+        }
+        None => {
+            let hosts = shared_hosts(v);
+            errors.extend(hosts.values().flat_map(|h| h.errors.iter().cloned()));
+            Arc::new(hosts)
+        }
+    };
+    SharedResources {
+        services,
+        hosts,
+        localities,
+        errors,
+    }
+}
 
+fn shared_service(
+    v: &Validated,
+    host: &String,
+    s: &trellis_model::validate::Service,
+    endpoints: Vec<Vec<EndpointInfo>>,
+    localities: &[String],
+) -> SharedService {
+    let mut errors = Vec::new();
+    let rule = v.destination_rules.get(host);
+    let budget = v.retry_budgets.get(host).map(|b| &b.spec);
+    let build = |with_rule: bool, errors: &mut Vec<TranslateError>| {
+        let rule = rule.filter(|_| with_rule);
+        let mut clusters = Vec::new();
+        for (port, eps) in s.ports.iter().zip(&endpoints) {
+            let key = rule.map(|r| r.key());
+            let base = ClusterSpec {
+                service: s,
+                port,
+                rule_policy: rule.and_then(|r| r.spec.traffic_policy.as_ref()),
+                subset: None,
+                budget,
+                rule_key: key.as_deref(),
+            };
+            let mut specs = vec![base];
+            if let Some(r) = rule {
+                specs.extend(r.spec.subsets.iter().map(|sub| ClusterSpec {
+                    subset: Some(sub),
+                    ..base
+                }));
+            }
+            for spec in specs {
+                match shared_cluster(&spec, eps, localities) {
+                    Ok(c) => clusters.push(c),
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        clusters
+    };
+    let clusters = build(true, &mut errors);
+    let clusters_without_rule = rule
+        .filter(|r| !exported_to_all(&r.spec.export_to))
+        .map(|_| build(false, &mut errors));
+
+    let ctx = route::Ctx { v, host };
+    let vs = v
+        .virtual_services
+        .iter()
+        .find(|(hosts, _)| hosts.contains(host));
+    let host_limit = match ctx.host_rate_limit() {
+        Ok(l) => l,
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    let mut vhosts = Vec::new();
+    for port in &s.ports {
+        let http = port.protocol.is_http();
+        let limit = host_limit.as_ref().filter(|_| http);
+        let name = names::virtual_host(host, Some(port.number));
+        let default = route::vhost_body(&name, vec![ctx.default_route(port.number, http)], limit);
+        let filter = PortFilter::Port(port.number);
+        let routed = vs.and_then(|(_, vs)| {
+            let routes = if http {
+                (!vs.spec.http.is_empty())
+                    .then(|| ctx.http_routes(vs, Some(port.number), filter, &mut errors))
+            } else {
+                (!vs.spec.tcp.is_empty())
+                    .then(|| ctx.tcp_routes(vs, Some(port.number), filter, &mut errors))
+            };
+            routes.map(|r| route::vhost_body(&name, r, limit))
+        });
+        vhosts.push(PortVhost {
+            port: Some(port.number),
+            default: Some(default),
+            routed,
+        });
+    }
+    SharedService {
+        namespace: s.namespace.clone(),
+        export_to: s.export_to.clone(),
+        clusters,
+        clusters_without_rule,
+        rule_visibility: rule.map(|r| (r.spec.export_to.clone(), r.metadata.namespace.clone())),
+        vs_visibility: vs.map(|(_, vs)| (vs.spec.export_to.clone(), vs.metadata.namespace.clone())),
+        vhosts,
+        endpoints,
+        errors,
+    }
+}
+
+fn shared_hosts(v: &Validated) -> BTreeMap<String, SharedHost> {
+    let mut out = BTreeMap::new();
     for (hosts, vs) in &v.virtual_services {
         for host in hosts.iter().filter(|h| !v.services.contains_key(*h)) {
             let ctx = route::Ctx { v, host };
+            let mut errors = Vec::new();
             let limit = match ctx.host_rate_limit() {
                 Ok(l) => l,
                 Err(e) => {
-                    out.errors.push(e);
+                    errors.push(e);
                     None
                 }
             };
@@ -347,9 +403,9 @@ pub fn shared(v: &Validated, registry: &Registry) -> SharedResources {
             let mut vhosts = Vec::new();
             for (port, filter) in filters {
                 let routes = if http {
-                    ctx.http_routes(vs, None, filter, &mut out.errors)
+                    ctx.http_routes(vs, None, filter, &mut errors)
                 } else {
-                    ctx.tcp_routes(vs, None, filter, &mut out.errors)
+                    ctx.tcp_routes(vs, None, filter, &mut errors)
                 };
                 let name = names::virtual_host(host, port);
                 vhosts.push(PortVhost {
@@ -358,11 +414,12 @@ pub fn shared(v: &Validated, registry: &Registry) -> SharedResources {
                     routed: Some(route::vhost_body(&name, routes, limit)),
                 });
             }
-            out.hosts.insert(
+            out.insert(
                 host.clone(),
                 SharedHost {
                     vs_visibility: (vs.spec.export_to.clone(), vs.metadata.namespace.clone()),
                     vhosts,
+                    errors,
                 },
             );
         }
@@ -477,7 +534,7 @@ pub fn class_view(shared: &SharedResources, proxy: &ProxyIdentity) -> Snapshot {
             .collect();
         tables.insert(host.clone(), (host::aliases(host, ns), vhosts));
     }
-    for (host, h) in &shared.hosts {
+    for (host, h) in shared.hosts.iter() {
         let (export_to, owner) = &h.vs_visibility;
         if !visible(export_to, owner, ns) || !egress_allows(proxy, owner, host) {
             continue;

@@ -2,13 +2,32 @@
 //! of connecting proxies (like Istio's WorkloadEntry auto-registration) and
 //! from health checks. Plain data; the translation only reads it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Registry {
     pub workloads: Vec<Workload>,
+    /// Workload indexes by (namespace, label, value) and by namespace, made
+    /// on first [`Registry::select`]: a selector looks at the workloads
+    /// with its first label, not at every workload of the mesh.
+    index: OnceLock<Index>,
 }
+
+#[derive(Debug, Clone, Default)]
+struct Index {
+    by_label: HashMap<(String, String, String), Vec<usize>>,
+    by_namespace: HashMap<String, Vec<usize>>,
+}
+
+impl PartialEq for Registry {
+    fn eq(&self, other: &Registry) -> bool {
+        self.workloads == other.workloads
+    }
+}
+
+impl Eq for Registry {}
 
 /// One registered workload (a pod, VM or process with a sidecar).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,17 +50,58 @@ pub struct Workload {
 }
 
 impl Registry {
+    /// The index is built on first use: `workloads` must not change after
+    /// a [`Registry::select`] (build a new registry instead, as the control
+    /// plane does on every registry change).
+    pub fn new(workloads: Vec<Workload>) -> Registry {
+        Registry {
+            workloads,
+            index: OnceLock::new(),
+        }
+    }
+
+    fn index(&self) -> &Index {
+        self.index.get_or_init(|| {
+            let mut ix = Index::default();
+            for (i, w) in self.workloads.iter().enumerate() {
+                ix.by_namespace
+                    .entry(w.namespace.clone())
+                    .or_default()
+                    .push(i);
+                for (k, v) in &w.labels {
+                    ix.by_label
+                        .entry((w.namespace.clone(), k.clone(), v.clone()))
+                        .or_default()
+                        .push(i);
+                }
+            }
+            ix
+        })
+    }
+
     /// Workloads a `workloadSelector` in `namespace` selects: Istio's rule is
     /// same namespace, and every selector label present with the same value.
-    /// An empty selector selects every workload of the namespace.
+    /// An empty selector selects every workload of the namespace. In
+    /// registration order.
     pub fn select<'a>(
         &'a self,
         namespace: &'a str,
         selector: &'a BTreeMap<String, String>,
     ) -> impl Iterator<Item = &'a Workload> + 'a {
-        self.workloads.iter().filter(move |w| {
-            w.namespace == namespace && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
-        })
+        let ix = self.index();
+        let candidates: &[usize] = match selector.iter().next() {
+            Some((k, v)) => ix
+                .by_label
+                .get(&(namespace.to_string(), k.clone(), v.clone()))
+                .map_or(&[], Vec::as_slice),
+            None => ix.by_namespace.get(namespace).map_or(&[], Vec::as_slice),
+        };
+        candidates
+            .iter()
+            .map(|&i| &self.workloads[i])
+            .filter(move |w| {
+                w.namespace == namespace && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+            })
     }
 
     /// The distinct localities of registered workloads: the proxies whose
@@ -78,14 +138,12 @@ mod tests {
 
     #[test]
     fn selects_by_namespace_and_labels() {
-        let r = Registry {
-            workloads: vec![
-                w("a", "default", &[("app", "reviews"), ("version", "v1")]),
-                w("b", "default", &[("app", "reviews"), ("version", "v2")]),
-                w("c", "prod", &[("app", "reviews"), ("version", "v1")]),
-                w("d", "default", &[("app", "ratings")]),
-            ],
-        };
+        let r = Registry::new(vec![
+            w("a", "default", &[("app", "reviews"), ("version", "v1")]),
+            w("b", "default", &[("app", "reviews"), ("version", "v2")]),
+            w("c", "prod", &[("app", "reviews"), ("version", "v1")]),
+            w("d", "default", &[("app", "ratings")]),
+        ]);
         let names = |ns: &str, sel: &[(&str, &str)]| -> Vec<String> {
             let sel = sel
                 .iter()

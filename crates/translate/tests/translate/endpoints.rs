@@ -129,15 +129,13 @@ fn grouped_by_locality_with_ports_and_weights() {
 #[test]
 fn priorities_follow_the_proxys_locality() {
     let v = validated(SE);
-    let registry = Registry {
-        workloads: vec![Workload {
-            name: "client".into(),
-            namespace: "ml".into(),
-            locality: Some("us-east/a/r1".into()),
-            healthy: true,
-            ..Default::default()
-        }],
-    };
+    let registry = Registry::new(vec![Workload {
+        name: "client".into(),
+        namespace: "ml".into(),
+        locality: Some("us-east/a/r1".into()),
+        healthy: true,
+        ..Default::default()
+    }]);
     let shared = trellis_translate::shared(&v, &registry);
     let mut p = proxy("ml");
     p.locality = Some("us-east/a/r1".into());
@@ -181,36 +179,34 @@ fn locality_balancing_off_is_one_priority() {
 #[test]
 fn registry_workloads_become_endpoints_with_health() {
     // The function behind ServiceEntry workloadSelector, directly.
-    let registry = Registry {
-        workloads: vec![
-            Workload {
-                name: "a".into(),
-                namespace: "ml".into(),
-                labels: BTreeMap::from([("app".into(), "inference".into())]),
-                addresses: vec!["127.0.20.1".parse().unwrap()],
-                ports: BTreeMap::from([("http-api".into(), 18000)]),
-                locality: Some("us-east/a".into()),
-                healthy: true,
-                ..Default::default()
-            },
-            Workload {
-                name: "b".into(),
-                namespace: "ml".into(),
-                labels: BTreeMap::from([("app".into(), "inference".into())]),
-                addresses: vec!["127.0.20.2".parse().unwrap()],
-                healthy: false,
-                ..Default::default()
-            },
-            Workload {
-                name: "c".into(),
-                namespace: "other".into(),
-                labels: BTreeMap::from([("app".into(), "inference".into())]),
-                addresses: vec!["127.0.20.3".parse().unwrap()],
-                healthy: true,
-                ..Default::default()
-            },
-        ],
-    };
+    let registry = Registry::new(vec![
+        Workload {
+            name: "a".into(),
+            namespace: "ml".into(),
+            labels: BTreeMap::from([("app".into(), "inference".into())]),
+            addresses: vec!["127.0.20.1".parse().unwrap()],
+            ports: BTreeMap::from([("http-api".into(), 18000)]),
+            locality: Some("us-east/a".into()),
+            healthy: true,
+            ..Default::default()
+        },
+        Workload {
+            name: "b".into(),
+            namespace: "ml".into(),
+            labels: BTreeMap::from([("app".into(), "inference".into())]),
+            addresses: vec!["127.0.20.2".parse().unwrap()],
+            healthy: false,
+            ..Default::default()
+        },
+        Workload {
+            name: "c".into(),
+            namespace: "other".into(),
+            labels: BTreeMap::from([("app".into(), "inference".into())]),
+            addresses: vec!["127.0.20.3".parse().unwrap()],
+            healthy: true,
+            ..Default::default()
+        },
+    ]);
     let port = Port {
         number: 8080,
         name: "http-api".into(),
@@ -272,14 +268,12 @@ spec:
         healthy: true,
         ..Default::default()
     };
-    let registry = Registry {
-        workloads: vec![
-            w("r1", "ml", "v1", "127.0.30.1", Some(19080)),
-            w("r2", "ml", "v2", "127.0.30.2", None),
-            // Another namespace: not selected.
-            w("r3", "prod", "v2", "127.0.30.3", None),
-        ],
-    };
+    let registry = Registry::new(vec![
+        w("r1", "ml", "v1", "127.0.30.1", Some(19080)),
+        w("r2", "ml", "v2", "127.0.30.2", None),
+        // Another namespace: not selected.
+        w("r3", "prod", "v2", "127.0.30.3", None),
+    ]);
     let snap = translate(&validated(yaml), &registry, &proxy("ml"));
     let host = "reviews.ml.svc.cluster.local";
     let addrs = |subset: &str| -> Vec<String> {

@@ -162,15 +162,13 @@ spec: {host: reviews, retryRatio: 0.5, minRetriesPerSecond: 5, ttl: 30s}
 fn stock_envoy_accepts_the_translation() {
     let envoy = trellis_testing::envoy_binary();
     let v = validated(EVERYTHING);
-    let registry = Registry {
-        workloads: vec![Workload {
-            name: "client".into(),
-            namespace: "default".into(),
-            locality: Some("us-east/a/r1".into()),
-            healthy: true,
-            ..Default::default()
-        }],
-    };
+    let registry = Registry::new(vec![Workload {
+        name: "client".into(),
+        namespace: "default".into(),
+        locality: Some("us-east/a/r1".into()),
+        healthy: true,
+        ..Default::default()
+    }]);
     let s = shared(&v, &registry);
     assert!(s.errors.is_empty(), "{:?}", s.errors);
     let mut p = proxy("default");

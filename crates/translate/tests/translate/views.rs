@@ -218,3 +218,58 @@ fn a_proxyless_client_gets_named_api_listeners_and_grpc_clusters() {
         LbPolicy::Random as i32
     );
 }
+
+#[test]
+fn a_registry_change_retranslates_only_the_services_it_touches() {
+    use std::collections::BTreeMap;
+    use trellis_translate::{Workload, shared_since};
+    let yaml = format!(
+        "{TWO_NAMESPACES}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api, namespace: shop}}
+spec:
+  hosts: [api]
+  resolution: STATIC
+  ports: [{{number: 80, name: http}}]
+  workloadSelector: {{labels: {{app: api}}}}
+"
+    );
+    let v = validated(&yaml);
+    let workload = |name: &str, ip: &str| Workload {
+        name: name.into(),
+        namespace: "shop".into(),
+        labels: BTreeMap::from([("app".into(), "api".into())]),
+        addresses: vec![ip.parse().unwrap()],
+        healthy: true,
+        ..Default::default()
+    };
+    let one = Registry::new(vec![workload("a", "127.0.7.1")]);
+    let two = Registry::new(vec![workload("a", "127.0.7.1"), workload("b", "127.0.7.2")]);
+    let before = shared(&v, &one);
+    let after = shared_since(&v, &two, Some(&before));
+    let p = proxy("shop");
+    let (b, a) = (view(&before, &p), view(&after, &p));
+    let api = c(80, "", "api.shop.svc.cluster.local");
+    // The untouched service keeps its allocations; the touched one has the
+    // new endpoint.
+    assert!(Arc::ptr_eq(
+        b.get(CLUSTER_TYPE, &c(80, "", ORDERS)).unwrap(),
+        a.get(CLUSTER_TYPE, &c(80, "", ORDERS)).unwrap()
+    ));
+    assert_eq!(assignment(&b, &api).endpoints[0].lb_endpoints.len(), 1);
+    assert_eq!(assignment(&a, &api).endpoints[0].lb_endpoints.len(), 2);
+    // Same result as translating from scratch.
+    let fresh = view(&shared(&v, &two), &p);
+    for (ty, map) in &fresh.resources {
+        let hashes = |s: &trellis_translate::Snapshot| -> Vec<(String, u64)> {
+            s.of_type(ty)
+                .unwrap()
+                .iter()
+                .map(|(n, r)| (n.clone(), r.hash))
+                .collect()
+        };
+        assert_eq!(hashes(&a), hashes(&fresh), "{ty}");
+        assert!(!map.is_empty());
+    }
+}
