@@ -126,11 +126,7 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
     });
     let plane = ControlPlane::new(store, metrics, settings.registration_grace);
 
-    let bind = |what, addr| {
-        std::net::TcpListener::bind(addr)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|source| StartError::Bind { what, addr, source })
-    };
+    let bind = |what, addr| listen(addr).map_err(|source| StartError::Bind { what, addr, source });
     let api_listener = bind("HTTP API", settings.api)?;
     let xds_listener = bind("xDS server", settings.xds)?;
     let local = |l: &std::net::TcpListener, what, addr| {
@@ -342,4 +338,19 @@ mod tests {
             assert_eq!(default_data_dir(xdg, home), want.map(PathBuf::from));
         }
     }
+}
+
+/// How many connections may wait to be accepted. std's `bind` asks for 128:
+/// 10,000 proxies reconnecting at once (a control-plane restart) would
+/// overflow it and see resets. The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }

@@ -5,10 +5,13 @@
 //! and nonce), whether that response awaits its ACK/NACK, and the last
 //! ACKed version. The rules (Envoy's xDS protocol doc):
 //!
-//! - A response carries every subscribed resource of its type that exists
-//!   (required for Listener and Cluster, where absence means deletion;
-//!   allowed for the rest), and its `version_info` is a hash of the names and
-//!   versions in it, so equal content gives an equal version.
+//! - A Listener or Cluster response carries every subscribed resource of
+//!   its type that exists (absence means deletion). For the other types the
+//!   first response does, and later ones carry only the subscribed
+//!   resources that differ from what the client ACKed last (after a
+//!   subscription change, all again). `version_info` is a hash of the names
+//!   and versions of the whole subscribed view, so equal content gives an
+//!   equal version.
 //! - A request whose `response_nonce` is the last one sent for its type is
 //!   the ACK (no `error_detail`) or NACK (with one) of that response. Any
 //!   other non-empty nonce is stale: the client has not seen the newest
@@ -53,6 +56,12 @@ struct TypeState {
     /// the subscription changed, the version is reused without hashing the
     /// view again. Cleared when the subscription changes.
     cached: Option<(Option<Arc<Resources>>, String)>,
+    /// For types whose responses may carry only what changed (all but
+    /// Listener and Cluster): the map of the last push the client ACKed
+    /// (it holds that view), and of the push awaiting its answer. Cleared
+    /// when the subscription changes, so the next push is complete.
+    held: Option<Arc<Resources>>,
+    inflight: Option<Arc<Resources>>,
     pushes: u64,
     resources_sent: u64,
 }
@@ -90,6 +99,12 @@ impl SotwStream {
                 req.error_detail.as_ref(),
                 req.version_info.clone(),
             ) {
+                // The client holds what it ACKed; after a NACK it still
+                // holds what it had.
+                let inflight = state.inflight.take();
+                if matches!(event, Event::Ack { .. }) {
+                    state.held = inflight;
+                }
                 out.events.push(event);
             } else if state
                 .ack
@@ -108,6 +123,9 @@ impl SotwStream {
 
         if state.sub.apply_sotw(&req.type_url, &req.resource_names) {
             state.cached = None;
+            // What the client holds was sent for the old names.
+            state.held = None;
+            state.inflight = None;
         }
 
         let mut force = first;
@@ -210,9 +228,17 @@ fn push(
     if unchanged && !force {
         return None;
     }
-    let resources: Vec<_> = view(source.as_deref(), &state.sub)
-        .map(|(_, r)| r.body.clone())
-        .collect();
+    let resources: Vec<_> = match (&state.held, &source) {
+        (Some(held), Some(now)) if partial_allowed(type_url) => {
+            changed_since(held, now, &state.sub)
+                .map(|r| r.body.clone())
+                .collect()
+        }
+        _ => view(source.as_deref(), &state.sub)
+            .map(|(_, r)| r.body.clone())
+            .collect(),
+    };
+    state.inflight = source.filter(|_| partial_allowed(type_url));
     state.resources_sent += resources.len() as u64;
     let nonce = nonces.next();
     state.ack.sent = Some((version.clone(), nonce.clone()));
@@ -224,6 +250,34 @@ fn push(
         type_url: type_url.to_string(),
         nonce,
         ..Default::default()
+    })
+}
+
+/// Listener and Cluster responses must hold every subscribed resource
+/// (absence means deletion); the other types may carry only what changed,
+/// the client keeping the rest (Envoy's xDS protocol, "Resource updates").
+fn partial_allowed(type_url: &str) -> bool {
+    type_url != type_url::LISTENER && type_url != type_url::CLUSTER
+}
+
+/// The subscribed resources of `now` that `held` lacks or has another
+/// version of: one ordered walk of both maps. A workload joining changes
+/// one assignment; every proxy then gets that one, not all of them.
+fn changed_since<'a>(
+    held: &'a Resources,
+    now: &'a Resources,
+    sub: &'a Subscription,
+) -> impl Iterator<Item = &'a crate::resource::Resource> + 'a {
+    let mut old = held.iter().peekable();
+    now.iter().filter_map(move |(name, r)| {
+        if !sub.wants(name) {
+            return None;
+        }
+        while old.next_if(|(n, _)| *n < name).is_some() {}
+        match old.peek() {
+            Some((n, o)) if *n == name && o.version == r.version => None,
+            _ => Some(r),
+        }
     })
 }
 

@@ -271,6 +271,58 @@ fn scenarios() {
             ],
         ),
         (
+            "once ACKed, EDS pushes carry only what changed; CDS pushes everything",
+            &[
+                (
+                    Snap(&[
+                        ("CDS", "a", "1"),
+                        ("CDS", "b", "1"),
+                        ("EDS", "x", "1"),
+                        ("EDS", "y", "1"),
+                    ]),
+                    &[],
+                ),
+                (Sub("CDS", &[]), &["push CDS a@1 b@1"]),
+                (Ack("CDS", &[]), &["ack CDS"]),
+                (Sub("EDS", &["x", "y"]), &["push EDS x@1 y@1"]),
+                (Ack("EDS", &["x", "y"]), &["ack EDS"]),
+                (
+                    Snap(&[
+                        ("CDS", "a", "1"),
+                        ("CDS", "b", "2"),
+                        ("EDS", "x", "1"),
+                        ("EDS", "y", "2"),
+                    ]),
+                    &["push CDS a@1 b@2", "push EDS y@2"],
+                ),
+                (Ack("EDS", &["x", "y"]), &["ack EDS"]),
+                // Other names: the whole subscribed view again.
+                (Ack("EDS", &["x"]), &["push EDS x@1"]),
+            ],
+        ),
+        (
+            "after a NACK, the next push is relative to what the client still holds",
+            &[
+                (Snap(&[("EDS", "x", "1"), ("EDS", "y", "1")]), &[]),
+                (Sub("EDS", &["x", "y"]), &["push EDS x@1 y@1"]),
+                (Ack("EDS", &["x", "y"]), &["ack EDS"]),
+                (
+                    Snap(&[("EDS", "x", "2"), ("EDS", "y", "1")]),
+                    &["push EDS x@2"],
+                ),
+                (Nack("EDS", &["x", "y"], "bad x"), &["nack EDS bad x"]),
+                (
+                    Snap(&[("EDS", "x", "2"), ("EDS", "y", "2")]),
+                    &["push EDS x@2 y@2"],
+                ),
+                (Ack("EDS", &["x", "y"]), &["ack EDS"]),
+                (
+                    Snap(&[("EDS", "x", "3"), ("EDS", "y", "2")]),
+                    &["push EDS x@3"],
+                ),
+            ],
+        ),
+        (
             "a resource unsubscribed and subscribed again is sent again",
             &[
                 (Snap(&[("EDS", "x", "1"), ("EDS", "y", "1")]), &[]),
