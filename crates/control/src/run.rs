@@ -317,6 +317,21 @@ async fn wait_for_signal() {
     }
 }
 
+/// How many connections may wait to be accepted. std's `bind` asks for 128:
+/// 10,000 proxies reconnecting at once (a control-plane restart) would
+/// overflow it and see resets. The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::default_data_dir;
@@ -338,19 +353,4 @@ mod tests {
             assert_eq!(default_data_dir(xdg, home), want.map(PathBuf::from));
         }
     }
-}
-
-/// How many connections may wait to be accepted. std's `bind` asks for 128:
-/// 10,000 proxies reconnecting at once (a control-plane restart) would
-/// overflow it and see resets. The kernel caps it at `net.core.somaxconn`.
-const LISTEN_BACKLOG: i32 = 4096;
-
-fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
 }
