@@ -22,6 +22,12 @@ use trellis_model::{ConfigError, ConfigErrors, ResourceSet};
 use client::{Client, ClientError, DEFAULT_SERVER};
 use output::Format;
 
+/// mimalloc rather than glibc's malloc: with thousands of ADS streams the
+/// control plane churns through response buffers, and glibc's arenas kept
+/// the peak as RSS and spent a third of the CPU in malloc (bench/SCALE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "trellis",

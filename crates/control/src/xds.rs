@@ -40,6 +40,9 @@ use crate::health::HealthCheck;
 use crate::registry::{MetadataError, NodeInfo, Registrations};
 use crate::store::{self, Key};
 
+/// The shortest time between two generations made by registry changes.
+pub const REGISTRY_COALESCE: Duration = Duration::from_millis(100);
+
 /// The default `--registration-grace`.
 pub const DEFAULT_REGISTRATION_GRACE: Duration = Duration::from_secs(30);
 
@@ -89,6 +92,10 @@ struct State {
     /// The health-check prober of each registered workload that asks for
     /// one: what it probes, and the task.
     probers: HashMap<String, Prober>,
+    /// When registry changes last became a generation, and whether later
+    /// ones wait for a flush ([`Mesh::registry_changed`]).
+    last_registry_flush: Instant,
+    registry_flush_scheduled: bool,
 }
 
 #[derive(Debug)]
@@ -122,6 +129,10 @@ impl Mesh {
                 cache: HashMap::new(),
                 served: HashMap::new(),
                 probers: HashMap::new(),
+                last_registry_flush: Instant::now()
+                    .checked_sub(REGISTRY_COALESCE)
+                    .unwrap_or_else(Instant::now),
+                registry_flush_scheduled: false,
             }),
             generations: watch::Sender::new(1),
             grace,
@@ -203,7 +214,35 @@ impl Mesh {
         self.generations.send_replace(st.generation);
     }
 
+    /// Registry changes become generations at most once per
+    /// [`REGISTRY_COALESCE`]: the first change after a quiet period at once,
+    /// later ones together at the end of the period. A connect storm of
+    /// 10,000 proxies is then a few dozen generations, not 10,000 (each
+    /// rebuilding the registry and every class's view).
     fn registry_changed(&self, st: &mut State) {
+        if st.registry_flush_scheduled {
+            return;
+        }
+        let since = st.last_registry_flush.elapsed();
+        let (Some(me), Ok(rt), true) = (
+            self.me.upgrade(),
+            tokio::runtime::Handle::try_current(),
+            since < REGISTRY_COALESCE,
+        ) else {
+            self.flush_registry(st);
+            return;
+        };
+        st.registry_flush_scheduled = true;
+        rt.spawn(async move {
+            tokio::time::sleep(REGISTRY_COALESCE - since).await;
+            let mut st = me.lock();
+            st.registry_flush_scheduled = false;
+            me.flush_registry(&mut st);
+        });
+    }
+
+    fn flush_registry(&self, st: &mut State) {
+        st.last_registry_flush = Instant::now();
         st.registry = Arc::new(st.registrations.registry());
         self.bump(st);
     }
