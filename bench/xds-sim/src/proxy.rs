@@ -185,6 +185,8 @@ struct Proxy {
     endpoints: u64,
     /// Churn endpoints held, sorted.
     churn: Vec<u32>,
+    /// Churn endpoints per service, as the last assignment of each said.
+    churn_by_service: std::collections::HashMap<usize, Vec<u32>>,
     marker: i64,
 }
 
@@ -299,9 +301,10 @@ impl Proxy {
                 out.push(self.request(ROUTE, self.rds_names.clone()));
             }
             ENDPOINT => {
-                // State of the world: every subscribed assignment is here.
-                self.per_service.iter_mut().for_each(|c| *c = 0);
-                let mut churn = Vec::new();
+                // Endpoints may come partially (the protocol allows a SotW
+                // EDS response to carry only the assignments that changed):
+                // an assignment not in the response keeps what it had, as
+                // in Envoy.
                 for a in &r.resources {
                     let Some(cla) = decode::<ClusterLoadAssignment>(&self.sh, &a.value) else {
                         continue;
@@ -310,6 +313,7 @@ impl Proxy {
                         continue;
                     };
                     let mut base = 0u16;
+                    let mut churn = Vec::new();
                     for e in cla.endpoints.iter().flat_map(|l| &l.lb_endpoints) {
                         let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier
                         else {
@@ -334,8 +338,15 @@ impl Proxy {
                     if let Some(c) = self.per_service.get_mut(svc) {
                         *c = base;
                     }
+                    if churn.is_empty() {
+                        self.churn_by_service.remove(&svc);
+                    } else {
+                        self.churn_by_service.insert(svc, churn);
+                    }
                 }
                 self.endpoints = self.per_service.iter().map(|c| *c as u64).sum();
+                let mut churn: Vec<u32> =
+                    self.churn_by_service.values().flatten().copied().collect();
                 churn.sort_unstable();
                 self.observe_churn(churn);
                 self.eds = TypeState {
@@ -500,6 +511,7 @@ pub async fn run(sh: Arc<Shared>, role: Role, mut stop: watch::Receiver<bool>) {
             per_service: vec![0; sh.mesh.services].into_boxed_slice(),
             endpoints: 0,
             churn: Vec::new(),
+            churn_by_service: std::collections::HashMap::new(),
             marker: 0,
         };
         let (tx, mut rx) = mpsc::channel::<DiscoveryRequest>(8);
