@@ -9,13 +9,15 @@
 //!   [`MemorySnapshots`] for tests.
 //! - [`sotw`], [`delta`]: the protocol, one state machine per stream, plain
 //!   data and functions (no I/O), table-tested.
-//! - [`server`]: the tonic service ([`XdsServer`]), one task per stream,
-//!   debounced generations, hooks for connect/disconnect/NACK, metrics.
+//! - [`server`]: the ADS service ([`XdsServer`]), one task per stream,
+//!   debounced generations, hooks for connect/disconnect/NACK, metrics;
+//!   `framed`: its gRPC response framing, one exact-size buffer per message.
 //!
 //! The behaviour is described in `docs/xds-server.md`.
 
 mod debounce;
 pub mod delta;
+mod framed;
 pub mod metrics;
 pub mod protocol;
 pub mod resource;

@@ -1,5 +1,6 @@
-//! The tonic service: `StreamAggregatedResources` (state of the world) and
-//! `DeltaAggregatedResources` (incremental). One task per stream reads
+//! The ADS service: `StreamAggregatedResources` (state of the world) and
+//! `DeltaAggregatedResources` (incremental), served with responses framed
+//! by `framed.rs`. One task per stream reads
 //! requests and debounced generations and feeds them to the stream's state
 //! machine ([`SotwStream`] or [`DeltaStream`]); the state machine decides
 //! what to send.
@@ -203,8 +204,10 @@ impl XdsServer {
         }
     }
 
-    /// The tonic service, to add to a `tonic::transport::Server` next to
-    /// other services.
+    /// The tonic-generated service, to add to a `tonic::transport::Server`
+    /// next to other services. [`XdsServer::serve`] uses its own framing
+    /// instead (`framed.rs`): tonic's codec keeps each stream's largest
+    /// response allocated for the life of the stream.
     pub fn service(&self) -> AggregatedDiscoveryServiceServer<XdsServer> {
         AggregatedDiscoveryServiceServer::new(self.clone())
     }
@@ -228,7 +231,9 @@ impl XdsServer {
         tonic::transport::Server::builder()
             .http2_keepalive_interval(self.inner.options.keepalive_interval)
             .http2_keepalive_timeout(Some(self.inner.options.keepalive_timeout))
-            .add_service(self.service())
+            .add_service(crate::framed::FramedAds {
+                server: self.clone(),
+            })
             .serve_with_incoming_shutdown(incoming, signal)
             .await?;
         Ok(())
@@ -286,12 +291,37 @@ impl AggregatedDiscoveryService for XdsServer {
 impl XdsServer {
     fn start<P: Protocol>(&self, request: Request<Streaming<P::Req>>) -> ResponseStream<P::Resp> {
         let peer = request.remote_addr();
+        ResponseStream {
+            rx: self.spawn::<P>(request.into_inner(), peer),
+        }
+    }
+
+    pub(crate) fn start_sotw(
+        &self,
+        requests: Streaming<DiscoveryRequest>,
+        peer: Option<SocketAddr>,
+    ) -> mpsc::Receiver<Result<DiscoveryResponse, Status>> {
+        self.spawn::<SotwStream>(requests, peer)
+    }
+
+    pub(crate) fn start_delta(
+        &self,
+        requests: Streaming<DeltaDiscoveryRequest>,
+        peer: Option<SocketAddr>,
+    ) -> mpsc::Receiver<Result<DeltaDiscoveryResponse, Status>> {
+        self.spawn::<DeltaStream>(requests, peer)
+    }
+
+    /// Starts a stream's task; its responses come out of the receiver.
+    fn spawn<P: Protocol>(
+        &self,
+        requests: Streaming<P::Req>,
+        peer: Option<SocketAddr>,
+    ) -> mpsc::Receiver<Result<P::Resp, Status>> {
         let (tx, rx) = mpsc::channel(self.inner.options.response_buffer.max(1));
         let span = tracing::debug_span!("xds", mode = P::MODE.as_str(), peer = ?peer);
-        tokio::spawn(
-            drive::<P>(self.inner.clone(), request.into_inner(), tx, peer).instrument(span),
-        );
-        ResponseStream { rx }
+        tokio::spawn(drive::<P>(self.inner.clone(), requests, tx, peer).instrument(span));
+        rx
     }
 }
 
@@ -310,8 +340,8 @@ impl<T> Stream for ResponseStream<T> {
 
 /// What the driver needs of a state machine; implemented by both variants.
 trait Protocol: Send + Sized + 'static {
-    type Req: Send + Sync + 'static;
-    type Resp: Send + 'static;
+    type Req: prost::Message + Default + Send + Sync + 'static;
+    type Resp: prost::Message + Send + 'static;
     const MODE: Mode;
     fn new(snapshot: Arc<Snapshot>) -> Self;
     fn node(req: &Self::Req) -> Option<&Node>;
