@@ -2,7 +2,7 @@
 //! and the snapshot of them that one proxy should hold.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use envoy_types::pb::google::protobuf::Any;
 
@@ -120,6 +120,21 @@ pub type Resources = BTreeMap<String, Resource>;
 pub struct Snapshot {
     /// Resources by type URL, then by name.
     pub resources: BTreeMap<TypeUrl, Arc<Resources>>,
+    /// Per type, what streams compute from its map, computed once and
+    /// shared by every clone of the snapshot (a control plane clones one
+    /// snapshot per class of proxies, for thousands of them); replaced
+    /// whenever the map is.
+    memo: BTreeMap<TypeUrl, Arc<MapMemo>>,
+}
+
+/// Facts about one type's map, each computed on first use.
+#[derive(Debug, Default)]
+pub(crate) struct MapMemo {
+    /// The version of the whole map (every resource subscribed).
+    pub(crate) full_version: OnceLock<String>,
+    /// A hash of the map's names: a stream whose subscription covered one
+    /// set of names knows it covers another map with the same set.
+    pub(crate) names_hash: OnceLock<u64>,
 }
 
 impl Snapshot {
@@ -132,6 +147,7 @@ impl Snapshot {
     pub fn insert(&mut self, type_url: &str, name: impl Into<String>, resource: Resource) {
         let map = self.resources.entry(type_url.to_string()).or_default();
         Arc::make_mut(map).insert(name.into(), resource);
+        self.memo.insert(type_url.to_string(), Arc::default());
     }
 
     /// Adds or replaces one resource encoded from an Envoy message, under the
@@ -157,6 +173,11 @@ impl Snapshot {
     /// Replaces a whole type (sharing the map with other snapshots).
     pub fn set_type(&mut self, type_url: &str, resources: Arc<Resources>) {
         self.resources.insert(type_url.to_string(), resources);
+        self.memo.insert(type_url.to_string(), Arc::default());
+    }
+
+    pub(crate) fn memo_of(&self, type_url: &str) -> Option<&MapMemo> {
+        self.memo.get(type_url).map(Arc::as_ref)
     }
 
     /// The resources of one type, if the snapshot has that type.
@@ -189,6 +210,10 @@ impl Fnv64 {
     pub(crate) fn write_str(&mut self, s: &str) {
         self.write(s.as_bytes());
         self.write(&[0xff]);
+    }
+
+    pub(crate) fn finish(&self) -> u64 {
+        self.0
     }
 
     pub(crate) fn hex(&self) -> String {

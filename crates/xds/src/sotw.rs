@@ -36,7 +36,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
 use crate::protocol::{Acks, Event, Nonces, Output, ProtocolError, Subscription, TypeStatus};
-use crate::resource::{Fnv64, Resources, Snapshot, TypeUrl, type_url};
+use crate::resource::{Fnv64, MapMemo, Resources, Snapshot, TypeUrl, type_url};
 
 /// One state-of-the-world ADS stream.
 #[derive(Debug)]
@@ -62,6 +62,9 @@ struct TypeState {
     /// when the subscription changes, so the next push is complete.
     held: Option<Arc<Resources>>,
     inflight: Option<Arc<Resources>>,
+    /// Whether the subscription covers every name of maps with this hash of
+    /// names ([`covers`]). Cleared when the subscription changes.
+    covers: Option<(u64, bool)>,
     pushes: u64,
     resources_sent: u64,
 }
@@ -123,6 +126,7 @@ impl SotwStream {
 
         if state.sub.apply_sotw(&req.type_url, &req.resource_names) {
             state.cached = None;
+            state.covers = None;
             // What the client holds was sent for the old names.
             state.held = None;
             state.inflight = None;
@@ -289,9 +293,48 @@ fn current_version(snapshot: &Snapshot, type_url: &str, state: &mut TypeState) -
     match &state.cached {
         Some((cached_source, v)) if same_map(cached_source, &source) => v.clone(),
         _ => {
-            let v = view_version(source.as_deref(), &state.sub);
+            let v = match (&source, snapshot.memo_of(type_url)) {
+                // Subscribed to the whole map (wildcard, or a sidecar's
+                // EDS naming every cluster): the map's own version, hashed
+                // once for every stream that shares the map.
+                (Some(map), Some(memo)) if covers(map, memo, state) => memo
+                    .full_version
+                    .get_or_init(|| {
+                        let all = Subscription {
+                            wildcard: true,
+                            ..Subscription::default()
+                        };
+                        view_version(Some(map), &all)
+                    })
+                    .clone(),
+                _ => view_version(source.as_deref(), &state.sub),
+            };
             state.cached = Some((source, v.clone()));
             v
+        }
+    }
+}
+
+/// Does the subscription want every name of `map`? Known at once for a
+/// wildcard; otherwise checked name by name once per set of names (maps of
+/// later generations mostly keep the names and change the content).
+fn covers(map: &Resources, memo: &MapMemo, state: &mut TypeState) -> bool {
+    if state.sub.wildcard {
+        return true;
+    }
+    let names = *memo.names_hash.get_or_init(|| {
+        let mut h = Fnv64::new();
+        for name in map.keys() {
+            h.write_str(name);
+        }
+        h.finish()
+    });
+    match state.covers {
+        Some((n, covered)) if n == names => covered,
+        _ => {
+            let covered = map.keys().all(|k| state.sub.names.contains(k));
+            state.covers = Some((names, covered));
+            covered
         }
     }
 }

@@ -459,6 +459,61 @@ fn versions_are_content_hashes() {
 }
 
 #[test]
+fn a_subscription_naming_every_resource_has_the_maps_own_version() {
+    // The version of a whole map is computed once for every stream that
+    // shares it; naming every resource (a sidecar's EDS) must give the same
+    // version as naming them one by one would, and a subset another one.
+    let version = |snap: &Arc<crate::resource::Snapshot>, names: &[&str]| {
+        let mut s = SotwStream::new(snap.clone());
+        let req = DiscoveryRequest {
+            type_url: url("EDS").into(),
+            resource_names: strings(names),
+            ..Default::default()
+        };
+        s.on_request(&req).unwrap().responses.remove(0).version_info
+    };
+    let one = Arc::new(snapshot(&[("EDS", "x", "1"), ("EDS", "y", "1")]));
+    let all = version(&one, &["x", "y"]);
+    assert_eq!(version(&one, &["x", "y", "ghost"]), all);
+    assert_eq!(version(&one, &["y", "x"]), all);
+    let fresh = Arc::new(snapshot(&[("EDS", "x", "1"), ("EDS", "y", "1")]));
+    assert_eq!(
+        version(&fresh, &["x", "y"]),
+        all,
+        "not a per-snapshot value"
+    );
+    assert_ne!(version(&one, &["x"]), all);
+    let changed = Arc::new(snapshot(&[("EDS", "x", "1"), ("EDS", "y", "2")]));
+    assert_ne!(version(&changed, &["x", "y"]), all);
+
+    // One stream across generations with the same names, then new names.
+    let mut s = SotwStream::new(one.clone());
+    let mut req = DiscoveryRequest {
+        type_url: url("EDS").into(),
+        resource_names: strings(&["x", "y"]),
+        ..Default::default()
+    };
+    let first = s.on_request(&req).unwrap().responses.remove(0);
+    assert_eq!(first.version_info, all);
+    req.response_nonce = first.nonce;
+    req.version_info = first.version_info;
+    s.on_request(&req).unwrap();
+    let pushed = s.on_snapshot(changed.clone()).responses.remove(0);
+    assert_eq!(pushed.version_info, version(&changed, &["x", "y"]));
+    let three = Arc::new(snapshot(&[
+        ("EDS", "x", "1"),
+        ("EDS", "y", "2"),
+        ("EDS", "z", "1"),
+    ]));
+    req.response_nonce = pushed.nonce;
+    req.version_info = pushed.version_info;
+    s.on_request(&req).unwrap();
+    // z is not subscribed: the view is x and y, not the whole map.
+    let out = s.on_snapshot(three);
+    assert!(out.responses.is_empty(), "x and y did not change: {out:?}");
+}
+
+#[test]
 fn a_request_without_type_url_is_a_protocol_error() {
     let mut s = SotwStream::new(Arc::new(snapshot(C1)));
     let err = s.on_request(&DiscoveryRequest::default()).unwrap_err();
