@@ -205,6 +205,11 @@ impl Subscription {
     /// the list is taken literally: `*` must be listed to keep the wildcard,
     /// and an empty list unsubscribes from everything.
     pub(crate) fn apply_sotw(&mut self, type_url: &str, names: &[String]) -> bool {
+        // Every ACK repeats the whole list (a sidecar's EDS: every cluster),
+        // and it rarely changes: check that without cloning anything.
+        if self.explicit && !names.is_empty() && self.same_sotw_names(names) {
+            return false;
+        }
         let before = self.clone();
         if names.is_empty() && !self.explicit {
             self.wildcard = type_url::legacy_wildcard(type_url);
@@ -215,6 +220,27 @@ impl Subscription {
             self.names = names.iter().filter(|n| *n != WILDCARD).cloned().collect();
         }
         *self != before
+    }
+
+    /// Is `names` exactly this subscription (wildcard and names)? Answered
+    /// without allocating when the names come sorted without repeats (as
+    /// trellis-proxy and the simulator send them); `false` (meaning: check
+    /// the slow way) when they do not.
+    fn same_sotw_names(&self, names: &[String]) -> bool {
+        let wildcard = names.iter().any(|n| n == WILDCARD);
+        if wildcard != self.wildcard {
+            return false;
+        }
+        let mut given = names.iter().filter(|n| *n != WILDCARD);
+        let mut mine = self.names.iter();
+        let mut last: Option<&String> = None;
+        loop {
+            match (given.next(), mine.next()) {
+                (None, None) => return true,
+                (Some(g), Some(m)) if g == m && last.is_none_or(|l| l < g) => last = Some(g),
+                _ => return false,
+            }
+        }
     }
 }
 
