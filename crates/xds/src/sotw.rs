@@ -232,8 +232,15 @@ fn push(
     if unchanged && !force {
         return None;
     }
-    let resources: Vec<_> = match (&state.held, &source) {
-        (Some(held), Some(now)) if partial_allowed(type_url) => {
+    let resources: Vec<_> = match (&state.held, &source, snapshot.memo_of(type_url)) {
+        (Some(held), Some(now), Some(memo)) if partial_allowed(type_url) => memo
+            .changed_since(held, now)
+            .iter()
+            .filter(|n| state.sub.wants(n))
+            .filter_map(|n| now.get(n))
+            .map(|r| r.body.clone())
+            .collect(),
+        (Some(held), Some(now), None) if partial_allowed(type_url) => {
             changed_since(held, now, &state.sub)
                 .map(|r| r.body.clone())
                 .collect()
