@@ -138,8 +138,11 @@ pub(crate) struct MapMemo {
     /// The names that differ from an older map (lacking there, or with
     /// another version), for the last older map asked about: the streams
     /// sharing this map mostly hold the same older one.
-    changed: Mutex<Option<(Arc<Resources>, Arc<Vec<String>>)>>,
+    changed: Mutex<Option<ChangedFrom>>,
 }
+
+/// An older map, and the names a newer one changed since it.
+type ChangedFrom = (Arc<Resources>, Arc<Vec<String>>);
 
 impl MapMemo {
     /// Names of `now` (the map this memo is for) that `held` lacks or has
