@@ -115,10 +115,22 @@ pub async fn probe_once(client: &HttpClient, check: &HealthCheck, target: Socket
 }
 
 /// Probes `target` every interval until the mesh goes away (or the task is
-/// aborted), reporting every change of health to the mesh.
-pub async fn run(mesh: Weak<Mesh>, node_id: String, check: HealthCheck, target: SocketAddr) {
+/// aborted), reporting every change of health to the mesh. Starts from
+/// `healthy`: a new registration is healthy; one restored from the store
+/// keeps its last known health until `healthy_threshold` successes (or
+/// `unhealthy_threshold` failures) say otherwise.
+pub async fn run(
+    mesh: Weak<Mesh>,
+    node_id: String,
+    check: HealthCheck,
+    target: SocketAddr,
+    healthy: bool,
+) {
     let client = http_client();
-    let mut tally = Tally::START;
+    let mut tally = Tally {
+        healthy,
+        ..Tally::START
+    };
     let mut ticks = tokio::time::interval(check.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -332,12 +332,12 @@ impl Mesh {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let run = probe_from(
-            healthy,
+        let run = crate::health::run(
             self.me.clone(),
             node_id.to_string(),
             check.clone(),
             target,
+            healthy,
         );
         let task = rt.spawn(run).abort_handle();
         st.probers.insert(
@@ -373,50 +373,6 @@ impl Mesh {
             me.note_unsaved(&st);
         });
     }
-}
-
-/// A workload's prober. `health::run` starts from healthy (as a new
-/// registration does); a workload restored unhealthy from the store is
-/// probed here until it passes `healthy_threshold` probes in a row, marked
-/// healthy, and handed over. So the last known health holds until a probe
-/// says otherwise.
-async fn probe_from(
-    healthy: bool,
-    mesh: Weak<Mesh>,
-    node_id: String,
-    check: HealthCheck,
-    target: SocketAddr,
-) {
-    use crate::health::{Tally, observe, probe_once};
-    if !healthy {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .pool_max_idle_per_host(0)
-                .build_http();
-        let mut tally = Tally {
-            healthy: false,
-            ..Tally::START
-        };
-        let mut ticks = tokio::time::interval(check.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while !tally.healthy {
-            ticks.tick().await;
-            if mesh.strong_count() == 0 {
-                return;
-            }
-            let ok = probe_once(&client, &check, target).await;
-            tally = observe(
-                tally,
-                ok,
-                check.healthy_threshold,
-                check.unhealthy_threshold,
-            );
-        }
-        let Some(m) = mesh.upgrade() else { return };
-        tracing::info!(node = %node_id, %target, healthy = true, "workload health changed");
-        m.set_healthy(&node_id, true);
-    }
-    crate::health::run(mesh, node_id, check, target).await;
 }
 
 /// Per resource, a hash of its document, to tell which ones a store
