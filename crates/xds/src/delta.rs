@@ -204,22 +204,8 @@ impl DeltaStream {
         self.types
             .iter()
             .map(|(t, s)| {
-                (
-                    t.clone(),
-                    TypeStatus {
-                        wildcard: s.sub.wildcard,
-                        names: s.sub.names.iter().cloned().collect(),
-                        sent_version: s.ack.sent.as_ref().map(|(v, _)| v.clone()),
-                        sent_nonce: s.ack.sent.as_ref().map(|(_, n)| n.clone()),
-                        acked_version: s.ack.acked_version.clone(),
-                        pending: s.ack.pending,
-                        last_nack: s.ack.last_nack.clone(),
-                        pushes: s.pushes,
-                        resources_sent: s.resources_sent,
-                        acks: s.ack.acks,
-                        nacks: s.ack.nacks,
-                    },
-                )
+                let status = TypeStatus::of(&s.sub, &s.ack, s.pushes, s.resources_sent);
+                (t.clone(), status)
             })
             .collect()
     }

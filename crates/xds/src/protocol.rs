@@ -177,6 +177,26 @@ pub struct TypeStatus {
     pub nacks: u64,
 }
 
+impl TypeStatus {
+    /// The status of a type with this subscription and acknowledgement
+    /// state, for either protocol variant.
+    pub(crate) fn of(sub: &Subscription, ack: &Acks, pushes: u64, resources_sent: u64) -> Self {
+        TypeStatus {
+            wildcard: sub.wildcard,
+            names: sub.names.iter().cloned().collect(),
+            sent_version: ack.sent.as_ref().map(|(v, _)| v.clone()),
+            sent_nonce: ack.sent.as_ref().map(|(_, n)| n.clone()),
+            acked_version: ack.acked_version.clone(),
+            pending: ack.pending,
+            last_nack: ack.last_nack.clone(),
+            pushes,
+            resources_sent,
+            acks: ack.acks,
+            nacks: ack.nacks,
+        }
+    }
+}
+
 /// Which names of a type a stream wants, with the protocol's wildcard
 /// rules (xDS protocol, "How the client specifies what resources to
 /// return").

@@ -141,13 +141,26 @@ pub(crate) struct MapMemo {
     changed: Mutex<Option<ChangedFrom>>,
 }
 
+/// The names of `now` that `held` lacks or has another version of: one
+/// ordered walk of both maps. A workload joining changes one assignment;
+/// a partial push then carries that one, not all of them.
+pub(crate) fn changed_names(held: &Resources, now: &Resources) -> Vec<String> {
+    let mut old = held.iter().peekable();
+    now.iter()
+        .filter(|(name, r)| {
+            while old.next_if(|(n, _)| n < name).is_some() {}
+            !matches!(old.peek(), Some((n, o)) if n == name && o.version == r.version)
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
 /// An older map, and the names a newer one changed since it.
 type ChangedFrom = (Arc<Resources>, Arc<Vec<String>>);
 
 impl MapMemo {
-    /// Names of `now` (the map this memo is for) that `held` lacks or has
-    /// another version of; computed once per `held` map, by one ordered
-    /// walk of both.
+    /// [`changed_names`] from `held` to `now` (the map this memo is for),
+    /// computed once per `held` map.
     pub(crate) fn changed_since(&self, held: &Arc<Resources>, now: &Resources) -> Arc<Vec<String>> {
         let mut cached = self.changed.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((old, names)) = cached.as_ref()
@@ -155,15 +168,7 @@ impl MapMemo {
         {
             return names.clone();
         }
-        let mut old = held.iter().peekable();
-        let names: Vec<String> = now
-            .iter()
-            .filter(|(name, r)| {
-                while old.next_if(|(n, _)| n < name).is_some() {}
-                !matches!(old.peek(), Some((n, o)) if n == name && o.version == r.version)
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
+        let names = changed_names(held, now);
         let names = Arc::new(names);
         *cached = Some((held.clone(), names.clone()));
         names

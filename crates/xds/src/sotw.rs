@@ -36,7 +36,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
 use crate::protocol::{Acks, Event, Nonces, Output, ProtocolError, Subscription, TypeStatus};
-use crate::resource::{Fnv64, MapMemo, Resources, Snapshot, TypeUrl, type_url};
+use crate::resource::{Fnv64, MapMemo, Resources, Snapshot, TypeUrl, changed_names, type_url};
 
 /// One state-of-the-world ADS stream.
 #[derive(Debug)]
@@ -196,22 +196,8 @@ impl SotwStream {
         self.types
             .iter()
             .map(|(t, s)| {
-                (
-                    t.clone(),
-                    TypeStatus {
-                        wildcard: s.sub.wildcard,
-                        names: s.sub.names.iter().cloned().collect(),
-                        sent_version: s.ack.sent.as_ref().map(|(v, _)| v.clone()),
-                        sent_nonce: s.ack.sent.as_ref().map(|(_, n)| n.clone()),
-                        acked_version: s.ack.acked_version.clone(),
-                        pending: s.ack.pending,
-                        last_nack: s.ack.last_nack.clone(),
-                        pushes: s.pushes,
-                        resources_sent: s.resources_sent,
-                        acks: s.ack.acks,
-                        nacks: s.ack.nacks,
-                    },
-                )
+                let status = TypeStatus::of(&s.sub, &s.ack, s.pushes, s.resources_sent);
+                (t.clone(), status)
             })
             .collect()
     }
@@ -232,16 +218,18 @@ fn push(
     if unchanged && !force {
         return None;
     }
-    let resources: Vec<_> = match (&state.held, &source, snapshot.memo_of(type_url)) {
-        (Some(held), Some(now), Some(memo)) if partial_allowed(type_url) => memo
-            .changed_since(held, now)
-            .iter()
-            .filter(|n| state.sub.wants(n))
-            .filter_map(|n| now.get(n))
-            .map(|r| r.body.clone())
-            .collect(),
-        (Some(held), Some(now), None) if partial_allowed(type_url) => {
-            changed_since(held, now, &state.sub)
+    let resources: Vec<_> = match (&state.held, &source) {
+        (Some(held), Some(now)) if partial_allowed(type_url) => {
+            // Shared by the streams of the snapshot's clones when it has a
+            // memo (a snapshot whose `resources` was filled directly has not).
+            let changed = match snapshot.memo_of(type_url) {
+                Some(memo) => memo.changed_since(held, now),
+                None => Arc::new(changed_names(held, now)),
+            };
+            changed
+                .iter()
+                .filter(|n| state.sub.wants(n))
+                .filter_map(|n| now.get(n))
                 .map(|r| r.body.clone())
                 .collect()
         }
@@ -269,27 +257,6 @@ fn push(
 /// the client keeping the rest (Envoy's xDS protocol, "Resource updates").
 fn partial_allowed(type_url: &str) -> bool {
     type_url != type_url::LISTENER && type_url != type_url::CLUSTER
-}
-
-/// The subscribed resources of `now` that `held` lacks or has another
-/// version of: one ordered walk of both maps. A workload joining changes
-/// one assignment; every proxy then gets that one, not all of them.
-fn changed_since<'a>(
-    held: &'a Resources,
-    now: &'a Resources,
-    sub: &'a Subscription,
-) -> impl Iterator<Item = &'a crate::resource::Resource> + 'a {
-    let mut old = held.iter().peekable();
-    now.iter().filter_map(move |(name, r)| {
-        if !sub.wants(name) {
-            return None;
-        }
-        while old.next_if(|(n, _)| *n < name).is_some() {}
-        match old.peek() {
-            Some((n, o)) if *n == name && o.version == r.version => None,
-            _ => Some(r),
-        }
-    })
 }
 
 /// The version of what `state`'s subscription selects in `snapshot`,
