@@ -42,7 +42,7 @@ pub const MAX_REQUEST_HEADERS_KB: u32 = 64;
 /// opaque TCP (trellis-proxy's `--inbound-detect-timeout`).
 pub const INBOUND_DETECT_TIMEOUT: Duration = Duration::from_millis(100);
 
-fn http_filter(name: &str, config: Any) -> HttpFilter {
+pub(crate) fn http_filter(name: &str, config: Any) -> HttpFilter {
     HttpFilter {
         name: name.to_string(),
         config_type: Some(http_filter::ConfigType::TypedConfig(config)),

@@ -22,12 +22,13 @@ use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost}
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier, http_filter,
+    HttpConnectionManager, Rds, http_connection_manager::RouteSpecifier,
 };
 use prost::Message;
 
 use crate::cluster::ads;
 use crate::encode;
+use crate::listener::http_filter;
 use crate::names::filter as f;
 use crate::route::VhostBody;
 
@@ -40,11 +41,6 @@ pub fn name(host: &str, port: u16) -> String {
 /// The `api_listener` a gRPC channel to `xds:///<listener>` resolves: its
 /// routes come over RDS from `route_config`.
 pub fn listener(listener: &str, route_config: &str) -> Listener {
-    let filter = |name: &str, config| HttpFilter {
-        name: name.to_string(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(config)),
-        ..Default::default()
-    };
     let hcm = HttpConnectionManager {
         stat_prefix: listener.to_string(),
         route_specifier: Some(RouteSpecifier::Rds(Rds {
@@ -54,8 +50,8 @@ pub fn listener(listener: &str, route_config: &str) -> Listener {
         // gRPC implements these two (gRFC A33, fault injection; the router
         // must come last).
         http_filters: vec![
-            filter(f::FAULT, encode::any(&HttpFault::default())),
-            filter(f::ROUTER, encode::any(&Router::default())),
+            http_filter(f::FAULT, encode::any(&HttpFault::default())),
+            http_filter(f::ROUTER, encode::any(&Router::default())),
         ],
         ..Default::default()
     };

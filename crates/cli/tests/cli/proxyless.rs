@@ -10,7 +10,7 @@ use serde_json::Value;
 use trellis_testing::EchoServer;
 use trellis_testing::{python, xds_client_script};
 
-use crate::support::{Control, trellis, write};
+use crate::support::{Control, eventually, trellis, write};
 
 fn service(v1: SocketAddr, v2: SocketAddr) -> String {
     format!(
@@ -77,20 +77,6 @@ fn calls(bootstrap: &Path, target: &str, calls: u32, extra: &[&str]) -> Value {
     );
     let line = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"))
-}
-
-/// Retries `f` for up to 20 s.
-fn eventually_json(what: &str, mut f: impl FnMut() -> Option<Value>) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-    }
 }
 
 fn count(v: &Value, upstream: &str) -> u64 {
@@ -189,7 +175,7 @@ spec:
   egress: [{hosts: [other/*]}]
 ",
     );
-    let v = eventually_json("the Sidecar to hide greeter", || {
+    let v = eventually("the Sidecar to hide greeter", || {
         let v = calls(&bootstrap, "xds:///greeter:50051", 1, &["--timeout", "3"]);
         (count(&v, "v1") + count(&v, "v2") == 0).then_some(v)
     });
