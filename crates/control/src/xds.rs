@@ -426,6 +426,13 @@ fn without_listeners(mut snap: trellis_translate::Snapshot) -> trellis_translate
     snap
 }
 
+/// translate's resource as the server serves it. translate's hash is the
+/// same FNV-1a over type URL and bytes as the server's default version: no
+/// need to hash again.
+fn served(r: &trellis_translate::Resource) -> trellis_xds::Resource {
+    trellis_xds::Resource::with_version(r.any.clone(), r.version())
+}
+
 fn placeholder_identity(node: &Node) -> ProxyIdentity {
     ProxyIdentity {
         name: node.id.clone(),
@@ -461,15 +468,7 @@ impl State {
                 .or_insert_with(|| Cached {
                     resources: Arc::new(
                         map.iter()
-                            .map(|(name, r)| {
-                                // translate's hash is the same FNV-1a over
-                                // type URL and bytes as the server's default
-                                // version: no need to hash again.
-                                (
-                                    name.clone(),
-                                    trellis_xds::Resource::with_version(r.any.clone(), r.version()),
-                                )
-                            })
+                            .map(|(name, r)| (name.clone(), served(r)))
                             .collect(),
                     ),
                     used: generation,
@@ -572,15 +571,8 @@ impl Snapshots for Mesh {
             class_view
         } else {
             let mut out = (*class_view).clone();
-            let listeners: trellis_xds::Resources = own
-                .iter()
-                .map(|r| {
-                    (
-                        r.name.clone(),
-                        trellis_xds::Resource::with_version(r.any.clone(), r.version()),
-                    )
-                })
-                .collect();
+            let listeners: trellis_xds::Resources =
+                own.iter().map(|r| (r.name.clone(), served(r))).collect();
             out.set_type(LISTENER_TYPE, Arc::new(listeners));
             Arc::new(out)
         };

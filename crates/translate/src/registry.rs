@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     pub workloads: Vec<Workload>,
-    /// Workload indexes by (namespace, label, value) and by namespace, made
+    /// Workload indexes by namespace, label and value, and by namespace, made
     /// on first [`Registry::select`]: a selector looks at the workloads
     /// with its first label, not at every workload of the mesh.
     index: OnceLock<Index>,
@@ -17,7 +17,9 @@ pub struct Registry {
 
 #[derive(Debug, Clone, Default)]
 struct Index {
-    by_label: HashMap<(String, String, String), Vec<usize>>,
+    /// Namespace -> label -> value -> workloads (nested, so a lookup by
+    /// `&str` allocates nothing).
+    by_label: HashMap<String, HashMap<String, HashMap<String, Vec<usize>>>>,
     by_namespace: HashMap<String, Vec<usize>>,
 }
 
@@ -68,9 +70,12 @@ impl Registry {
                     .entry(w.namespace.clone())
                     .or_default()
                     .push(i);
+                let labels = ix.by_label.entry(w.namespace.clone()).or_default();
                 for (k, v) in &w.labels {
-                    ix.by_label
-                        .entry((w.namespace.clone(), k.clone(), v.clone()))
+                    labels
+                        .entry(k.clone())
+                        .or_default()
+                        .entry(v.clone())
                         .or_default()
                         .push(i);
                 }
@@ -92,7 +97,9 @@ impl Registry {
         let candidates: &[usize] = match selector.iter().next() {
             Some((k, v)) => ix
                 .by_label
-                .get(&(namespace.to_string(), k.clone(), v.clone()))
+                .get(namespace)
+                .and_then(|labels| labels.get(k))
+                .and_then(|values| values.get(v))
                 .map_or(&[], Vec::as_slice),
             None => ix.by_namespace.get(namespace).map_or(&[], Vec::as_slice),
         };
