@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use mesh::{MARKER_SERVICE, Mesh};
+use mesh::{MARKER_SERVICE, Mesh, Scope};
 use procstat::Sampler;
 use proxy::{Role, Shared};
 
@@ -43,6 +43,10 @@ struct MeshArgs {
     /// Namespaces the services are spread over.
     #[arg(long, default_value_t = 10)]
     namespaces: usize,
+    /// What each proxy sees: every service, or its namespace's and the
+    /// shared namespace's (a Sidecar per namespace).
+    #[arg(long, value_enum, default_value_t = Scope::All)]
+    scope: Scope,
 }
 
 #[derive(Subcommand)]
@@ -103,6 +107,7 @@ fn main() {
             let mesh = Mesh {
                 services: m.services,
                 namespaces: m.namespaces,
+                scope: m.scope,
             };
             print!("{}", mesh.config());
         }
@@ -142,6 +147,7 @@ async fn run(a: RunArgs) -> Value {
     let mesh = Mesh {
         services: a.mesh.services,
         namespaces: a.mesh.namespaces,
+        scope: a.mesh.scope,
     };
     let sh = Arc::new(Shared::new(
         mesh,
@@ -155,7 +161,7 @@ async fn run(a: RunArgs) -> Value {
     results.insert(
         "params".into(),
         json!({
-            "proxies": a.proxies, "services": a.mesh.services, "namespaces": a.mesh.namespaces,
+            "proxies": a.proxies, "services": a.mesh.services, "namespaces": a.mesh.namespaces, "scope": a.mesh.scope.as_str(),
             "threads": a.threads, "churn_rate": a.churn_rate, "churn_secs": a.churn_secs,
             "churn_lifetime": a.churn_lifetime, "registration_grace": a.registration_grace,
             "vs_changes": a.vs_changes, "mode": "sotw",
@@ -361,7 +367,6 @@ async fn apply(api: SocketAddr, yaml: &str) -> String {
 /// leaving after `churn_lifetime`: time until each base proxy has ACKed EDS
 /// with (without) the endpoint.
 async fn churn(sh: &Arc<Shared>, a: &RunArgs, sampler: &Sampler, timeout: Duration) -> Value {
-    let n = a.proxies as u32;
     let c0 = sampler.mark();
     let start = Instant::now();
     let lifetime = Duration::from_secs_f64(a.churn_lifetime);
@@ -440,13 +445,13 @@ async fn churn(sh: &Arc<Shared>, a: &RunArgs, sampler: &Sampler, timeout: Durati
     let join_all: Vec<f64> = agg
         .events
         .values()
-        .filter(|e| e.join_seen >= n)
+        .filter(|e| e.join_seen >= e.observers)
         .filter_map(|e| Some(secs(e.join_last.saturating_sub(e.joined?))))
         .collect();
     let leave_all: Vec<f64> = agg
         .events
         .values()
-        .filter(|e| e.leave_seen >= n)
+        .filter(|e| e.leave_seen >= e.observers)
         .filter_map(|e| Some(secs(e.leave_last.saturating_sub(e.left? + grace))))
         .collect();
     let r = json!({
@@ -456,8 +461,8 @@ async fn churn(sh: &Arc<Shared>, a: &RunArgs, sampler: &Sampler, timeout: Durati
         "per_proxy_leave": h(&agg.leave),
         "join_seen_by_all": dist(join_all),
         "leave_seen_by_all": dist(leave_all),
-        "joins_not_seen_by_all": agg.events.values().filter(|e| e.join_seen < n).count(),
-        "leaves_not_seen_by_all": agg.events.values().filter(|e| e.leave_seen < n).count(),
+        "joins_not_seen_by_all": agg.events.values().filter(|e| e.join_seen < e.observers).count(),
+        "leaves_not_seen_by_all": agg.events.values().filter(|e| e.leave_seen < e.observers).count(),
         "control": sampler.window(&c0, &c1),
         "control_drain": sampler.window(&c1, &c2),
     });

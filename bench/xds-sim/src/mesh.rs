@@ -16,15 +16,50 @@ pub const MARKER_SERVICE: usize = 0;
 const BASE_NET: u8 = 10;
 pub const CHURN_NET: [u8; 2] = [10, 200];
 
+/// What each proxy sees of the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scope {
+    /// Every service (no Sidecar): the worst case, ~1.2 MB per proxy at
+    /// 1,000 services.
+    All,
+    /// A `Sidecar` per namespace with egress hosts `./*` and the marker
+    /// service's namespace (`ns-0/*`, the "shared services" namespace):
+    /// what Istio's scaling guide asks of large meshes.
+    Namespace,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Mesh {
     pub services: usize,
     pub namespaces: usize,
+    pub scope: Scope,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::All => "all",
+            Scope::Namespace => "namespace",
+        }
+    }
 }
 
 impl Mesh {
     pub fn namespace(&self, svc: usize) -> String {
-        format!("ns-{}", svc % self.namespaces)
+        format!("ns-{}", self.ns_index(svc))
+    }
+
+    pub fn ns_index(&self, svc: usize) -> usize {
+        svc % self.namespaces
+    }
+
+    /// Whether a proxy in namespace `viewer` gets the services of namespace
+    /// `target` (the Sidecars of [`Mesh::config`]).
+    pub fn sees_ns(&self, viewer: usize, target: usize) -> bool {
+        match self.scope {
+            Scope::All => true,
+            Scope::Namespace => viewer == target || target == self.ns_index(MARKER_SERVICE),
+        }
     }
 
     pub fn service(&self, svc: usize) -> String {
@@ -41,9 +76,26 @@ impl Mesh {
 
     /// The whole config: a ServiceEntry per service (endpoints from the
     /// registry through `workloadSelector`), a DestinationRule and a
-    /// VirtualService on every tenth.
+    /// VirtualService on every tenth, and with [`Scope::Namespace`] a
+    /// Sidecar per namespace.
     pub fn config(&self) -> String {
         let mut out = String::new();
+        if self.scope == Scope::Namespace {
+            let shared = self.namespace(MARKER_SERVICE);
+            for n in 0..self.namespaces {
+                let _ = write!(
+                    out,
+                    "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: ns-{n}}}
+spec:
+  egress:
+  - hosts: [\"./*\", \"{shared}/*\"]
+---
+"
+                );
+            }
+        }
         for s in 0..self.services {
             let (name, ns, host) = (self.service(s), self.namespace(s), self.fqdn(s));
             let _ = write!(

@@ -48,8 +48,11 @@ pub struct Shared {
     pub epoch: Instant,
     /// One per base proxy.
     pub recs: Vec<Rec>,
-    /// Base endpoints a proxy must hold to count as converged.
-    pub expected_endpoints: AtomicU64,
+    /// Per namespace: the base endpoints a proxy there must hold to count
+    /// as converged (those of the namespaces it sees).
+    expected_by_ns: Vec<u64>,
+    /// Per namespace: the base proxies that see a workload joining there.
+    observers_by_ns: Vec<u32>,
     pub marker_domain: String,
     pub stats: Stats,
     pub churn: Mutex<ChurnAgg>,
@@ -107,6 +110,9 @@ pub struct ChurnEvent {
     pub join_seen: u32,
     pub join_last: u64,
     pub leave_seen: u32,
+    /// The base proxies that see this workload (its namespace is visible
+    /// to them).
+    pub observers: u32,
     pub leave_last: u64,
 }
 
@@ -118,7 +124,20 @@ impl Shared {
             uri: format!("http://{xds}"),
             epoch: Instant::now(),
             recs: (0..proxies).map(|_| Rec::default()).collect(),
-            expected_endpoints: AtomicU64::new(proxies as u64),
+            expected_by_ns: (0..mesh.namespaces)
+                .map(|v| {
+                    (0..proxies)
+                        .filter(|&i| mesh.sees_ns(v, mesh.ns_index(Identity::base(&mesh, i).service)))
+                        .count() as u64
+                })
+                .collect(),
+            observers_by_ns: (0..mesh.namespaces)
+                .map(|t| {
+                    (0..proxies)
+                        .filter(|&i| mesh.sees_ns(mesh.ns_index(Identity::base(&mesh, i).service), t))
+                        .count() as u32
+                })
+                .collect(),
             marker_domain: format!("{}:80", mesh.fqdn(MARKER_SERVICE)),
             stats: Stats::default(),
             churn: Mutex::new(ChurnAgg {
@@ -188,6 +207,8 @@ struct Proxy {
     /// Churn endpoints per service, as the last assignment of each said.
     churn_by_service: std::collections::HashMap<usize, Vec<u32>>,
     marker: i64,
+    /// Base endpoints this proxy must hold to count as converged.
+    expected: u64,
 }
 
 impl Proxy {
@@ -374,7 +395,7 @@ impl Proxy {
         }
         if full
             && rec.converged_at.load(Relaxed) == 0
-            && self.endpoints >= self.sh.expected_endpoints.load(Relaxed)
+            && self.endpoints >= self.expected
         {
             rec.converged_at.store(now, Relaxed);
         }
@@ -513,6 +534,7 @@ pub async fn run(sh: Arc<Shared>, role: Role, mut stop: watch::Receiver<bool>) {
             churn: Vec::new(),
             churn_by_service: std::collections::HashMap::new(),
             marker: 0,
+            expected: sh.expected_by_ns[sh.mesh.ns_index(ident.service)],
         };
         let (tx, mut rx) = mpsc::channel::<DiscoveryRequest>(8);
         // Envoy's start: CDS, then LDS, both wildcard (no names).
@@ -526,7 +548,9 @@ pub async fn run(sh: Arc<Shared>, role: Role, mut stop: watch::Receiver<bool>) {
         if let Role::Churn(k) = role {
             let addr = u32::from(ident.address);
             let mut agg = sh.churn.lock().unwrap_or_else(|e| e.into_inner());
-            agg.events.entry(addr).or_default().joined = Some(sh.now());
+            let ev = agg.events.entry(addr).or_default();
+            ev.joined = Some(sh.now());
+            ev.observers = sh.observers_by_ns[sh.mesh.ns_index(ident.service)];
             let _ = k;
         }
         let requests = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
