@@ -3,8 +3,10 @@
 //! capacity of the largest message for the life of the stream; an ADS
 //! stream lives as long as its proxy and its first CDS response is the
 //! whole mesh (about 1 MB at 1,000 services), so 10,000 proxies held 10+
-//! GB of idle buffers (bench/SCALE.md). Here each response is encoded into
-//! a buffer of its exact size, handed to h2 and freed once written.
+//! GB of idle buffers (bench/SCALE.md). Here a state-of-the-world response
+//! is encoded a chunk at a time as HTTP/2 takes it (`sotw/response.rs`), and
+//! a delta response into one buffer of its exact size; either is freed once
+//! written.
 //!
 //! Requests are still decoded by tonic (`Streaming` with the prost
 //! decoder); the routing, HTTP/2 settings and keep-alive are tonic's server.
@@ -22,7 +24,11 @@ use tonic::server::NamedService;
 use tonic::transport::server::TcpConnectInfo;
 use tonic::{Status, Streaming};
 
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
+
 use crate::server::XdsServer;
+use crate::sotw::SotwResponse;
+use crate::sotw::response::SotwFrames;
 
 const SOTW: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
@@ -84,10 +90,33 @@ impl Service<HttpRequest> for FramedAds {
     }
 }
 
-fn respond<T: prost::Message + Send + 'static>(
-    rx: mpsc::Receiver<Result<T, Status>>,
-) -> HttpResponse {
-    let mut response = http::Response::new(tonic::body::Body::new(FramedBody { rx, done: false }));
+/// A response message as gRPC frame bytes, in one or more chunks.
+pub(crate) trait IntoFrames: Send + 'static {
+    type Frames: Iterator<Item = Bytes> + Send + Unpin + 'static;
+    fn into_frames(self) -> Self::Frames;
+}
+
+impl IntoFrames for SotwResponse {
+    type Frames = SotwFrames;
+    fn into_frames(self) -> SotwFrames {
+        SotwResponse::into_frames(self)
+    }
+}
+
+/// Delta responses carry only what changed; one exact-size buffer each.
+impl IntoFrames for DeltaDiscoveryResponse {
+    type Frames = std::iter::Once<Bytes>;
+    fn into_frames(self) -> Self::Frames {
+        std::iter::once(frame(&self))
+    }
+}
+
+fn respond<T: IntoFrames>(rx: mpsc::Receiver<Result<T, Status>>) -> HttpResponse {
+    let mut response = http::Response::new(tonic::body::Body::new(FramedBody {
+        rx,
+        current: None,
+        done: false,
+    }));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/grpc"),
@@ -96,9 +125,12 @@ fn respond<T: prost::Message + Send + 'static>(
 }
 
 /// The response body: each message as one length-prefixed gRPC frame, then
-/// the status as trailers.
-struct FramedBody<T> {
+/// the status as trailers. hyper polls it only when the HTTP/2 stream has
+/// send capacity, so a message's chunks are encoded as the client reads.
+struct FramedBody<T: IntoFrames> {
     rx: mpsc::Receiver<Result<T, Status>>,
+    /// The rest of the message being written.
+    current: Option<T::Frames>,
     done: bool,
 }
 
@@ -123,7 +155,7 @@ fn trailers(status: &Status) -> http::HeaderMap {
     map
 }
 
-impl<T: prost::Message + Send + 'static> http_body::Body for FramedBody<T> {
+impl<T: IntoFrames> http_body::Body for FramedBody<T> {
     type Data = Bytes;
     type Error = Status;
 
@@ -134,8 +166,19 @@ impl<T: prost::Message + Send + 'static> http_body::Body for FramedBody<T> {
         if self.done {
             return Poll::Ready(None);
         }
+        if let Some(frames) = self.current.as_mut() {
+            if let Some(chunk) = frames.next() {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            self.current = None;
+        }
         match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(Ok(message))) => Poll::Ready(Some(Ok(Frame::data(frame(&message))))),
+            Poll::Ready(Some(Ok(message))) => {
+                let mut frames = message.into_frames();
+                let first = frames.next().unwrap_or_default();
+                self.current = Some(frames);
+                Poll::Ready(Some(Ok(Frame::data(first))))
+            }
             Poll::Ready(Some(Err(status))) => {
                 self.done = true;
                 Poll::Ready(Some(Ok(Frame::trailers(trailers(&status)))))

@@ -135,6 +135,9 @@ pub(crate) struct MapMemo {
     /// A hash of the map's names: a stream whose subscription covered one
     /// set of names knows it covers another map with the same set.
     pub(crate) names_hash: OnceLock<u64>,
+    /// Every name of the map, in order: the names of a response that
+    /// carries the whole map, shared by every stream that sends it.
+    all_names: OnceLock<Arc<Vec<String>>>,
     /// The names that differ from an older map (lacking there, or with
     /// another version), for the last older map asked about: the streams
     /// sharing this map mostly hold the same older one.
@@ -159,6 +162,13 @@ pub(crate) fn changed_names(held: &Resources, now: &Resources) -> Vec<String> {
 type ChangedFrom = (Arc<Resources>, Arc<Vec<String>>);
 
 impl MapMemo {
+    /// Every name of `map` (the map this memo is for), listed once.
+    pub(crate) fn all_names(&self, map: &Resources) -> Arc<Vec<String>> {
+        self.all_names
+            .get_or_init(|| Arc::new(map.keys().cloned().collect()))
+            .clone()
+    }
+
     /// [`changed_names`] from `held` to `now` (the map this memo is for),
     /// computed once per `held` map.
     pub(crate) fn changed_since(&self, held: &Arc<Resources>, now: &Resources) -> Arc<Vec<String>> {

@@ -8,33 +8,29 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
 };
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 use tracing::Instrument;
 
 use crate::debounce;
 use crate::delta::DeltaStream;
+use crate::framed::IntoFrames;
 use crate::metrics::{Mode, XdsMetrics};
 use crate::protocol::{Event, Nack, Output, ProtocolError, TypeStatus};
 use crate::resource::{Snapshot, TypeUrl};
 use crate::snapshots::Snapshots;
-use crate::sotw::SotwStream;
+use crate::sotw::{SotwResponse, SotwStream};
 
 /// Tunables of the server.
 #[derive(Debug, Clone)]
@@ -204,14 +200,6 @@ impl XdsServer {
         }
     }
 
-    /// The tonic-generated service, to add to a `tonic::transport::Server`
-    /// next to other services. [`XdsServer::serve`] uses its own framing
-    /// instead (`framed.rs`): tonic's codec keeps each stream's largest
-    /// response allocated for the life of the stream.
-    pub fn service(&self) -> AggregatedDiscoveryServiceServer<XdsServer> {
-        AggregatedDiscoveryServiceServer::new(self.clone())
-    }
-
     /// Serves ADS on `listener` until `shutdown` completes, then ends every
     /// stream and returns.
     ///
@@ -268,39 +256,12 @@ impl Inner {
     }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for XdsServer {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(Response::new(self.start::<SotwStream>(request)))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(Response::new(self.start::<DeltaStream>(request)))
-    }
-}
-
 impl XdsServer {
-    fn start<P: Protocol>(&self, request: Request<Streaming<P::Req>>) -> ResponseStream<P::Resp> {
-        let peer = request.remote_addr();
-        ResponseStream {
-            rx: self.spawn::<P>(request.into_inner(), peer),
-        }
-    }
-
     pub(crate) fn start_sotw(
         &self,
         requests: Streaming<DiscoveryRequest>,
         peer: Option<SocketAddr>,
-    ) -> mpsc::Receiver<Result<DiscoveryResponse, Status>> {
+    ) -> mpsc::Receiver<Result<SotwResponse, Status>> {
         self.spawn::<SotwStream>(requests, peer)
     }
 
@@ -325,23 +286,10 @@ impl XdsServer {
     }
 }
 
-/// The responses of one stream, as tonic wants them.
-pub struct ResponseStream<T> {
-    rx: mpsc::Receiver<Result<T, Status>>,
-}
-
-impl<T> Stream for ResponseStream<T> {
-    type Item = Result<T, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
 /// What the driver needs of a state machine; implemented by both variants.
 trait Protocol: Send + Sized + 'static {
     type Req: prost::Message + Default + Send + Sync + 'static;
-    type Resp: prost::Message + Send + 'static;
+    type Resp: IntoFrames;
     const MODE: Mode;
     fn new(snapshot: Arc<Snapshot>) -> Self;
     fn node(req: &Self::Req) -> Option<&Node>;
@@ -353,7 +301,7 @@ trait Protocol: Send + Sized + 'static {
 
 impl Protocol for SotwStream {
     type Req = DiscoveryRequest;
-    type Resp = DiscoveryResponse;
+    type Resp = SotwResponse;
     const MODE: Mode = Mode::Sotw;
     fn new(snapshot: Arc<Snapshot>) -> Self {
         SotwStream::new(snapshot)
@@ -361,16 +309,16 @@ impl Protocol for SotwStream {
     fn node(req: &DiscoveryRequest) -> Option<&Node> {
         req.node.as_ref()
     }
-    fn type_of(resp: &DiscoveryResponse) -> &str {
+    fn type_of(resp: &SotwResponse) -> &str {
         &resp.type_url
     }
     fn on_request(
         &mut self,
         req: &DiscoveryRequest,
-    ) -> Result<Output<DiscoveryResponse>, ProtocolError> {
+    ) -> Result<Output<SotwResponse>, ProtocolError> {
         SotwStream::on_request(self, req)
     }
-    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<DiscoveryResponse> {
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<SotwResponse> {
         SotwStream::on_snapshot(self, snapshot)
     }
     fn status(&self) -> BTreeMap<TypeUrl, TypeStatus> {

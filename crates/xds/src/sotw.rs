@@ -33,10 +33,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use crate::protocol::{Acks, Event, Nonces, Output, ProtocolError, Subscription, TypeStatus};
 use crate::resource::{Fnv64, MapMemo, Resources, Snapshot, TypeUrl, changed_names, type_url};
+
+pub mod response;
+pub use response::SotwResponse;
 
 /// One state-of-the-world ADS stream.
 #[derive(Debug)]
@@ -87,7 +90,7 @@ impl SotwStream {
     pub fn on_request(
         &mut self,
         req: &DiscoveryRequest,
-    ) -> Result<Output<DiscoveryResponse>, ProtocolError> {
+    ) -> Result<Output<SotwResponse>, ProtocolError> {
         if req.type_url.is_empty() {
             return Err(ProtocolError::MissingTypeUrl);
         }
@@ -166,7 +169,7 @@ impl SotwStream {
     /// Takes a newer snapshot and returns the responses it calls for: one
     /// per type whose subscribed content changed and that has no response
     /// pending, in make-before-break order (CDS, EDS, LDS, RDS, ...).
-    pub fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<DiscoveryResponse> {
+    pub fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<SotwResponse> {
         self.snapshot = snapshot;
         let mut out = Output::default();
         let mut order: Vec<&TypeUrl> = self.types.keys().collect();
@@ -211,50 +214,57 @@ fn push(
     state: &mut TypeState,
     nonces: &mut Nonces,
     force: bool,
-) -> Option<DiscoveryResponse> {
+) -> Option<SotwResponse> {
     let source = snapshot.of_type(type_url).cloned();
     let version = current_version(snapshot, type_url, state);
     let unchanged = state.ack.sent.as_ref().is_some_and(|(v, _)| *v == version);
     if unchanged && !force {
         return None;
     }
-    let resources: Vec<_> = match (&state.held, &source) {
+    let names: Arc<Vec<String>> = match (&state.held, &source) {
         (Some(held), Some(now)) if partial_allowed(type_url) => {
-            // Shared by the streams of the snapshot's clones when it has a
-            // memo (a snapshot whose `resources` was filled directly has not).
             let changed = match snapshot.memo_of(type_url) {
                 Some(memo) => memo.changed_since(held, now),
                 None => Arc::new(changed_names(held, now)),
             };
-            changed
-                .iter()
-                .filter(|n| state.sub.wants(n))
-                .filter_map(|n| now.get(n))
-                .map(|r| r.body.clone())
-                .collect()
+            if changed.iter().all(|n| state.sub.wants(n)) {
+                // The common case: shared by every stream that held `held`.
+                changed
+            } else {
+                Arc::new(
+                    changed
+                        .iter()
+                        .filter(|n| state.sub.wants(n))
+                        .cloned()
+                        .collect(),
+                )
+            }
         }
-        _ => view(source.as_deref(), &state.sub)
-            .map(|(_, r)| r.body.clone())
-            .collect(),
+        (_, Some(map)) => match snapshot.memo_of(type_url) {
+            Some(memo) if covers(map, memo, state) => memo.all_names(map),
+            _ => Arc::new(
+                view(Some(map), &state.sub)
+                    .map(|(n, _)| n.clone())
+                    .collect(),
+            ),
+        },
+        (_, None) => Arc::default(),
     };
+    let response = SotwResponse::new(
+        version.clone(),
+        type_url.to_string(),
+        nonces.next(),
+        source.clone(),
+        names,
+    );
     state.inflight = source.filter(|_| partial_allowed(type_url));
-    state.resources_sent += resources.len() as u64;
-    let nonce = nonces.next();
-    state.ack.sent = Some((version.clone(), nonce.clone()));
+    state.resources_sent += response.len() as u64;
+    state.ack.sent = Some((version, response.nonce.clone()));
     state.ack.pending = true;
     state.pushes += 1;
-    Some(DiscoveryResponse {
-        version_info: version,
-        resources,
-        type_url: type_url.to_string(),
-        nonce,
-        ..Default::default()
-    })
+    Some(response)
 }
 
-/// Listener and Cluster responses must hold every subscribed resource
-/// (absence means deletion); the other types may carry only what changed,
-/// the client keeping the rest (Envoy's xDS protocol, "Resource updates").
 fn partial_allowed(type_url: &str) -> bool {
     type_url != type_url::LISTENER && type_url != type_url::CLUSTER
 }

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::google::rpc::Status;
 
-use super::SotwStream;
+use super::{SotwResponse, SotwStream};
 use crate::protocol::{Event, Output, ProtocolError};
 use crate::testutil::{alias, label, snapshot, strings, url};
 
@@ -102,11 +102,11 @@ impl Client {
         self.print(out)
     }
 
-    fn send(&mut self, req: DiscoveryRequest) -> Output<DiscoveryResponse> {
+    fn send(&mut self, req: DiscoveryRequest) -> Output<SotwResponse> {
         self.stream.on_request(&req).expect("valid request")
     }
 
-    fn print(&mut self, out: Output<DiscoveryResponse>) -> Vec<String> {
+    fn print(&mut self, out: Output<SotwResponse>) -> Vec<String> {
         let mut lines = Vec::new();
         for e in &out.events {
             lines.push(match e {
@@ -117,9 +117,9 @@ impl Client {
         }
         for r in out.responses {
             let mut line = format!("push {}", alias(&r.type_url));
-            for body in &r.resources {
+            for resource in r.resources() {
                 line.push(' ');
-                line.push_str(&label(body));
+                line.push_str(&label(&resource.body));
             }
             self.seen
                 .entry(r.type_url.clone())
