@@ -140,7 +140,7 @@ impl DeltaStream {
                 state.sub.wildcard = true;
                 continue;
             }
-            state.sub.names.insert(name.clone());
+            Arc::make_mut(&mut state.sub.names).insert(name.clone());
             state.told_absent.remove(name);
             if !first {
                 // The client may have dropped it while staying subscribed.
@@ -156,7 +156,7 @@ impl DeltaStream {
                 state.known.retain(|n, _| names.contains(n));
                 continue;
             }
-            state.sub.names.remove(name);
+            Arc::make_mut(&mut state.sub.names).remove(name);
             state.told_absent.remove(name);
             state.known.remove(name);
             if state.sub.wildcard {
@@ -271,7 +271,7 @@ fn push(
         }
     }
     // Asked for by name but not existing: say so once.
-    for name in &state.sub.names {
+    for name in state.sub.names.iter() {
         if !resources.contains_key(name) && !state.told_absent.contains(name) {
             removed.insert(name.clone());
         }

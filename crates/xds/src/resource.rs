@@ -1,7 +1,7 @@
 //! What the server serves: named, versioned resources grouped by type URL,
 //! and the snapshot of them that one proxy should hold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use envoy_types::pb::google::protobuf::Any;
@@ -138,6 +138,9 @@ pub(crate) struct MapMemo {
     /// Every name of the map, in order: the names of a response that
     /// carries the whole map, shared by every stream that sends it.
     all_names: OnceLock<Arc<Vec<String>>>,
+    /// The same names as a set: the subscription of every stream that asks
+    /// for exactly the map (`Subscription::apply_sotw`).
+    name_set: OnceLock<Arc<BTreeSet<String>>>,
     /// The names that differ from an older map (lacking there, or with
     /// another version), for the last older map asked about: the streams
     /// sharing this map mostly hold the same older one.
@@ -162,6 +165,13 @@ pub(crate) fn changed_names(held: &Resources, now: &Resources) -> Vec<String> {
 type ChangedFrom = (Arc<Resources>, Arc<Vec<String>>);
 
 impl MapMemo {
+    /// Every name of `map` as a set, built once.
+    pub(crate) fn name_set(&self, map: &Resources) -> Arc<BTreeSet<String>> {
+        self.name_set
+            .get_or_init(|| Arc::new(map.keys().cloned().collect()))
+            .clone()
+    }
+
     /// Every name of `map` (the map this memo is for), listed once.
     pub(crate) fn all_names(&self, map: &Resources) -> Arc<Vec<String>> {
         self.all_names

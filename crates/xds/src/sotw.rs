@@ -127,7 +127,17 @@ impl SotwStream {
             }
         }
 
-        if state.sub.apply_sotw(&req.type_url, &req.resource_names) {
+        let common = match (
+            self.snapshot.of_type(&req.type_url),
+            self.snapshot.memo_of(&req.type_url),
+        ) {
+            (Some(map), Some(memo)) => Some(memo.name_set(map)),
+            _ => None,
+        };
+        if state
+            .sub
+            .apply_sotw(&req.type_url, &req.resource_names, common.as_ref())
+        {
             state.cached = None;
             state.covers = None;
             // What the client holds was sent for the old names.
