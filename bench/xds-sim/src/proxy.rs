@@ -127,14 +127,18 @@ impl Shared {
             expected_by_ns: (0..mesh.namespaces)
                 .map(|v| {
                     (0..proxies)
-                        .filter(|&i| mesh.sees_ns(v, mesh.ns_index(Identity::base(&mesh, i).service)))
+                        .filter(|&i| {
+                            mesh.sees_ns(v, mesh.ns_index(Identity::base(&mesh, i).service))
+                        })
                         .count() as u64
                 })
                 .collect(),
             observers_by_ns: (0..mesh.namespaces)
                 .map(|t| {
                     (0..proxies)
-                        .filter(|&i| mesh.sees_ns(mesh.ns_index(Identity::base(&mesh, i).service), t))
+                        .filter(|&i| {
+                            mesh.sees_ns(mesh.ns_index(Identity::base(&mesh, i).service), t)
+                        })
                         .count() as u32
                 })
                 .collect(),
@@ -393,10 +397,7 @@ impl Proxy {
         if full && rec.full_at.load(Relaxed) == 0 {
             rec.full_at.store(now, Relaxed);
         }
-        if full
-            && rec.converged_at.load(Relaxed) == 0
-            && self.endpoints >= self.expected
-        {
+        if full && rec.converged_at.load(Relaxed) == 0 && self.endpoints >= self.expected {
             rec.converged_at.store(now, Relaxed);
         }
         if rec.marker.load(Relaxed) != self.marker {

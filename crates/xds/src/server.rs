@@ -37,14 +37,21 @@ use crate::sotw::{SotwResponse, SotwStream};
 pub struct XdsOptions {
     /// Quiet period before a new generation is pushed (default 100 ms).
     pub debounce: Duration,
-    /// Longest a generation waits while changes keep coming (default 1 s).
+    /// Longest a generation waits while changes keep coming (default 300
+    /// ms). The control plane already makes at most one registry generation
+    /// per 100 ms, so under steady churn the quiet period never comes and
+    /// this is the push interval: at 1 s it was most of the churn benchmark's
+    /// join latency (bench/SCALE.md).
     pub debounce_max: Duration,
     /// Responses queued per stream before the stream's task waits for the
     /// client to read (default 16; with one pending push per type there
     /// are rarely more than a handful).
     pub response_buffer: usize,
     /// HTTP/2 pings to notice proxies that vanished without closing
-    /// (default every 30 s, dead after 10 s without an answer).
+    /// (default every 30 s, dead after 20 s without an answer: gRPC's
+    /// default timeout. At 10 s a proxy busy applying a large config, or a
+    /// control plane busy with a connect storm, was taken for dead and its
+    /// stream cut, and the reconnect then cost a full push; bench/SCALE.md).
     pub keepalive_interval: Option<Duration>,
     /// See `keepalive_interval`.
     pub keepalive_timeout: Duration,
@@ -54,10 +61,10 @@ impl Default for XdsOptions {
     fn default() -> Self {
         XdsOptions {
             debounce: Duration::from_millis(100),
-            debounce_max: Duration::from_secs(1),
+            debounce_max: Duration::from_millis(300),
             response_buffer: 16,
             keepalive_interval: Some(Duration::from_secs(30)),
-            keepalive_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }
