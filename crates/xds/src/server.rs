@@ -19,13 +19,13 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tonic::Status;
 use tonic::transport::server::TcpIncoming;
-use tonic::{Status, Streaming};
 use tracing::Instrument;
 
 use crate::debounce;
 use crate::delta::DeltaStream;
-use crate::framed::IntoFrames;
+use crate::framed::{IntoFrames, Requests};
 use crate::metrics::{Mode, XdsMetrics};
 use crate::protocol::{Event, Nack, Output, ProtocolError, TypeStatus};
 use crate::resource::{Snapshot, TypeUrl};
@@ -266,7 +266,7 @@ impl Inner {
 impl XdsServer {
     pub(crate) fn start_sotw(
         &self,
-        requests: Streaming<DiscoveryRequest>,
+        requests: Requests<DiscoveryRequest>,
         peer: Option<SocketAddr>,
     ) -> mpsc::Receiver<Result<SotwResponse, Status>> {
         self.spawn::<SotwStream>(requests, peer)
@@ -274,7 +274,7 @@ impl XdsServer {
 
     pub(crate) fn start_delta(
         &self,
-        requests: Streaming<DeltaDiscoveryRequest>,
+        requests: Requests<DeltaDiscoveryRequest>,
         peer: Option<SocketAddr>,
     ) -> mpsc::Receiver<Result<DeltaDiscoveryResponse, Status>> {
         self.spawn::<DeltaStream>(requests, peer)
@@ -283,7 +283,7 @@ impl XdsServer {
     /// Starts a stream's task; its responses come out of the receiver.
     fn spawn<P: Protocol>(
         &self,
-        requests: Streaming<P::Req>,
+        requests: Requests<P::Req>,
         peer: Option<SocketAddr>,
     ) -> mpsc::Receiver<Result<P::Resp, Status>> {
         let (tx, rx) = mpsc::channel(self.inner.options.response_buffer.max(1));
@@ -408,7 +408,7 @@ type Tx<T> = mpsc::Sender<Result<T, Status>>;
 /// until the client goes away or the server closes.
 async fn drive<P: Protocol>(
     inner: Arc<Inner>,
-    mut requests: Streaming<P::Req>,
+    mut requests: Requests<P::Req>,
     tx: Tx<P::Resp>,
     peer: Option<SocketAddr>,
 ) {
