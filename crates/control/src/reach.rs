@@ -77,6 +77,10 @@ pub fn reaches(v: &Validated, key: &Key, viewer: &Viewer) -> bool {
         }),
         Kind::Sidecar => sidecar::select(&v.sidecars, &viewer.namespace, &viewer.labels)
             .is_some_and(|s| is(&s.metadata.namespace, &s.metadata.name)),
+        Kind::AuthorizationPolicy => v.authorization_policies.iter().any(|p| {
+            is(&p.metadata.namespace, &p.metadata.name)
+                && trellis_model::authorization::applies(p, &viewer.namespace, &viewer.labels)
+        }),
     }
 }
 
