@@ -1538,6 +1538,8 @@ pub fn assemble(r: &Resources, ctx: &Context) -> ProxyConfig {
         clusters,
         budgets: a.budgets,
         rate_limits: a.rate_limits,
+        // AuthorizationPolicy does not come over xDS yet (docs/authorization.md).
+        authz: Default::default(),
         source: Default::default(),
     }
 }
