@@ -111,6 +111,9 @@ async fn request_from(
     (status_of(&head), head)
 }
 
+/// Extra request headers, name and value.
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
 const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 async fn status(proxy: &Proxy, method: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
@@ -152,7 +155,7 @@ async fn authorization_table_over_real_requests() {
     let a = Authz::start(app.addr(), &files, &[]).await;
     let p = &a.proxy;
 
-    let cases: &[(&str, &str, &[(&str, &str)], u16)] = &[
+    let cases: &[(&str, &str, Headers, u16)] = &[
         ("GET", "/items/1", &[], 200),
         ("HEAD", "/items", &[], 200),
         ("GET", "/a/b.json", &[], 200),
