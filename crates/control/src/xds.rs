@@ -449,6 +449,7 @@ fn placeholder_identity(node: &Node) -> ProxyIdentity {
         locality: None,
         egress: None,
         proxyless: false,
+        labels: Default::default(),
     }
 }
 
@@ -569,7 +570,7 @@ impl Snapshots for Mesh {
             }
         };
         let own = match &info {
-            Ok(_) => trellis_translate::own_listeners(&identity),
+            Ok(_) => trellis_translate::own_listeners(&shared, &identity),
             Err(_) => Vec::new(),
         };
         let out = if own.is_empty() {

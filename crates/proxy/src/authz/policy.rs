@@ -102,7 +102,8 @@ pub struct Operation {
 }
 
 impl Operation {
-    fn http_only(&self) -> bool {
+    /// Uses a field only HTTP requests have.
+    pub fn http_only(&self) -> bool {
         [
             &self.hosts,
             &self.not_hosts,

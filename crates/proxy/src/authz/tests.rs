@@ -27,6 +27,28 @@ fn policies(docs: &[String]) -> Policies {
     Policies::compile(&v.authorization_policies, "shop", &labels).unwrap()
 }
 
+/// The same policies the xDS way: trellis-translate's RBAC filters on the
+/// inbound listener, read back by the proxy's xDS client (`xds::rbac`).
+fn policies_via_xds(docs: &[String]) -> Policies {
+    let text: String = docs.iter().map(|d| format!("---\n{d}")).collect();
+    let set: ResourceSet = parse_documents("t.yaml", &text)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .collect();
+    let v = trellis_model::validate::validate(&set).unwrap_or_else(|e| panic!("{e}"));
+    let labels: BTreeMap<String, String> = [("app".to_string(), "api".to_string())].into();
+    let applying: Vec<_> = v
+        .authorization_policies
+        .iter()
+        .filter(|p| trellis_model::authorization::applies(p, "shop", &labels))
+        .collect();
+    let listener = trellis_translate::listener::inbound(
+        "127.0.0.1:15006".parse().unwrap(),
+        &trellis_translate::rbac::inbound(&applying),
+    );
+    crate::xds::rbac::inbound(&listener).unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn ap(name: &str, ns: &str, spec: &str) -> String {
     format!(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
@@ -554,20 +576,24 @@ fn authorization_table() {
     ];
     let mut failures = Vec::new();
     for r in rows {
-        let p = policies(&r.docs);
-        let d = run(&p, r.req);
-        let by = d
-            .decided_by()
-            .map(|m| format!("{}#{}", m.policy, m.rule))
-            .unwrap_or_default();
-        if d.allowed() != r.allowed || by != r.by {
-            failures.push(format!(
-                "{}: got allowed={} by={by:?}, want allowed={} by={:?}",
-                r.name,
-                d.allowed(),
-                r.allowed,
-                r.by
-            ));
+        for (how, p) in [
+            ("yaml", policies(&r.docs)),
+            ("xds", policies_via_xds(&r.docs)),
+        ] {
+            let d = run(&p, r.req);
+            let by = d
+                .decided_by()
+                .map(|m| format!("{}#{}", m.policy, m.rule))
+                .unwrap_or_default();
+            if d.allowed() != r.allowed || by != r.by {
+                failures.push(format!(
+                    "{} ({how}): got allowed={} by={by:?}, want allowed={} by={:?}",
+                    r.name,
+                    d.allowed(),
+                    r.allowed,
+                    r.by
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
@@ -575,6 +601,21 @@ fn authorization_table() {
 
 #[test]
 fn audit_marks_without_deciding() {
+    let docs = [
+        ap(
+            "watch",
+            "shop",
+            "{action: AUDIT, rules: [{to: [{operation: {paths: ['/items*']}}]}]}",
+        ),
+        ap("all", "shop", "{rules: [{}]}"),
+    ];
+    // Over xDS too: AUDIT is Envoy's LOG action.
+    let d = run(&policies_via_xds(&docs), GET);
+    assert!(d.allowed());
+    assert_eq!(
+        d.audit.map(|m| m.policy.to_string()).as_deref(),
+        Some("shop/watch")
+    );
     let p = policies(&[
         ap(
             "watch",
