@@ -579,3 +579,207 @@ fn pattern(sm: &StringMatcher, ignore_case: bool, at: &At) -> Result<Pattern, Co
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+    use envoy_types::pb::envoy::r#type::matcher::v3::{PathMatcher, StringMatcher};
+    use trellis_model::{ResourceSet, parse_documents};
+
+    /// The inbound listener trellis-translate makes for these policies (all
+    /// of namespace `default`).
+    fn listener(yaml: &str) -> Listener {
+        let set: ResourceSet = parse_documents("t.yaml", yaml)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .collect();
+        let v = trellis_model::validate::validate(&set).unwrap_or_else(|e| panic!("{e}"));
+        let all: Vec<_> = v.authorization_policies.iter().collect();
+        trellis_translate::listener::inbound(
+            "127.0.0.1:15006".parse().unwrap(),
+            &trellis_translate::rbac::inbound(&all),
+        )
+    }
+
+    const ONE: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec: {rules: [{from: [{source: {principals: [td/ns/a/sa/b]}}], to: [{operation: {paths: [/x]}}]}]}\n";
+
+    /// Change the first HTTP RBAC filter of `l`.
+    fn edit(mut l: Listener, f: impl FnOnce(&mut HttpRbac)) -> Listener {
+        let Some(filter::ConfigType::TypedConfig(any)) =
+            &mut l.filter_chains[0].filters[0].config_type
+        else {
+            panic!("no HCM");
+        };
+        let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        let Some(http_filter::ConfigType::TypedConfig(rbac_any)) =
+            &mut hcm.http_filters[0].config_type
+        else {
+            panic!("no RBAC");
+        };
+        let mut rbac = HttpRbac::decode(rbac_any.value.as_slice()).unwrap();
+        f(&mut rbac);
+        rbac_any.value = rbac.encode_to_vec();
+        any.value = hcm.encode_to_vec();
+        l
+    }
+
+    fn first_policy(r: &mut HttpRbac) -> &mut EnvoyPolicy {
+        r.rules
+            .as_mut()
+            .unwrap()
+            .policies
+            .values_mut()
+            .next()
+            .unwrap()
+    }
+
+    /// The path leaf of the rule in [`ONE`].
+    fn path_leaf(r: &mut HttpRbac) -> &mut PathMatcher {
+        let p = first_policy(r);
+        let Some(permission::Rule::AndRules(and)) = &mut p.permissions[0].rule else {
+            panic!()
+        };
+        let Some(permission::Rule::OrRules(ops)) = &mut and.rules[0].rule else {
+            panic!()
+        };
+        let Some(permission::Rule::AndRules(fields)) = &mut ops.rules[0].rule else {
+            panic!()
+        };
+        let Some(permission::Rule::OrRules(values)) = &mut fields.rules[0].rule else {
+            panic!()
+        };
+        let Some(permission::Rule::UrlPath(pm)) = &mut values.rules[0].rule else {
+            panic!()
+        };
+        pm
+    }
+
+    fn principal_leaf(r: &mut HttpRbac) -> &mut StringMatcher {
+        let p = first_policy(r);
+        let Some(principal::Identifier::AndIds(and)) = &mut p.principals[0].identifier else {
+            panic!()
+        };
+        let Some(principal::Identifier::OrIds(sources)) = &mut and.ids[0].identifier else {
+            panic!()
+        };
+        let Some(principal::Identifier::AndIds(fields)) = &mut sources.ids[0].identifier else {
+            panic!()
+        };
+        let Some(principal::Identifier::OrIds(values)) = &mut fields.ids[0].identifier else {
+            panic!()
+        };
+        let Some(principal::Identifier::Authenticated(a)) = &mut values.ids[0].identifier else {
+            panic!()
+        };
+        a.principal_name.as_mut().unwrap()
+    }
+
+    #[test]
+    fn what_the_engine_cannot_express_is_refused() {
+        type Edit = Box<dyn FnOnce(&mut HttpRbac)>;
+        let cases: Vec<(&str, Edit, &str)> = vec![
+            (
+                "the matcher API",
+                Box::new(|r| r.matcher = Some(Default::default())),
+                "only `rules` is supported",
+            ),
+            (
+                "a CEL condition",
+                Box::new(|r| first_policy(r).condition = Some(Default::default())),
+                "CEL conditions are not supported",
+            ),
+            (
+                "a policy name not Istio's",
+                Box::new(|r| {
+                    let rules = r.rules.as_mut().unwrap();
+                    let p = rules.policies.drain().next().unwrap().1;
+                    rules.policies.insert("my-policy".into(), p);
+                }),
+                "ns[<namespace>]-policy[<name>]-rule[<index>]",
+            ),
+            (
+                "a path matched ignoring case",
+                Box::new(|r| {
+                    if let Some(path_matcher::Rule::Path(sm)) = &mut path_leaf(r).rule {
+                        sm.ignore_case = true;
+                    }
+                }),
+                "ignore_case is supported for hosts only",
+            ),
+            (
+                "a path regex",
+                Box::new(|r| {
+                    path_leaf(r).rule = Some(path_matcher::Rule::Path(StringMatcher {
+                        match_pattern: Some(MatchPattern::SafeRegex(Default::default())),
+                        ignore_case: false,
+                    }))
+                }),
+                "only exact, prefix, suffix",
+            ),
+            (
+                "a principal that is not a SPIFFE ID",
+                Box::new(|r| {
+                    principal_leaf(r).match_pattern = Some(MatchPattern::Exact("bob".into()))
+                }),
+                "is not a spiffe:// ID",
+            ),
+            (
+                "a permission kind the engine lacks",
+                Box::new(|r| {
+                    first_policy(r).permissions = vec![Permission {
+                        rule: Some(permission::Rule::AndRules(permission::Set {
+                            rules: vec![Permission {
+                                rule: Some(permission::Rule::Matcher(
+                                    TypedExtensionConfig::default(),
+                                )),
+                            }],
+                        })),
+                    }]
+                }),
+                "expected any or or_rules",
+            ),
+        ];
+        for (what, change, want) in cases {
+            let l = edit(listener(ONE), change);
+            let err = inbound(&l).expect_err(what);
+            assert!(err.to_string().contains(want), "{what}: {err}");
+            assert!(
+                err.to_string().starts_with("Listener inbound: "),
+                "{what}: {err}"
+            );
+        }
+        // The unchanged listener converts.
+        assert_eq!(inbound(&listener(ONE)).unwrap().allow.len(), 1);
+    }
+
+    #[test]
+    fn network_filters_must_match_the_http_ones() {
+        let mut l = listener(ONE);
+        l.default_filter_chain
+            .as_mut()
+            .unwrap()
+            .filters
+            .retain(|f| f.name != NETWORK_RBAC);
+        let err = inbound(&l).unwrap_err();
+        assert!(err.to_string().contains("same actions"), "{err}");
+    }
+
+    #[test]
+    fn namespace_regexes_read_back() {
+        let cases = [
+            (".*/ns/front/.*", Some(Pattern::Exact("front".into()))),
+            (
+                ".*/ns/kube\\-[^/]*/.*",
+                Some(Pattern::Prefix("kube-".into())),
+            ),
+            (".*/ns/[^/]*prod/.*", Some(Pattern::Suffix("prod".into()))),
+            (".*/ns/[^/]+/.*", Some(Pattern::Present)),
+            (".*/ns/a.b/.*", None),
+            ("spiffe://x", None),
+        ];
+        for (re, want) in cases {
+            assert_eq!(namespace_regex(re), want, "{re}");
+        }
+    }
+}
