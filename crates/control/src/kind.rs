@@ -13,6 +13,7 @@ pub fn short_name(kind: Kind) -> &'static str {
         Kind::RetryBudget => "rb",
         // Istio defines none; kubectl users type the name.
         Kind::Sidecar => "sidecar",
+        Kind::AuthorizationPolicy => "ap",
     }
 }
 
@@ -59,6 +60,8 @@ mod tests {
             ("retrybudget", Some(Kind::RetryBudget)),
             ("sidecars", Some(Kind::Sidecar)),
             ("Sidecar", Some(Kind::Sidecar)),
+            ("authorizationpolicies", Some(Kind::AuthorizationPolicy)),
+            ("ap", Some(Kind::AuthorizationPolicy)),
             ("gateway", None),
             ("", None),
         ];

@@ -77,6 +77,10 @@ pub fn reaches(v: &Validated, key: &Key, viewer: &Viewer) -> bool {
         }),
         Kind::Sidecar => sidecar::select(&v.sidecars, &viewer.namespace, &viewer.labels)
             .is_some_and(|s| is(&s.metadata.namespace, &s.metadata.name)),
+        Kind::AuthorizationPolicy => v.authorization_policies.iter().any(|p| {
+            is(&p.metadata.namespace, &p.metadata.name)
+                && trellis_model::authorization::applies(p, &viewer.namespace, &viewer.labels)
+        }),
     }
 }
 
@@ -139,6 +143,16 @@ metadata: {name: narrow, namespace: front}
 spec:
   workloadSelector: {labels: {app: narrow}}
   egress: [{hosts: [./*]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mesh, namespace: istio-system}
+spec: {action: DENY, rules: [{to: [{operation: {paths: ["/debug*"]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: narrow-only, namespace: front}
+spec: {selector: {matchLabels: {app: narrow}}}
 "#;
 
     fn validated() -> Validated {
@@ -180,6 +194,18 @@ spec:
             (Kind::ServiceEntry, "front", "web", [true, true, true]),
             (Kind::RetryBudget, "front", "web", [true, true, true]),
             (Kind::Sidecar, "front", "narrow", [false, false, true]),
+            (
+                Kind::AuthorizationPolicy,
+                "istio-system",
+                "mesh",
+                [true, true, true],
+            ),
+            (
+                Kind::AuthorizationPolicy,
+                "front",
+                "narrow-only",
+                [false, false, true],
+            ),
             (
                 Kind::VirtualService,
                 "shop",

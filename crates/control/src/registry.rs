@@ -139,7 +139,7 @@ pub fn parse_node(node: &Node) -> Result<NodeInfo, MetadataError> {
             name: name.clone(),
             namespace: namespace.clone(),
             service_account,
-            labels,
+            labels: labels.clone(),
             addresses,
             ports,
             locality: locality.clone(),
@@ -156,6 +156,7 @@ pub fn parse_node(node: &Node) -> Result<NodeInfo, MetadataError> {
             locality,
             egress: None,
             proxyless,
+            labels,
         },
         health_check,
     })

@@ -413,6 +413,11 @@ fn fingerprints(set: &ResourceSet) -> HashMap<Key, u64> {
     add(&mut out, Kind::RateLimitPolicy, &set.rate_limit_policies);
     add(&mut out, Kind::RetryBudget, &set.retry_budgets);
     add(&mut out, Kind::Sidecar, &set.sidecars);
+    add(
+        &mut out,
+        Kind::AuthorizationPolicy,
+        &set.authorization_policies,
+    );
     out
 }
 
@@ -444,6 +449,7 @@ fn placeholder_identity(node: &Node) -> ProxyIdentity {
         locality: None,
         egress: None,
         proxyless: false,
+        labels: Default::default(),
     }
 }
 
@@ -564,7 +570,7 @@ impl Snapshots for Mesh {
             }
         };
         let own = match &info {
-            Ok(_) => trellis_translate::own_listeners(&identity),
+            Ok(_) => trellis_translate::own_listeners(&shared, &identity),
             Err(_) => Vec::new(),
         };
         let out = if own.is_empty() {

@@ -201,6 +201,9 @@ pub fn resolve(
         rate_limit_policies,
         retry_budgets,
         sidecars,
+        // Policies add up (DENY first, then ALLOW): any number may apply
+        // to one workload, so there is nothing to conflict over.
+        authorization_policies: set.authorization_policies.clone(),
     };
     (resolved, conflicts)
 }

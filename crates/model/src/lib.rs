@@ -5,6 +5,7 @@
 //! Everything here is plain data and pure functions. Nothing does I/O except
 //! [`load::load_dir`], which reads a folder of YAML files.
 
+pub mod authorization;
 pub mod conflict;
 pub mod duration;
 pub mod error;

@@ -6,6 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::authorization::AuthorizationPolicySpec;
 use crate::networking::{DestinationRuleSpec, ServiceEntrySpec, SidecarSpec, VirtualServiceSpec};
 use crate::trellis::{RateLimitPolicySpec, RetryBudgetSpec};
 
@@ -36,16 +37,18 @@ pub enum Kind {
     RateLimitPolicy,
     RetryBudget,
     Sidecar,
+    AuthorizationPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::ServiceEntry,
         Kind::DestinationRule,
         Kind::VirtualService,
         Kind::RateLimitPolicy,
         Kind::RetryBudget,
         Kind::Sidecar,
+        Kind::AuthorizationPolicy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Kind {
             Kind::RateLimitPolicy => "RateLimitPolicy",
             Kind::RetryBudget => "RetryBudget",
             Kind::Sidecar => "Sidecar",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
         }
     }
 
@@ -74,6 +78,7 @@ impl Kind {
                 "networking.istio.io/v1alpha3",
             ],
             Kind::RateLimitPolicy | Kind::RetryBudget => &[crate::trellis::API_VERSION],
+            Kind::AuthorizationPolicy => crate::authorization::API_VERSIONS,
         }
     }
 }
@@ -115,6 +120,7 @@ pub enum Resource {
     RateLimitPolicy(Object<RateLimitPolicySpec>),
     RetryBudget(Object<RetryBudgetSpec>),
     Sidecar(Object<SidecarSpec>),
+    AuthorizationPolicy(Object<AuthorizationPolicySpec>),
 }
 
 impl Resource {
@@ -126,6 +132,7 @@ impl Resource {
             Resource::RateLimitPolicy(_) => Kind::RateLimitPolicy,
             Resource::RetryBudget(_) => Kind::RetryBudget,
             Resource::Sidecar(_) => Kind::Sidecar,
+            Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
         }
     }
 
@@ -137,6 +144,7 @@ impl Resource {
             Resource::RateLimitPolicy(o) => &o.metadata,
             Resource::RetryBudget(o) => &o.metadata,
             Resource::Sidecar(o) => &o.metadata,
+            Resource::AuthorizationPolicy(o) => &o.metadata,
         }
     }
 
@@ -148,6 +156,7 @@ impl Resource {
             Resource::RateLimitPolicy(o) => &o.source,
             Resource::RetryBudget(o) => &o.source,
             Resource::Sidecar(o) => &o.source,
+            Resource::AuthorizationPolicy(o) => &o.source,
         }
     }
 
@@ -161,6 +170,7 @@ impl Resource {
             Resource::RateLimitPolicy(o) => o.source = source,
             Resource::RetryBudget(o) => o.source = source,
             Resource::Sidecar(o) => o.source = source,
+            Resource::AuthorizationPolicy(o) => o.source = source,
         }
     }
 
@@ -181,6 +191,7 @@ pub struct ResourceSet {
     pub rate_limit_policies: Vec<Object<RateLimitPolicySpec>>,
     pub retry_budgets: Vec<Object<RetryBudgetSpec>>,
     pub sidecars: Vec<Object<SidecarSpec>>,
+    pub authorization_policies: Vec<Object<AuthorizationPolicySpec>>,
 }
 
 impl ResourceSet {
@@ -192,6 +203,7 @@ impl ResourceSet {
             Resource::RateLimitPolicy(o) => self.rate_limit_policies.push(o),
             Resource::RetryBudget(o) => self.retry_budgets.push(o),
             Resource::Sidecar(o) => self.sidecars.push(o),
+            Resource::AuthorizationPolicy(o) => self.authorization_policies.push(o),
         }
     }
 
@@ -202,6 +214,7 @@ impl ResourceSet {
             + self.rate_limit_policies.len()
             + self.retry_budgets.len()
             + self.sidecars.len()
+            + self.authorization_policies.len()
     }
 
     pub fn is_empty(&self) -> bool {

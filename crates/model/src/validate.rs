@@ -73,6 +73,9 @@ pub struct Validated {
     /// Sidecars in load order ([`crate::sidecar::select`] picks one per
     /// workload).
     pub sidecars: Vec<Object<SidecarSpec>>,
+    /// AuthorizationPolicies in load order
+    /// ([`crate::authorization::applies`] says which apply to a workload).
+    pub authorization_policies: Vec<Object<crate::authorization::AuthorizationPolicySpec>>,
 }
 
 impl Validated {
@@ -96,6 +99,10 @@ pub fn validate(set: &ResourceSet) -> Result<Validated, ConfigErrors> {
     v.rate_limit_policies(&set.rate_limit_policies);
     v.retry_budgets(&set.retry_budgets);
     v.sidecars(&set.sidecars);
+    v.errors
+        .0
+        .extend(crate::authorization::validate(&set.authorization_policies));
+    v.out.authorization_policies = set.authorization_policies.clone();
     if v.errors.is_empty() {
         Ok(v.out)
     } else {

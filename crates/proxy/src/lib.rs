@@ -1,10 +1,12 @@
 //! trellis-proxy: the Trellis data plane. See ARCHITECTURE.md for the map.
 
 pub mod admin;
+pub mod authz;
 pub mod balance;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod peer;
 pub mod resilience;
 pub mod route;
 pub mod sidecar;

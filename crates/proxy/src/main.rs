@@ -40,10 +40,12 @@ struct SidecarArgs {
     /// HOST:PORT instead of a folder, e.g. 127.0.0.1:15010.
     #[arg(long, value_name = "HOST:PORT")]
     xds: Option<String>,
-    /// With --xds: this workload's name (the xDS node is NAME.NAMESPACE).
+    /// This workload's name: the xDS node is NAME.NAMESPACE (required with
+    /// --xds); audit log lines name it as the destination.
     #[arg(long)]
     workload: Option<String>,
-    /// With --xds: the workload's labels, k=v,k2=v2 (subsets select on them).
+    /// The workload's labels, k=v,k2=v2: AuthorizationPolicy selectors match
+    /// them (and, with --xds, subsets select on them).
     #[arg(long, value_parser = parse_labels)]
     labels: Option<std::collections::BTreeMap<String, String>>,
     /// With --xds: the workload's address peers reach it on (default: the
@@ -81,6 +83,16 @@ struct SidecarArgs {
     /// On SIGTERM/SIGINT, how long to let in-flight requests finish.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Audit log of denied requests/connections and AUDIT matches, one JSON
+    /// line each: `-` for stdout, `off`, or a file path (rotated by size).
+    #[arg(long, default_value = "-", value_name = "PATH|-|off")]
+    audit_log: String,
+    /// With --audit-log PATH: rotate the file when it would pass this size.
+    #[arg(long, default_value_t = 10 << 20, value_name = "BYTES")]
+    audit_log_max_bytes: u64,
+    /// With --audit-log PATH: files kept in all, the live one included.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    audit_log_max_files: usize,
     /// Write the bound listener addresses here as JSON once listening (useful with port 0).
     #[arg(long)]
     addr_file: Option<PathBuf>,
@@ -112,20 +124,17 @@ fn main() -> ExitCode {
     };
     match cli.mode {
         Mode::Sidecar(a) => {
-            let xds_only = a.workload.is_some()
-                || a.labels.is_some()
-                || a.address.is_some()
-                || a.service_account.is_some();
+            let xds_only = a.address.is_some() || a.service_account.is_some();
             let config = match (a.config_dir, a.xds) {
                 (Some(_), None) if xds_only => {
                     eprintln!(
-                        "trellis-proxy: --workload, --labels, --address and --service-account describe the workload to a control plane: use them with --xds HOST:PORT"
+                        "trellis-proxy: --address and --service-account describe the workload to a control plane: use them with --xds HOST:PORT"
                     );
                     return ExitCode::from(2);
                 }
                 (Some(dir), None) => ConfigSource::Dir(dir),
                 (None, Some(server)) => {
-                    let Some(workload) = a.workload else {
+                    let Some(workload) = a.workload.clone() else {
                         eprintln!("trellis-proxy: --xds needs --workload NAME");
                         return ExitCode::from(2);
                     };
@@ -133,7 +142,7 @@ fn main() -> ExitCode {
                         server,
                         workload,
                         service_account: a.service_account.unwrap_or_else(|| "default".to_string()),
-                        labels: a.labels.unwrap_or_default(),
+                        labels: a.labels.clone().unwrap_or_default(),
                         address: a.address,
                     })
                 }
@@ -152,6 +161,13 @@ fn main() -> ExitCode {
                 app: a.app,
                 workers: a.workers,
                 namespace: a.namespace,
+                workload: a.workload,
+                labels: a.labels.unwrap_or_default(),
+                audit: trellis_proxy::authz::audit::Target::parse(
+                    &a.audit_log,
+                    a.audit_log_max_bytes,
+                    a.audit_log_max_files,
+                ),
                 locality: Locality::parse(&a.locality),
                 inbound_detect_timeout: a.inbound_detect_timeout,
                 drain_timeout: a.drain_timeout,

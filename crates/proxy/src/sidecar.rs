@@ -17,6 +17,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::admin::{self, Admin};
+use crate::authz::audit::{self, AuditLog, Workload};
 use crate::balance::Locality;
 use crate::config::compile::system_resolve;
 use crate::config::watch::{Loader, Store};
@@ -24,7 +25,7 @@ use crate::http::pool::Pool;
 use crate::http::server::{self, Side};
 use crate::telemetry::logging::LogControl;
 use crate::telemetry::metrics::Metrics;
-use crate::worker::Worker;
+use crate::worker::{Worker, WorkloadContext};
 
 /// Idle HTTP/1.1 connections kept per endpoint and worker; more are closed
 /// when they come back.
@@ -60,6 +61,12 @@ pub struct Settings {
     pub app: Option<SocketAddr>,
     pub workers: usize,
     pub namespace: String,
+    /// The workload's name (`--workload`): xDS node id, audit lines.
+    pub workload: Option<String>,
+    /// The workload's labels: AuthorizationPolicy selectors (and, over
+    /// xDS, subsets) match on them.
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub audit: audit::Target,
     pub locality: Locality,
     pub inbound_detect_timeout: Duration,
     pub drain_timeout: Duration,
@@ -76,6 +83,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Audit(#[from] audit::AuditError),
     #[error("cannot start a thread or runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot write the address file {path}: {source}")]
@@ -120,6 +129,7 @@ pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError
             let loader = Loader {
                 dir: dir.clone(),
                 namespace: settings.namespace.clone(),
+                labels: settings.labels.clone(),
                 locality: settings.locality.clone(),
                 metrics: metrics.clone(),
                 resolve: Box::new(system_resolve),
@@ -171,6 +181,18 @@ pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError
         ),
     ];
 
+    let workload = WorkloadContext {
+        workload: Arc::new(Workload {
+            name: settings.workload.as_deref().map(Arc::from),
+            namespace: Arc::from(settings.namespace.as_str()),
+        }),
+        inbound_port: settings.app.map_or(addrs[1].1.port(), |a| a.port()),
+        audit: AuditLog::start(
+            &settings.audit,
+            metrics.audit_dropped.clone(),
+            metrics.audit_written.clone(),
+        )?,
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     for (i, (out_l, in_l)) in outbound.into_iter().zip(inbound).enumerate() {
         let worker = Arc::new(Worker::new(
@@ -178,6 +200,7 @@ pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError
             Pool::new(MAX_IDLE_PER_ENDPOINT),
             metrics.clone(),
             settings.app,
+            workload.clone(),
         ));
         let shutdown = shutdown_rx.clone();
         let detect_timeout = settings.inbound_detect_timeout;

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::authz::audit::{AuditLog, Workload};
 use crate::config::watch::Store;
 use crate::http::pool::{Pool, UpstreamSettings};
 use crate::resilience::breaker::{Breaker, Limits};
@@ -26,6 +27,22 @@ pub struct Worker {
     /// Requests that never reached a route (unknown host, no match).
     pub unrouted: RouteStats,
     pub inbound: RouteStats,
+    /// This workload, as audit lines name the destination.
+    pub workload: Arc<Workload>,
+    /// The workload port inbound traffic is for, as authorization sees it
+    /// (`ports`, `destination.port`): the app's port, the one Istio
+    /// policies name; the inbound listener's port when there is no app.
+    pub inbound_port: u16,
+    /// Where denials and AUDIT matches are logged; None when off.
+    pub audit: Option<AuditLog>,
+}
+
+/// What a worker needs to know about the workload it serves.
+#[derive(Debug, Clone)]
+pub struct WorkloadContext {
+    pub workload: Arc<Workload>,
+    pub inbound_port: u16,
+    pub audit: Option<AuditLog>,
 }
 
 impl Worker {
@@ -34,6 +51,7 @@ impl Worker {
         pool: Arc<Pool>,
         metrics: Arc<Metrics>,
         app: Option<SocketAddr>,
+        cx: WorkloadContext,
     ) -> Self {
         let unrouted = metrics.route_stats(Direction::outbound, "", "");
         let inbound_cluster = app.map_or_else(
@@ -51,6 +69,9 @@ impl Worker {
             mirrors: Default::default(),
             unrouted,
             inbound,
+            workload: cx.workload,
+            inbound_port: cx.inbound_port,
+            audit: cx.audit,
         }
     }
 }

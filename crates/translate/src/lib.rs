@@ -29,6 +29,7 @@ pub mod inline;
 pub mod listener;
 pub mod names;
 pub mod proxyless;
+pub mod rbac;
 pub mod registry;
 pub mod route;
 
@@ -36,7 +37,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use trellis_model::authorization::AuthorizationPolicySpec;
 use trellis_model::host;
+use trellis_model::resource::Object;
 use trellis_model::validate::Validated;
 
 pub use encode::Resource;
@@ -76,6 +79,9 @@ pub struct ProxyIdentity {
     /// named `api_listener`s per service port instead of the sidecar's
     /// two listeners ([`proxyless`]).
     pub proxyless: bool,
+    /// The workload's labels: which AuthorizationPolicies apply to it
+    /// (their RBAC filters are on its inbound listener).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Istio's `exportTo`: who may see a resource. Empty means everyone.
@@ -222,6 +228,9 @@ pub struct SharedResources {
     localities: Vec<String>,
     /// Resources left out, and why. Validated config should produce none.
     pub errors: Vec<TranslateError>,
+    /// Every AuthorizationPolicy; [`own_listeners`] picks those that apply
+    /// to the proxy's workload.
+    authorization_policies: Arc<Vec<Object<AuthorizationPolicySpec>>>,
 }
 
 impl SharedResources {
@@ -279,11 +288,18 @@ pub fn shared_since(
             Arc::new(hosts)
         }
     };
+    let authorization_policies = match prev {
+        Some(p) if *p.authorization_policies == v.authorization_policies => {
+            p.authorization_policies.clone()
+        }
+        _ => Arc::new(v.authorization_policies.clone()),
+    };
     SharedResources {
         services,
         hosts,
         localities,
         errors,
+        authorization_policies,
     }
 }
 
@@ -596,13 +612,21 @@ pub fn class_view(shared: &SharedResources, proxy: &ProxyIdentity) -> Snapshot {
 /// its own address (none for a proxyless client, whose listeners are named
 /// by target). Everything else in its [`view`] is the same for every proxy
 /// of its [`ViewClass`].
-pub fn own_listeners(proxy: &ProxyIdentity) -> Vec<Arc<Resource>> {
+pub fn own_listeners(shared: &SharedResources, proxy: &ProxyIdentity) -> Vec<Arc<Resource>> {
     use prost::Message;
     if proxy.proxyless {
         return Vec::new();
     }
+    let policies: Vec<&Object<AuthorizationPolicySpec>> = shared
+        .authorization_policies
+        .iter()
+        .filter(|p| trellis_model::authorization::applies(p, &proxy.namespace, &proxy.labels))
+        .collect();
     let outbound = listener::outbound(SocketAddr::new(proxy.address, proxy.outbound_port));
-    let inbound = listener::inbound(SocketAddr::new(proxy.address, proxy.inbound_port));
+    let inbound = listener::inbound(
+        SocketAddr::new(proxy.address, proxy.inbound_port),
+        &rbac::inbound(&policies),
+    );
     vec![
         Arc::new(Resource::new(
             names::OUTBOUND,
@@ -644,7 +668,7 @@ impl ViewClass {
 /// One proxy's snapshot: its class's view plus [`own_listeners`].
 pub fn view(shared: &SharedResources, proxy: &ProxyIdentity) -> Snapshot {
     let mut snap = class_view(shared, proxy);
-    for l in own_listeners(proxy) {
+    for l in own_listeners(shared, proxy) {
         snap.insert(LISTENER_TYPE, l);
     }
     snap

@@ -177,7 +177,9 @@ pub fn outbound(address: SocketAddr) -> Listener {
 /// forwarded to the `inbound|app` cluster in the caller's protocol; a
 /// connection that sends something else, or nothing within 100 ms (a
 /// server-first protocol), is proxied as opaque TCP, as trellis-proxy does.
-pub fn inbound(address: SocketAddr) -> Listener {
+///
+/// `rbac` (AuthorizationPolicy) goes before the router and before tcp_proxy.
+pub fn inbound(address: SocketAddr, rbac: &crate::rbac::InboundRbac) -> Listener {
     let route_config = RouteConfiguration {
         name: names::INBOUND.to_string(),
         virtual_hosts: vec![VirtualHost {
@@ -211,7 +213,12 @@ pub fn inbound(address: SocketAddr) -> Listener {
         stat_prefix: names::INBOUND.to_string(),
         codec_type: CodecType::Auto as i32,
         route_specifier: Some(RouteSpecifier::RouteConfig(route_config)),
-        http_filters: vec![http_filter(f::ROUTER, encode::any(&router()))],
+        http_filters: rbac
+            .http
+            .iter()
+            .cloned()
+            .chain([http_filter(f::ROUTER, encode::any(&router()))])
+            .collect(),
         upgrade_configs: vec![UpgradeConfig {
             upgrade_type: "websocket".to_string(),
             ..Default::default()
@@ -254,10 +261,15 @@ pub fn inbound(address: SocketAddr) -> Listener {
         }],
         default_filter_chain: Some(FilterChain {
             name: "tcp".to_string(),
-            filters: vec![Filter {
-                name: f::TCP_PROXY.to_string(),
-                config_type: Some(filter::ConfigType::TypedConfig(encode::any(&tcp))),
-            }],
+            filters: rbac
+                .network
+                .iter()
+                .cloned()
+                .chain([Filter {
+                    name: f::TCP_PROXY.to_string(),
+                    config_type: Some(filter::ConfigType::TypedConfig(encode::any(&tcp))),
+                }])
+                .collect(),
             ..Default::default()
         }),
         ..Default::default()

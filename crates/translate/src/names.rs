@@ -49,6 +49,10 @@ pub mod filter {
     pub const HCM: &str = "envoy.filters.network.http_connection_manager";
     /// `envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy`.
     pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+    /// `envoy.extensions.filters.http.rbac.v3.RBAC` (AuthorizationPolicy).
+    pub const RBAC: &str = "envoy.filters.http.rbac";
+    /// `envoy.extensions.filters.network.rbac.v3.RBAC` (AuthorizationPolicy, TCP).
+    pub const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
     /// `envoy.extensions.filters.listener.http_inspector.v3.HttpInspector`.
     pub const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
 }

@@ -1,6 +1,7 @@
 //! `trellis control` and the CLI verbs through the real binary, on loopback
 //! with port 0, each test in its own temp dirs.
 
+mod authz;
 mod envoy;
 mod outage;
 mod proxyless;

@@ -27,7 +27,7 @@ use crate::support::{BIN, Control, eventually, write};
 const CLIENT: &str = "productpage.default";
 const SERVER: &str = "reviews-v1.default";
 
-fn proxy_binary() -> PathBuf {
+pub(crate) fn proxy_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("TRELLIS_PROXY") {
         return p.into();
     }
@@ -51,7 +51,7 @@ fn outage() -> Duration {
 /// `reviews` is whatever workload is labelled `app: reviews`; its port is
 /// the workload sidecar's inbound listener (trellis-proxy sends no `PORTS`,
 /// so `targetPort`).
-fn mesh_yaml(inbound_port: u16) -> String {
+pub(crate) fn mesh_yaml(inbound_port: u16) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -67,7 +67,7 @@ spec:
 
 /// A sidecar over xDS on its own loopback address (ports 0: tests never
 /// take fixed ports).
-fn sidecar(
+pub(crate) fn sidecar(
     rt: &tokio::runtime::Runtime,
     xds: &str,
     workload: &str,

@@ -2,6 +2,7 @@
 //! resources or exact errors (file, resource, field path, reason) out.
 
 mod accept;
+mod authorization;
 mod conflict;
 mod load_dir;
 mod parse;

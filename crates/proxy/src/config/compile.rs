@@ -99,6 +99,8 @@ pub fn compile(v: Validated, ctx: &Context) -> Result<ProxyConfig, ConfigErrors>
         clusters: c.clusters,
         budgets: c.budgets,
         rate_limits: c.rate_limits,
+        // Per workload (labels): set by the loader, which knows them.
+        authz: Default::default(),
         source: v,
     })
 }

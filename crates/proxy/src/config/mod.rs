@@ -28,6 +28,9 @@ pub struct ProxyConfig {
     /// Rate-limit token buckets by `policy|route|settings` (kept across
     /// reloads while the settings are unchanged).
     pub rate_limits: BTreeMap<String, Arc<SharedBucket>>,
+    /// The AuthorizationPolicies that apply to this workload, enforced on
+    /// inbound traffic.
+    pub authz: crate::authz::Policies,
     /// The validated resources this snapshot was compiled from.
     pub source: Validated,
 }
@@ -103,9 +106,18 @@ impl ProxyConfig {
             })
             .collect();
         hosts.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        let names = |ps: &[crate::authz::policy::Policy]| -> Vec<String> {
+            ps.iter().map(|p| p.name.to_string()).collect()
+        };
         json!({
             "generation": self.generation,
+            "authorization": {
+                "deny": names(&self.authz.deny),
+                "allow": names(&self.authz.allow),
+                "audit": names(&self.authz.audit),
+            },
             "resources": {
+                "authorization_policies": self.source.authorization_policies,
                 "services": self.source.services,
                 "destination_rules": self.source.destination_rules.values().collect::<Vec<_>>(),
                 "virtual_services": self.source.virtual_services.iter().map(|(_, vs)| vs).collect::<Vec<_>>(),

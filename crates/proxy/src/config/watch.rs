@@ -46,6 +46,8 @@ impl Store {
 pub struct Loader {
     pub dir: PathBuf,
     pub namespace: String,
+    /// The workload's labels: AuthorizationPolicy selectors match on them.
+    pub labels: std::collections::BTreeMap<String, String>,
     pub locality: Locality,
     pub metrics: Arc<Metrics>,
     pub resolve: compile::Resolver,
@@ -64,7 +66,13 @@ impl Loader {
             previous,
             resolve,
         };
-        compile::compile(validated, &ctx)
+        let mut config = compile::compile(validated, &ctx)?;
+        config.authz = crate::authz::Policies::compile(
+            &config.source.authorization_policies,
+            &self.namespace,
+            &self.labels,
+        )?;
+        Ok(config)
     }
 }
 

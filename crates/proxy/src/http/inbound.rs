@@ -1,6 +1,5 @@
 //! The inbound request path: a peer calls the local app through the proxy.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,13 +9,20 @@ use hyper::body::Incoming;
 
 use super::forward::{self, is_upgrade, strip_hop_by_hop};
 use super::{Body, ProxyError};
+use crate::authz::enforce;
 use crate::cluster::UpstreamProtocol;
+use crate::peer::PeerInfo;
 use crate::telemetry::metrics::{ConnectionGuard, Direction};
 use crate::worker::Worker;
 
-pub async fn handle(w: Arc<Worker>, _peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(w: Arc<Worker>, peer: PeerInfo, req: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
-    match forward(&w, req).await {
+    let grpc = super::outbound::is_grpc(&req);
+    let result = match enforce::check_request(&w, &peer, &req) {
+        Ok(()) => forward(&w, req).await,
+        Err(denied) => Err(denied),
+    };
+    match result {
         Ok(resp) => {
             w.inbound.record(resp.status().as_u16(), start.elapsed());
             resp
@@ -24,7 +30,7 @@ pub async fn handle(w: Arc<Worker>, _peer: SocketAddr, req: Request<Incoming>) -
         Err(err) => {
             w.inbound.record(err.status().as_u16(), start.elapsed());
             w.metrics.local_reply(Direction::inbound, err.reason());
-            err.to_response()
+            err.to_response_for(grpc)
         }
     }
 }

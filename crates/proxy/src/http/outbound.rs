@@ -74,7 +74,7 @@ fn failed(error: ProxyError, stats: &RouteStats) -> Failure<'_> {
 }
 
 /// gRPC callers get gRPC-style local replies (`grpc-status`, not an HTTP status).
-fn is_grpc(req: &Request<Incoming>) -> bool {
+pub(super) fn is_grpc(req: &Request<Incoming>) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))

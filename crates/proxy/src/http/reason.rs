@@ -73,6 +73,10 @@ pub enum ProxyError {
     NoApp,
     #[error("invalid request: {0}")]
     BadRequest(String),
+    /// Deliberately vague to the caller (which policy said no is for the
+    /// audit log, not for whoever is probing).
+    #[error("RBAC: access denied by an AuthorizationPolicy")]
+    RbacDenied,
 }
 
 /// What is known about a request whose connection failed: decides whether
@@ -124,6 +128,7 @@ impl ProxyError {
             ProxyError::UpgradeUnsupported { .. } => "upgrade_unsupported",
             ProxyError::NoApp => "no_app",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::RbacDenied => "rbac_denied",
         }
     }
 
@@ -149,6 +154,7 @@ impl ProxyError {
             ProxyError::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::FaultAbort { status, .. } => *status,
+            ProxyError::RbacDenied => StatusCode::FORBIDDEN,
         }
     }
 
@@ -266,11 +272,14 @@ mod tests {
                 504,
                 "upstream_timeout",
             ),
+            (ProxyError::RbacDenied, 403, "rbac_denied"),
         ];
         for (err, status, reason) in cases {
             let resp = err.to_response();
             assert_eq!(resp.status().as_u16(), status, "{err}");
             assert_eq!(resp.headers()[REASON_HEADER], reason, "{err}");
         }
+        // gRPC callers see PERMISSION_DENIED.
+        assert_eq!(ProxyError::RbacDenied.grpc_status(), 7);
     }
 }

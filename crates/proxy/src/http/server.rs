@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use super::detect::{Detected, detect};
 use super::{inbound, outbound};
+use crate::peer::PeerInfo;
 use crate::telemetry::metrics::ConnectionGuard;
 use crate::worker::Worker;
 
@@ -98,14 +99,19 @@ async fn serve(
             return;
         }
     };
+    // The one place the peer's identity is taken. mTLS sets the principal
+    // here from the verified certificate; until then every peer is plaintext.
+    let peer_info = PeerInfo::plaintext(peer);
     let conn_worker = worker.clone();
+    let conn_peer = peer_info.clone();
     let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let worker = worker.clone();
+        let peer_info = peer_info.clone();
         req.extensions_mut().insert(guard.clone());
         async move {
             Ok::<_, Infallible>(match side {
                 Side::Outbound => outbound::handle(worker, peer, req).await,
-                Side::Inbound { .. } => inbound::handle(worker, peer, req).await,
+                Side::Inbound { .. } => inbound::handle(worker, peer_info, req).await,
             })
         }
     });
@@ -130,6 +136,11 @@ async fn serve(
         }
         (Detected::Opaque, Side::Inbound { .. }) => {
             let stream = io.into_inner();
+            // Opaque traffic is authorized once, for the whole connection;
+            // a denied one is closed before the app sees a byte.
+            if !crate::authz::enforce::check_connection(&conn_worker, &conn_peer) {
+                return;
+            }
             crate::tcp::to_app(&conn_worker, stream).await;
         }
         // Outbound garbage goes to the HTTP/1 server too, which answers 400

@@ -94,6 +94,8 @@ pub struct Metrics {
     faults: Family<ClusterReasonLabels, Counter>,
     rate_limited: Family<PolicyLabels, Counter>,
     xds_updates: Family<XdsLabels, Counter>,
+    pub audit_written: Counter,
+    pub audit_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -213,7 +215,21 @@ impl Metrics {
             "Requests refused by a RateLimitPolicy, by policy",
             rate_limited.clone(),
         );
+        let audit_written = Counter::default();
+        registry.register(
+            "audit_log_lines",
+            "Audit log lines written (denials and AUDIT matches)",
+            audit_written.clone(),
+        );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_log_dropped",
+            "Audit log lines dropped because the writer was behind (the request was not slowed)",
+            audit_dropped.clone(),
+        );
         Metrics {
+            audit_written,
+            audit_dropped,
             retries,
             retries_denied,
             overflows,

@@ -170,16 +170,20 @@ pub struct ListenerSpec {
     pub name: String,
     /// The RouteConfiguration it routes with (RDS), for `outbound`.
     pub rds: Option<String>,
+    /// The AuthorizationPolicies of its RBAC filters, for `inbound`.
+    pub authz: Option<crate::authz::Policies>,
 }
 
-/// Only `outbound` (RDS-routed HTTP) is configured from xDS; `inbound` is
-/// accepted as is, since the proxy's inbound side forwards to `--app`.
+/// `outbound` is configured from xDS (RDS-routed HTTP); of `inbound` only
+/// its RBAC filters (AuthorizationPolicy, `super::rbac`) are used, since the
+/// proxy's inbound side forwards to `--app`.
 pub fn listener(l: &Listener) -> Result<ListenerSpec, ConvertError> {
     let at = At::new("Listener", &l.name);
     match l.name.as_str() {
         names::INBOUND => Ok(ListenerSpec {
             name: l.name.clone(),
             rds: None,
+            authz: Some(super::rbac::inbound(l)?),
         }),
         names::OUTBOUND => {
             if l.filter_chains.len() != 1 || l.default_filter_chain.is_some() {
@@ -229,6 +233,7 @@ pub fn listener(l: &Listener) -> Result<ListenerSpec, ConvertError> {
                 Some(RouteSpecifier::Rds(rds)) => Ok(ListenerSpec {
                     name: l.name.clone(),
                     rds: Some(rds.route_config_name.clone()),
+                    authz: None,
                 }),
                 _ => Err(at
                     .field("route_specifier")
@@ -1538,6 +1543,11 @@ pub fn assemble(r: &Resources, ctx: &Context) -> ProxyConfig {
         clusters,
         budgets: a.budgets,
         rate_limits: a.rate_limits,
+        authz: r
+            .listeners
+            .get(names::INBOUND)
+            .and_then(|l| l.authz.clone())
+            .unwrap_or_default(),
         source: Default::default(),
     }
 }

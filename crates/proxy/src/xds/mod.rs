@@ -3,6 +3,8 @@
 //!
 //! - `convert`: Envoy resources -> the proxy's config (pure, table-tested);
 //!   what the proxy does not implement is an error that becomes a NACK.
+//! - `rbac`: the inbound listener's RBAC filters -> AuthorizationPolicy
+//!   decisions' data (`authz::Policies`), NACKing what it cannot express.
 //! - `client`: the ADS stream: subscriptions, ACK/NACK, applying a
 //!   consistent set atomically, reconnecting with jittered backoff while the
 //!   last good config keeps serving.
@@ -11,6 +13,7 @@
 
 pub mod client;
 pub mod convert;
+pub mod rbac;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -6,6 +6,7 @@
 mod support;
 
 mod admin;
+mod authz;
 mod bad_input;
 mod balance;
 mod circuit_breaking;

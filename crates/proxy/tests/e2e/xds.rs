@@ -148,6 +148,7 @@ fn translated(yaml: &str) -> trellis_xds::Snapshot {
         locality: None,
         egress: None,
         proxyless: false,
+        labels: Default::default(),
     };
     let snap = trellis_translate::translate(&v, &Registry::default(), &proxy);
     let mut out = trellis_xds::Snapshot::new();
@@ -406,7 +407,7 @@ fn xds_and_config_dir_are_exclusive() {
             "--xds needs --workload NAME",
         ),
         (
-            &["sidecar", "--config-dir", "/tmp", "--labels", "a=b"],
+            &["sidecar", "--config-dir", "/tmp", "--service-account", "a"],
             "use them with --xds HOST:PORT",
         ),
     ];
@@ -419,4 +420,136 @@ fn xds_and_config_dir_are_exclusive() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
     }
+}
+
+/// `snap` with the inbound listener's first RBAC policy matching on
+/// `remote_ip` (X-Forwarded-For), which trellis-proxy cannot express.
+fn with_remote_ip_rbac(mut snap: trellis_xds::Snapshot) -> trellis_xds::Snapshot {
+    use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+    use envoy_types::pb::envoy::config::rbac::v3::{Principal, principal};
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, http_filter,
+    };
+    use trellis_translate::names::LISTENER_TYPE;
+    let listeners = snap.of_type(LISTENER_TYPE).expect("listeners").clone();
+    let mut l = Listener::decode(listeners["inbound"].body.value.as_slice()).unwrap();
+    let Some(filter::ConfigType::TypedConfig(any)) = &mut l.filter_chains[0].filters[0].config_type
+    else {
+        panic!("no HCM");
+    };
+    let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    let Some(http_filter::ConfigType::TypedConfig(rbac_any)) = &mut hcm.http_filters[0].config_type
+    else {
+        panic!("no RBAC filter");
+    };
+    let mut rbac = Rbac::decode(rbac_any.value.as_slice()).unwrap();
+    let policy = rbac
+        .rules
+        .as_mut()
+        .unwrap()
+        .policies
+        .values_mut()
+        .next()
+        .unwrap();
+    // from: [{source: <remote_ip>}], in the shape translate writes.
+    let wrap = |f: fn(principal::Set) -> principal::Identifier, ids: Vec<Principal>| Principal {
+        identifier: Some(f(principal::Set { ids })),
+    };
+    let remote_ip = Principal {
+        identifier: Some(principal::Identifier::RemoteIp(Default::default())),
+    };
+    let field = wrap(principal::Identifier::OrIds, vec![remote_ip]);
+    let source = wrap(principal::Identifier::AndIds, vec![field]);
+    let from = wrap(principal::Identifier::OrIds, vec![source]);
+    policy.principals = vec![wrap(principal::Identifier::AndIds, vec![from])];
+    rbac_any.value = rbac.encode_to_vec();
+    any.value = hcm.encode_to_vec();
+    snap.insert(LISTENER_TYPE, "inbound", Resource::from_message(&l));
+    snap
+}
+
+/// AuthorizationPolicy as trellis control serves it: RBAC filters on the
+/// inbound listener, enforced by the proxy; one it cannot express is
+/// NACKed and the last good policies keep being enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_policy_over_xds() {
+    let app = EchoServer::start("app").await;
+    let yaml = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: readers}
+spec:
+  rules: [{to: [{operation: {methods: [GET], paths: ["/items*", "/admin*"]}}]}]
+"#;
+    let snapshots = Arc::new(MemorySnapshots::new(translated(yaml)));
+    let hooks = Arc::new(Recorder::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let xds_addr = listener.local_addr().unwrap();
+    let _cp = ControlPlane::start(snapshots.clone(), hooks.clone(), listener);
+    let proxy = ProxyProcess::command(bin())
+        .args([
+            "sidecar",
+            "--xds",
+            &xds_addr.to_string(),
+            "--workload",
+            "api",
+            "--namespace",
+            "default",
+            "--app",
+            &app.addr().to_string(),
+            "--outbound",
+            "127.0.0.1:0",
+            "--inbound",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("starting trellis-proxy: {e}"));
+    eventually("/ready", WAIT, || async {
+        (proxy.admin_get("/ready").await.0 == 200).then_some(())
+    })
+    .await;
+    let inbound = http1_client_to(proxy.inbound());
+    let check = |path: &'static str, want: u16| {
+        let inbound = &inbound;
+        let proxy = &proxy;
+        async move {
+            let r = send_with(inbound, get(&format!("http://api{path}")), proxy).await;
+            if want == 403 {
+                r.assert_local(403, "rbac_denied");
+            } else {
+                assert_eq!(r.status, want, "{path}: {}", r.text());
+            }
+        }
+    };
+    check("/items/1", 200).await;
+    check("/admin", 403).await; // DENY before ALLOW
+    check("/other", 403).await; // default deny
+
+    snapshots.set(with_remote_ip_rbac(translated(yaml)));
+    let nack = eventually("a NACK", WAIT, || async {
+        hooks.nacks.lock().unwrap().first().cloned()
+    })
+    .await;
+    assert!(
+        nack.contains("Listener inbound")
+            && nack.contains("principals[0].and_ids.ids[0].or_ids.ids[0].and_ids.ids[0].ids[0]")
+            && nack.contains(
+                "only authenticated (principals, namespaces), direct_remote_ip and header"
+            ),
+        "{nack}"
+    );
+    check("/items/1", 200).await;
+    check("/admin", 403).await;
+    check("/other", 403).await;
 }

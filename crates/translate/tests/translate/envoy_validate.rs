@@ -156,6 +156,36 @@ apiVersion: trellis.dev/v1alpha1
 kind: RetryBudget
 metadata: {name: reviews}
 spec: {host: reviews, retryRatio: 0.5, minRetriesPerSecond: 5, ttl: 30s}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: readers}
+spec:
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/front/sa/web, '*/sa/batch', 'td/*', '*'], namespaces: [front, 'kube-*', '*-prod', '*']}}]
+    to: [{operation: {hosts: [api.shop, '*.shop'], ports: ['8080'], methods: [GET, '*'], paths: [/items, '/items/*', '*.json']}}]
+    when:
+    - {key: 'request.headers[x-user]', values: [alice, '*'], notValues: [mallory]}
+    - {key: source.ip, values: [10.0.0.0/8, '2001:db8::/32']}
+    - {key: source.principal, notValues: ['*/sa/evil']}
+    - {key: source.namespace, values: [front]}
+    - {key: destination.port, notValues: ['9000']}
+  - from: [{source: {notPrincipals: ['*'], notNamespaces: [evil], ipBlocks: [127.0.0.1], notIpBlocks: [10.9.0.0/16]}}]
+    to: [{operation: {notHosts: [bad.shop], notPorts: ['1'], notMethods: [DELETE], notPaths: ['/admin*']}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ['/admin*']}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: watch}
+spec:
+  action: AUDIT
+  rules: [{}]
 "#;
 
 #[test]
@@ -174,6 +204,14 @@ fn stock_envoy_accepts_the_translation() {
     let mut p = proxy("default");
     p.locality = Some("us-east/a/r1".into());
     let snap = view(&s, &p);
+    // The inbound listener really has the three RBAC filters.
+    let inbound = listener(&snap, "inbound");
+    let hcm = format!("{inbound:?}");
+    assert_eq!(
+        hcm.matches("envoy.filters.network.rbac").count(),
+        3,
+        "{hcm}"
+    );
     // The config under test really has priorities, rate limits and DNS.
     let cla = assignment(&snap, &c(9080, "", REVIEWS));
     assert!(cla.endpoints.iter().any(|l| l.priority > 0));

@@ -124,3 +124,113 @@ fn inbound_listener_forwards_to_the_app() {
         Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(_))
     ));
 }
+
+/// AuthorizationPolicy on the inbound listener, as Istio writes it: per
+/// action one RBAC filter (LOG, DENY, ALLOW) before the router and before
+/// tcp_proxy, one RBAC policy per rule; for TCP an ALLOW rule with
+/// HTTP-only fields is left out and DENY rules drop those fields.
+#[test]
+fn authorization_policies_become_rbac_filters() {
+    use envoy_types::pb::envoy::config::rbac::v3::{permission, rbac};
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter;
+    use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+    let snap = snapshot(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: readers}
+spec:
+  rules:
+  - to: [{operation: {methods: [GET]}}]
+  - to: [{operation: {ports: ['8080']}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-get}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {methods: [GET], ports: ['9000']}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: watch}
+spec: {action: AUDIT, rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: elsewhere, namespace: other}
+spec: {rules: [{}]}
+"#,
+    );
+    let l = listener(&snap, names::INBOUND);
+    let http = hcm(&l, 0);
+    let names: Vec<&str> = http.http_filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [filter::RBAC, filter::RBAC, filter::RBAC, filter::ROUTER]
+    );
+    let http_rules: Vec<_> = http
+        .http_filters
+        .iter()
+        .take(3)
+        .map(|f| match &f.config_type {
+            Some(http_filter::ConfigType::TypedConfig(a)) => {
+                unpack::<HttpRbac>(a).rules.expect("rules")
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let actions: Vec<i32> = http_rules.iter().map(|r| r.action).collect();
+    assert_eq!(
+        actions,
+        [rbac::Action::Log, rbac::Action::Deny, rbac::Action::Allow].map(|a| a as i32)
+    );
+    let mut allow: Vec<&String> = http_rules[2].policies.keys().collect();
+    allow.sort();
+    assert_eq!(
+        allow,
+        [
+            "ns[default]-policy[readers]-rule[0]",
+            "ns[default]-policy[readers]-rule[1]"
+        ],
+        "only this namespace's policies"
+    );
+
+    let tcp = l.default_filter_chain.as_ref().expect("tcp chain");
+    let names: Vec<&str> = tcp.filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            filter::NETWORK_RBAC,
+            filter::NETWORK_RBAC,
+            filter::NETWORK_RBAC,
+            filter::TCP_PROXY
+        ]
+    );
+    let tcp_rules: Vec<_> = tcp
+        .filters
+        .iter()
+        .take(3)
+        .map(|f| match &f.config_type {
+            Some(ConfigType::TypedConfig(a)) => unpack::<NetworkRbac>(a).rules.expect("rules"),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // The ALLOW rule on methods is left out for TCP; the one on ports stays.
+    let allow: Vec<&String> = tcp_rules[2].policies.keys().collect();
+    assert_eq!(allow, ["ns[default]-policy[readers]-rule[1]"]);
+    // The DENY rule keeps its port and drops its method.
+    let deny = &tcp_rules[1].policies["ns[default]-policy[no-get]-rule[0]"];
+    let text = format!("{deny:?}");
+    assert!(text.contains("DestinationPort(9000)"), "{text}");
+    assert!(!text.contains(":method"), "{text}");
+    let Some(permission::Rule::AndRules(and)) = &deny.permissions[0].rule else {
+        panic!("{deny:?}");
+    };
+    assert_eq!(and.rules.len(), 1, "to only, no conditions: {deny:?}");
+
+    // No policy: no RBAC filter at all.
+    let plain = listener(&snapshot(""), names::INBOUND);
+    assert_eq!(hcm(&plain, 0).http_filters.len(), 1);
+}

@@ -37,6 +37,7 @@ pub fn proxy(namespace: &str) -> ProxyIdentity {
         locality: None,
         egress: None,
         proxyless: false,
+        labels: Default::default(),
     }
 }
 

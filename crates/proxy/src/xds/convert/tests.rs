@@ -65,6 +65,7 @@ fn snapshot(v: &Validated, ns: &str) -> Snapshot {
         locality: None,
         egress: None,
         proxyless: false,
+        labels: Default::default(),
     };
     trellis_translate::translate(v, &Registry::default(), &proxy)
 }
