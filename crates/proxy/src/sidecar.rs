@@ -238,6 +238,8 @@ pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError
                 metrics: metrics.clone(),
                 status: status.clone(),
                 resolve: Box::new(system_resolve),
+                bundle: None,
+                token: None,
             };
             std::thread::Builder::new()
                 .name("trellis-xds".into())

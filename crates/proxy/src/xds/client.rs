@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster as EnvoyCluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::core::v3::data_source;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DiscoveryRequest, DiscoveryResponse,
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
@@ -28,7 +30,8 @@ use rand::Rng;
 
 use super::convert::{self, ConvertError, Discovery, Resources};
 use super::{
-    CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, Nack, ROUTE_TYPE, XdsStatus, kind, now_unix,
+    CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, Nack, ROUTE_TYPE, SECRET_TYPE, XdsStatus, kind,
+    now_unix,
 };
 use crate::config::compile::Resolver;
 use crate::config::watch::{OutlierSweeps, Store};
@@ -83,18 +86,37 @@ pub struct Ads {
     pub dirty: bool,
     /// Requests already sent on this stream (the first carries the node).
     sent_node: bool,
+    /// The trust bundle from the `ROOTCA` Secret (PEM), when subscribed.
+    pub bundle: Option<Arc<Vec<u8>>>,
 }
 
-const TYPES: [&str; 4] = [LISTENER_TYPE, CLUSTER_TYPE, ROUTE_TYPE, ENDPOINT_TYPE];
+const TYPES: [&str; 5] = [
+    LISTENER_TYPE,
+    CLUSTER_TYPE,
+    ROUTE_TYPE,
+    ENDPOINT_TYPE,
+    SECRET_TYPE,
+];
+
+/// The Secret holding the mesh's trust bundle (Istio's name).
+pub const ROOT_CA: &str = "ROOTCA";
 
 impl Ads {
-    pub fn new(node: Node) -> Self {
+    /// `sds`: whether to subscribe to the trust bundle (`ROOTCA`), for a
+    /// proxy whose certificate comes from the control plane's CA.
+    pub fn new(node: Node, sds: bool) -> Self {
+        let mut types: BTreeMap<&'static str, TypeState> =
+            TYPES.iter().map(|t| (*t, TypeState::default())).collect();
+        if sds && let Some(t) = types.get_mut(SECRET_TYPE) {
+            t.names = vec![ROOT_CA.to_string()];
+        }
         Ads {
             node,
-            types: TYPES.iter().map(|t| (*t, TypeState::default())).collect(),
+            types,
             resources: Resources::default(),
             dirty: false,
             sent_node: false,
+            bundle: None,
         }
     }
 
@@ -199,6 +221,19 @@ impl Ads {
                     out.insert(c.name.clone(), convert::cluster(&c).map_err(err)?);
                 }
                 self.resources.clusters = out;
+            }
+            SECRET_TYPE => {
+                for a in resources {
+                    let secret: Secret = decode(a, "Secret")?;
+                    names.push((secret.name.clone(), hash(a)));
+                    if secret.name == ROOT_CA {
+                        self.bundle = Some(Arc::new(trust_bundle(&secret)?));
+                    }
+                }
+                // Not part of the routing config: nothing to apply.
+                let st = self.types.get_mut(type_url).expect("all types");
+                st.held.extend(names);
+                return Ok(false);
             }
             ROUTE_TYPE => {
                 // Non-wildcard types: a response may carry only some of the
@@ -324,6 +359,10 @@ impl Ads {
         status.update(|s| {
             for t in TYPES {
                 let st = &self.types[t];
+                if t == SECRET_TYPE && st.names.is_empty() {
+                    // Not subscribed (no CA identity): nothing to show.
+                    continue;
+                }
                 let e = s.types.entry(kind(t)).or_default();
                 e.version_acked = st.version.clone();
                 e.subscribed = st.names.clone();
@@ -331,6 +370,7 @@ impl Ads {
                     LISTENER_TYPE => self.resources.listeners.len(),
                     CLUSTER_TYPE => self.resources.clusters.len(),
                     ROUTE_TYPE => self.resources.routes.len(),
+                    SECRET_TYPE => usize::from(self.bundle.is_some()),
                     _ => self.resources.assignments.len(),
                 };
             }
@@ -348,6 +388,12 @@ pub struct Client {
     /// `/ready` waits for `applied_generation` > 0 here.
     pub status: Arc<XdsStatus>,
     pub resolve: Resolver,
+    /// Where the trust bundle (`ROOTCA`, PEM) goes, for a proxy whose
+    /// certificate comes from the control plane's CA; `None`: no SDS.
+    pub bundle: Option<tokio::sync::watch::Sender<Option<Arc<Vec<u8>>>>>,
+    /// The bootstrap token, sent as `authorization: Bearer` on the stream
+    /// (never logged).
+    pub token: Option<Arc<str>>,
 }
 
 /// Runs the client on the current thread until the process exits.
@@ -382,7 +428,7 @@ enum StreamEnd {
 impl Client {
     async fn run(self) {
         self.status.update(|s| s.server = self.server.clone());
-        let mut ads = Ads::new(self.node.clone());
+        let mut ads = Ads::new(self.node.clone(), self.bundle.is_some());
         let mut attempt = 0u32;
         loop {
             let started = Instant::now();
@@ -431,7 +477,23 @@ impl Client {
         for r in ads.start() {
             let _ = tx.send(r);
         }
-        let mut responses = match grpc.stream_aggregated_resources(requests).await {
+        let mut request = tonic::Request::new(requests);
+        if let Some(token) = &self.token {
+            match format!("Bearer {token}").parse() {
+                Ok(v) => {
+                    request.metadata_mut().insert("authorization", v);
+                }
+                Err(_) => {
+                    return (
+                        StreamEnd::Connect(
+                            "the bootstrap token holds characters a header cannot carry".into(),
+                        ),
+                        false,
+                    );
+                }
+            }
+        }
+        let mut responses = match grpc.stream_aggregated_resources(request).await {
             Ok(r) => r.into_inner(),
             Err(e) => {
                 return (
@@ -513,6 +575,20 @@ impl Client {
                         }
                     }
                     ads.status(&self.status);
+                    if let Some(tx) = &self.bundle {
+                        let new = ads.bundle.clone();
+                        tx.send_if_modified(|held| {
+                            let changed = match (&*held, &new) {
+                                (Some(a), Some(b)) => a != b,
+                                (None, None) => false,
+                                _ => true,
+                            };
+                            if changed {
+                                *held = new;
+                            }
+                            changed
+                        });
+                    }
                     if ads.dirty && ads.has_base() {
                         if ads.missing().is_empty() {
                             self.apply(ads, false);
@@ -558,6 +634,34 @@ impl Client {
             tracing::debug!(generation, clusters, "xDS config applied");
         }
     }
+}
+
+/// The PEM roots of a `ROOTCA` Secret (a validation context with inline
+/// trusted CAs); anything else there is an error the NACK names.
+fn trust_bundle(secret: &Secret) -> Result<Vec<u8>, String> {
+    let Some(secret::Type::ValidationContext(vc)) = &secret.r#type else {
+        return Err(format!(
+            "Secret {}: expected a validation_context with the trust bundle",
+            secret.name
+        ));
+    };
+    let pem = match vc.trusted_ca.as_ref().and_then(|d| d.specifier.as_ref()) {
+        Some(data_source::Specifier::InlineBytes(b)) => b.clone(),
+        Some(data_source::Specifier::InlineString(s)) => s.clone().into_bytes(),
+        _ => {
+            return Err(format!(
+                "Secret {}: validation_context.trusted_ca must be inline bytes or an inline string",
+                secret.name
+            ));
+        }
+    };
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "Secret {}: validation_context.trusted_ca holds no PEM certificate",
+            secret.name
+        ));
+    }
+    Ok(pem)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -627,12 +731,74 @@ mod tests {
         }
     }
 
+    fn root_ca(trusted_ca: &[u8]) -> Secret {
+        use envoy_types::pb::envoy::config::core::v3::DataSource;
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CertificateValidationContext;
+        Secret {
+            name: ROOT_CA.into(),
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: Some(DataSource {
+                        specifier: Some(data_source::Specifier::InlineBytes(trusted_ca.to_vec())),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )),
+        }
+    }
+
+    #[test]
+    fn the_trust_bundle_comes_over_sds_and_a_bad_one_is_nacked() {
+        let mut ads = Ads::new(Node::default(), true);
+        let start = ads.start();
+        let sds = start
+            .iter()
+            .find(|r| r.type_url == SECRET_TYPE)
+            .expect("a proxy with a CA identity subscribes to the bundle");
+        assert_eq!(sds.resource_names, [ROOT_CA]);
+        let pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let (reqs, result) = ads.on_response(&response(
+            SECRET_TYPE,
+            "v1",
+            "n1",
+            vec![any(SECRET_TYPE, &root_ca(pem))],
+        ));
+        assert_eq!(result, Ok(()));
+        assert!(reqs[0].error_detail.is_none(), "ACK");
+        assert_eq!(ads.bundle.as_deref().map(Vec::as_slice), Some(&pem[..]));
+        assert!(!ads.dirty, "a bundle is not routing config");
+
+        let (reqs, result) = ads.on_response(&response(
+            SECRET_TYPE,
+            "v2",
+            "n2",
+            vec![any(SECRET_TYPE, &root_ca(b"not a certificate"))],
+        ));
+        let err = result.unwrap_err();
+        assert!(err.contains("no PEM certificate"), "{err}");
+        assert!(reqs[0].error_detail.is_some(), "NACK");
+        assert_eq!(reqs[0].version_info, "v1", "the last good version");
+        assert_eq!(
+            ads.bundle.as_deref().map(Vec::as_slice),
+            Some(&pem[..]),
+            "kept"
+        );
+
+        // Without a CA identity the proxy asks for no Secret.
+        let mut plain = Ads::new(Node::default(), false);
+        assert!(plain.start().iter().all(|r| r.type_url != SECRET_TYPE));
+    }
+
     #[test]
     fn ack_subscribe_and_nack_with_the_last_good_version() {
-        let mut ads = Ads::new(Node {
-            id: "a.default".into(),
-            ..Default::default()
-        });
+        let mut ads = Ads::new(
+            Node {
+                id: "a.default".into(),
+                ..Default::default()
+            },
+            false,
+        );
         let start = ads.start();
         let types: Vec<&str> = start.iter().map(|r| r.type_url.as_str()).collect();
         assert_eq!(

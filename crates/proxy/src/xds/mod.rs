@@ -26,6 +26,8 @@ pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteCon
 pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT_TYPE: &str =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const SECRET_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// Short name of a type URL, for logs, metrics and `/config_dump`.
 pub fn kind(type_url: &str) -> &'static str {
@@ -34,6 +36,7 @@ pub fn kind(type_url: &str) -> &'static str {
         ROUTE_TYPE => "route",
         CLUSTER_TYPE => "cluster",
         ENDPOINT_TYPE => "endpoint",
+        SECRET_TYPE => "secret",
         _ => "unknown",
     }
 }
