@@ -13,6 +13,7 @@ pub fn short_name(kind: Kind) -> &'static str {
         Kind::RetryBudget => "rb",
         // Istio defines none; kubectl users type the name.
         Kind::Sidecar => "sidecar",
+        Kind::PeerAuthentication => "pa",
     }
 }
 
@@ -59,6 +60,8 @@ mod tests {
             ("retrybudget", Some(Kind::RetryBudget)),
             ("sidecars", Some(Kind::Sidecar)),
             ("Sidecar", Some(Kind::Sidecar)),
+            ("peerauthentications", Some(Kind::PeerAuthentication)),
+            ("pa", Some(Kind::PeerAuthentication)),
             ("gateway", None),
             ("", None),
         ];

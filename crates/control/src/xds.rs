@@ -413,6 +413,11 @@ fn fingerprints(set: &ResourceSet) -> HashMap<Key, u64> {
     add(&mut out, Kind::RateLimitPolicy, &set.rate_limit_policies);
     add(&mut out, Kind::RetryBudget, &set.retry_budgets);
     add(&mut out, Kind::Sidecar, &set.sidecars);
+    add(
+        &mut out,
+        Kind::PeerAuthentication,
+        &set.peer_authentications,
+    );
     out
 }
 

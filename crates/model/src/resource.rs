@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::networking::{DestinationRuleSpec, ServiceEntrySpec, SidecarSpec, VirtualServiceSpec};
+use crate::peer_authentication::PeerAuthenticationSpec;
 use crate::trellis::{RateLimitPolicySpec, RetryBudgetSpec};
 
 /// Kubernetes object metadata, the part Trellis uses. Other metadata fields
@@ -36,16 +37,18 @@ pub enum Kind {
     RateLimitPolicy,
     RetryBudget,
     Sidecar,
+    PeerAuthentication,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::ServiceEntry,
         Kind::DestinationRule,
         Kind::VirtualService,
         Kind::RateLimitPolicy,
         Kind::RetryBudget,
         Kind::Sidecar,
+        Kind::PeerAuthentication,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Kind {
             Kind::RateLimitPolicy => "RateLimitPolicy",
             Kind::RetryBudget => "RetryBudget",
             Kind::Sidecar => "Sidecar",
+            Kind::PeerAuthentication => "PeerAuthentication",
         }
     }
 
@@ -73,6 +77,7 @@ impl Kind {
                 "networking.istio.io/v1beta1",
                 "networking.istio.io/v1alpha3",
             ],
+            Kind::PeerAuthentication => &["security.istio.io/v1", "security.istio.io/v1beta1"],
             Kind::RateLimitPolicy | Kind::RetryBudget => &[crate::trellis::API_VERSION],
         }
     }
@@ -115,6 +120,7 @@ pub enum Resource {
     RateLimitPolicy(Object<RateLimitPolicySpec>),
     RetryBudget(Object<RetryBudgetSpec>),
     Sidecar(Object<SidecarSpec>),
+    PeerAuthentication(Object<PeerAuthenticationSpec>),
 }
 
 impl Resource {
@@ -126,6 +132,7 @@ impl Resource {
             Resource::RateLimitPolicy(_) => Kind::RateLimitPolicy,
             Resource::RetryBudget(_) => Kind::RetryBudget,
             Resource::Sidecar(_) => Kind::Sidecar,
+            Resource::PeerAuthentication(_) => Kind::PeerAuthentication,
         }
     }
 
@@ -137,6 +144,7 @@ impl Resource {
             Resource::RateLimitPolicy(o) => &o.metadata,
             Resource::RetryBudget(o) => &o.metadata,
             Resource::Sidecar(o) => &o.metadata,
+            Resource::PeerAuthentication(o) => &o.metadata,
         }
     }
 
@@ -148,6 +156,7 @@ impl Resource {
             Resource::RateLimitPolicy(o) => &o.source,
             Resource::RetryBudget(o) => &o.source,
             Resource::Sidecar(o) => &o.source,
+            Resource::PeerAuthentication(o) => &o.source,
         }
     }
 
@@ -161,6 +170,7 @@ impl Resource {
             Resource::RateLimitPolicy(o) => o.source = source,
             Resource::RetryBudget(o) => o.source = source,
             Resource::Sidecar(o) => o.source = source,
+            Resource::PeerAuthentication(o) => o.source = source,
         }
     }
 
@@ -181,6 +191,8 @@ pub struct ResourceSet {
     pub rate_limit_policies: Vec<Object<RateLimitPolicySpec>>,
     pub retry_budgets: Vec<Object<RetryBudgetSpec>>,
     pub sidecars: Vec<Object<SidecarSpec>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_authentications: Vec<Object<PeerAuthenticationSpec>>,
 }
 
 impl ResourceSet {
@@ -192,6 +204,7 @@ impl ResourceSet {
             Resource::RateLimitPolicy(o) => self.rate_limit_policies.push(o),
             Resource::RetryBudget(o) => self.retry_budgets.push(o),
             Resource::Sidecar(o) => self.sidecars.push(o),
+            Resource::PeerAuthentication(o) => self.peer_authentications.push(o),
         }
     }
 
@@ -202,6 +215,7 @@ impl ResourceSet {
             + self.rate_limit_policies.len()
             + self.retry_budgets.len()
             + self.sidecars.len()
+            + self.peer_authentications.len()
     }
 
     pub fn is_empty(&self) -> bool {

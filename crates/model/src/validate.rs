@@ -12,6 +12,7 @@ use crate::duration;
 use crate::error::{ConfigError, ConfigErrors};
 use crate::host;
 use crate::networking::*;
+use crate::peer_authentication::PeerAuthenticationSpec;
 use crate::policy::{self, GRPC_CODES};
 use crate::resource::{Object, ResourceSet};
 use crate::trellis::{RateLimitPolicySpec, RetryBudgetSpec};
@@ -73,6 +74,10 @@ pub struct Validated {
     /// Sidecars in load order ([`crate::sidecar::select`] picks one per
     /// workload).
     pub sidecars: Vec<Object<SidecarSpec>>,
+    /// PeerAuthentications in load order
+    /// ([`crate::peer_authentication::effective`] picks per workload and port).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub peer_authentications: Vec<Object<PeerAuthenticationSpec>>,
 }
 
 impl Validated {
@@ -96,6 +101,7 @@ pub fn validate(set: &ResourceSet) -> Result<Validated, ConfigErrors> {
     v.rate_limit_policies(&set.rate_limit_policies);
     v.retry_budgets(&set.retry_budgets);
     v.sidecars(&set.sidecars);
+    v.peer_authentications(&set.peer_authentications);
     if v.errors.is_empty() {
         Ok(v.out)
     } else {
@@ -1192,6 +1198,48 @@ impl Validator {
                 }
             }
             self.out.rate_limits.push((host, rl.clone()));
+        }
+    }
+
+    fn peer_authentications(&mut self, policies: &[Object<PeerAuthenticationSpec>]) {
+        for (i, pa) in policies.iter().enumerate() {
+            let at = at("PeerAuthentication", pa);
+            let mut ok = true;
+            if !pa.spec.port_level_mtls.is_empty() && pa.spec.selector.is_none() {
+                self.push(at.err(
+                    "spec.portLevelMtls",
+                    "needs spec.selector: port-level modes apply to the ports of selected workloads (as in Istio)",
+                ));
+                ok = false;
+            }
+            for port in pa.spec.port_level_mtls.keys() {
+                if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+                    self.push(at.err(
+                        format!("spec.portLevelMtls.{port}"),
+                        "is not a port number (1-65535)",
+                    ));
+                    ok = false;
+                }
+            }
+            if pa.spec.selector.is_none()
+                && let Some(older) = policies[..i].iter().find(|o| {
+                    o.metadata.namespace == pa.metadata.namespace && o.spec.selector.is_none()
+                })
+            {
+                self.push(at.err(
+                    "spec.selector",
+                    format!(
+                        "PeerAuthentication {} ({}) already applies to namespace {} without a selector; one per namespace",
+                        older.key(),
+                        older.source,
+                        pa.metadata.namespace
+                    ),
+                ));
+                ok = false;
+            }
+            if ok {
+                self.out.peer_authentications.push(pa.clone());
+            }
         }
     }
 

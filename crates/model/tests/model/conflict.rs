@@ -320,6 +320,10 @@ fn oldest_wins_and_every_conflict_is_reported() {
                     .iter()
                     .any(|o| o.metadata.name == name),
                 Kind::Sidecar => resolved.sidecars.iter().any(|o| o.metadata.name == name),
+                Kind::PeerAuthentication => resolved
+                    .peer_authentications
+                    .iter()
+                    .any(|o| o.metadata.name == name),
             }
         };
         for d in c.dropped {

@@ -84,7 +84,7 @@ fn cases() -> Vec<Case> {
                 "Gateway istio-system/gw",
                 "kind",
                 "unknown kind \"Gateway\": Trellis understands ServiceEntry, DestinationRule, VirtualService, \
-                 RateLimitPolicy, RetryBudget, Sidecar",
+                 RateLimitPolicy, RetryBudget, Sidecar, PeerAuthentication",
             )],
         ),
         case(
@@ -728,7 +728,7 @@ fn errors_display_file_resource_field_reason() {
     assert_eq!(
         errs.to_string(),
         "1 error in config\n  bad.yaml: Gateway default/gw: kind: unknown kind \"Gateway\": \
-         Trellis understands ServiceEntry, DestinationRule, VirtualService, RateLimitPolicy, RetryBudget, Sidecar"
+         Trellis understands ServiceEntry, DestinationRule, VirtualService, RateLimitPolicy, RetryBudget, Sidecar, PeerAuthentication"
     );
 }
 

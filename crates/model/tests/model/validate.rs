@@ -1846,3 +1846,73 @@ fn sidecar_egress_hosts_are_checked() {
         "{err}"
     );
 }
+
+#[test]
+fn peer_authentications_are_checked() {
+    use crate::support::{check, docs, peer_auth};
+    let text = docs(&[
+        peer_auth("shop", "ns", "{mtls: {mode: STRICT}}"),
+        peer_auth(
+            "shop",
+            "wl",
+            "{selector: {matchLabels: {app: a}}, mtls: {mode: PERMISSIVE}, portLevelMtls: {'8080': {mode: DISABLE}, 'x': {mode: STRICT}}}",
+        ),
+        peer_auth("web", "ports", "{portLevelMtls: {'80': {mode: DISABLE}}}"),
+        peer_auth("shop", "again", "{mtls: {mode: DISABLE}}"),
+        peer_auth("istio-system", "mesh", "{}"),
+    ]);
+    let errs: Vec<String> = check(&[("pa.yaml", &text)])
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let has = |parts: &[&str]| errs.iter().any(|e| parts.iter().all(|p| e.contains(p)));
+    for want in [
+        &[
+            "pa.yaml",
+            "PeerAuthentication shop/wl",
+            "spec.portLevelMtls.x",
+            "not a port number",
+        ][..],
+        &[
+            "PeerAuthentication web/ports",
+            "spec.portLevelMtls",
+            "needs spec.selector",
+        ],
+        &[
+            "PeerAuthentication shop/again",
+            "spec.selector",
+            "shop/ns",
+            "one per namespace",
+        ],
+    ] {
+        assert!(has(want), "{want:?} not in {errs:?}");
+    }
+    assert_eq!(errs.len(), 3, "{errs:?}");
+
+    // Unknown modes and fields fail at parse time, at their path.
+    for (spec, path) in [
+        ("{mtls: {mode: OPTIONAL}}", "spec.mtls.mode"),
+        (
+            "{mtls: {mode: STRICT, minProtocolVersion: TLSV1_3}}",
+            "spec.mtls.minProtocolVersion",
+        ),
+        (
+            "{selector: {matchExpressions: []}}",
+            "spec.selector.matchExpressions",
+        ),
+        ("{targetRefs: []}", "spec.targetRefs"),
+    ] {
+        let err = trellis_model::parse_documents("p.yaml", &peer_auth("shop", "x", spec))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(path), "{spec}: {err}");
+    }
+    let ok = check(&[(
+        "pa.yaml",
+        &peer_auth("shop", "ok", "{mtls: {mode: PERMISSIVE}}"),
+    )])
+    .unwrap();
+    assert_eq!(ok.peer_authentications.len(), 1);
+}
