@@ -71,7 +71,7 @@ impl MtlsMode {
 
 /// The mode that applies and the policy that set it (`namespace/name`, or
 /// None when no policy decided and the caller's default applies).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct Effective {
     pub mode: MtlsMode,
     pub from: Option<String>,

@@ -5,6 +5,7 @@ pub mod balance;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod peer;
 pub mod resilience;
 pub mod route;
 pub mod sidecar;

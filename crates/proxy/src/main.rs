@@ -43,7 +43,8 @@ struct SidecarArgs {
     /// With --xds: this workload's name (the xDS node is NAME.NAMESPACE).
     #[arg(long)]
     workload: Option<String>,
-    /// With --xds: the workload's labels, k=v,k2=v2 (subsets select on them).
+    /// The workload's labels, k=v,k2=v2 (subsets and PeerAuthentication
+    /// selectors match them).
     #[arg(long, value_parser = parse_labels)]
     labels: Option<std::collections::BTreeMap<String, String>>,
     /// With --xds: the workload's address peers reach it on (default: the
@@ -84,6 +85,12 @@ struct SidecarArgs {
     /// Write the bound listener addresses here as JSON once listening (useful with port 0).
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Directory with this workload's certificate chain (cert.pem), key
+    /// (key.pem) and trust roots (roots.pem), watched for rotation. With it,
+    /// inbound requires mTLS unless a PeerAuthentication says otherwise,
+    /// and outbound originates mTLS to meshed destinations.
+    #[arg(long, value_name = "DIR")]
+    identity_dir: Option<PathBuf>,
 }
 
 fn parse_labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
@@ -112,14 +119,12 @@ fn main() -> ExitCode {
     };
     match cli.mode {
         Mode::Sidecar(a) => {
-            let xds_only = a.workload.is_some()
-                || a.labels.is_some()
-                || a.address.is_some()
-                || a.service_account.is_some();
+            let xds_only =
+                a.workload.is_some() || a.address.is_some() || a.service_account.is_some();
             let config = match (a.config_dir, a.xds) {
                 (Some(_), None) if xds_only => {
                     eprintln!(
-                        "trellis-proxy: --workload, --labels, --address and --service-account describe the workload to a control plane: use them with --xds HOST:PORT"
+                        "trellis-proxy: --workload, --address and --service-account describe the workload to a control plane: use them with --xds HOST:PORT"
                     );
                     return ExitCode::from(2);
                 }
@@ -133,7 +138,7 @@ fn main() -> ExitCode {
                         server,
                         workload,
                         service_account: a.service_account.unwrap_or_else(|| "default".to_string()),
-                        labels: a.labels.unwrap_or_default(),
+                        labels: a.labels.clone().unwrap_or_default(),
                         address: a.address,
                     })
                 }
@@ -156,6 +161,8 @@ fn main() -> ExitCode {
                 inbound_detect_timeout: a.inbound_detect_timeout,
                 drain_timeout: a.drain_timeout,
                 addr_file: a.addr_file,
+                identity_dir: a.identity_dir,
+                labels: a.labels.unwrap_or_default(),
             };
             match sidecar::run(settings, log) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -64,6 +64,11 @@ pub struct Settings {
     pub inbound_detect_timeout: Duration,
     pub drain_timeout: Duration,
     pub addr_file: Option<PathBuf>,
+    /// The workload's certificate, key and trust roots (`cert.pem`,
+    /// `key.pem`, `roots.pem`), watched; None: no mTLS.
+    pub identity_dir: Option<PathBuf>,
+    /// The workload's labels (PeerAuthentication selectors match them).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +83,8 @@ pub enum StartError {
     },
     #[error("cannot start a thread or runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot load the workload certificate: {0}")]
+    Identity(crate::tls::identity_dir::LoadError),
     #[error("cannot write the address file {path}: {source}")]
     AddrFile {
         path: PathBuf,
@@ -115,6 +122,26 @@ fn bind_shared(
 
 pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
+    // The certificate comes first: a proxy told to have an identity does
+    // not come up without one, and the config check needs to know.
+    let credentials = match &settings.identity_dir {
+        Some(dir) => {
+            let provider = crate::tls::provider();
+            let (creds, id) =
+                crate::tls::identity_dir::initial(dir, &provider).map_err(StartError::Identity)?;
+            tracing::info!(dir = %dir.display(), identity = %id, "workload certificate loaded");
+            let (tx, rx) = watch::channel(Some(creds));
+            let dir = dir.clone();
+            std::thread::Builder::new()
+                .name("trellis-identity".into())
+                .spawn(move || {
+                    crate::tls::identity_dir::watch(dir, provider, tx, Duration::from_millis(200))
+                })
+                .map_err(StartError::Runtime)?;
+            Some(rx)
+        }
+        None => None,
+    };
     let loader = match &settings.config {
         ConfigSource::Dir(dir) => {
             let loader = Loader {
@@ -123,6 +150,9 @@ pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError
                 locality: settings.locality.clone(),
                 metrics: metrics.clone(),
                 resolve: Box::new(system_resolve),
+                labels: settings.labels.clone(),
+                app_port: settings.app.map(|a| a.port()),
+                has_certificate: credentials.is_some(),
             };
             Some(loader)
         }
@@ -178,6 +208,7 @@ pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError
             Pool::new(MAX_IDLE_PER_ENDPOINT),
             metrics.clone(),
             settings.app,
+            credentials.clone(),
         ));
         let shutdown = shutdown_rx.clone();
         let detect_timeout = settings.inbound_detect_timeout;

@@ -7,6 +7,8 @@ use crate::config::watch::Store;
 use crate::http::pool::{Pool, UpstreamSettings};
 use crate::resilience::breaker::{Breaker, Limits};
 use crate::telemetry::metrics::{Direction, Metrics, RouteStats};
+use crate::tls::CredentialsRx;
+use crate::tls::server::ServerTls;
 
 #[derive(Debug)]
 pub struct Worker {
@@ -26,6 +28,10 @@ pub struct Worker {
     /// Requests that never reached a route (unknown host, no match).
     pub unrouted: RouteStats,
     pub inbound: RouteStats,
+    /// The workload's certificate (`--identity-dir`); None: no mTLS.
+    pub credentials: Option<CredentialsRx>,
+    /// Inbound mTLS, when there are credentials.
+    pub server_tls: Option<ServerTls>,
 }
 
 impl Worker {
@@ -34,6 +40,7 @@ impl Worker {
         pool: Arc<Pool>,
         metrics: Arc<Metrics>,
         app: Option<SocketAddr>,
+        credentials: Option<CredentialsRx>,
     ) -> Self {
         let unrouted = metrics.route_stats(Direction::outbound, "", "");
         let inbound_cluster = app.map_or_else(
@@ -51,6 +58,10 @@ impl Worker {
             mirrors: Default::default(),
             unrouted,
             inbound,
+            server_tls: credentials
+                .clone()
+                .map(|c| ServerTls::new(c, crate::tls::provider())),
+            credentials,
         }
     }
 }

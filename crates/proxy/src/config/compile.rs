@@ -100,6 +100,7 @@ pub fn compile(v: Validated, ctx: &Context) -> Result<ProxyConfig, ConfigErrors>
         budgets: c.budgets,
         rate_limits: c.rate_limits,
         source: v,
+        peer_auth: Default::default(),
     })
 }
 

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::json;
+use trellis_model::peer_authentication::Effective;
 use trellis_model::validate::Validated;
 
 use crate::cluster::Cluster;
@@ -30,6 +31,10 @@ pub struct ProxyConfig {
     pub rate_limits: BTreeMap<String, Arc<SharedBucket>>,
     /// The validated resources this snapshot was compiled from.
     pub source: Validated,
+    /// The PeerAuthentication mode for this workload's inbound port (Unset
+    /// when none applies; the listener then defaults by whether the proxy
+    /// has a certificate, see `tls::mode`).
+    pub peer_auth: Effective,
 }
 
 impl ProxyConfig {
@@ -109,6 +114,10 @@ impl ProxyConfig {
                 "services": self.source.services,
                 "destination_rules": self.source.destination_rules.values().collect::<Vec<_>>(),
                 "virtual_services": self.source.virtual_services.iter().map(|(_, vs)| vs).collect::<Vec<_>>(),
+            },
+            "peer_authentication": {
+                "mode": self.peer_auth.mode.name(),
+                "from": self.peer_auth.from,
             },
             "outbound_hosts": hosts,
             "clusters": clusters,

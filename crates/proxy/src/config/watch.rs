@@ -11,7 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use trellis_model::{ConfigErrors, ResourceSet};
+use std::collections::BTreeMap;
+
+use trellis_model::peer_authentication::{self, Effective};
+use trellis_model::validate::Validated;
+use trellis_model::{ConfigError, ConfigErrors, ResourceSet};
 
 use super::ProxyConfig;
 use super::compile::{self, Context, Resolve};
@@ -49,6 +53,13 @@ pub struct Loader {
     pub locality: Locality,
     pub metrics: Arc<Metrics>,
     pub resolve: compile::Resolver,
+    /// This workload's labels (PeerAuthentication selectors match them).
+    pub labels: BTreeMap<String, String>,
+    /// The app's port: PeerAuthentication `portLevelMtls` keys.
+    pub app_port: Option<u16>,
+    /// Whether the proxy has a certificate (`--identity-dir`): STRICT
+    /// without one is refused.
+    pub has_certificate: bool,
 }
 
 impl Loader {
@@ -64,7 +75,36 @@ impl Loader {
             previous,
             resolve,
         };
-        compile::compile(validated, &ctx)
+        let mut config = compile::compile(validated, &ctx)?;
+        config.peer_auth = self.peer_auth(&config.source)?;
+        Ok(config)
+    }
+
+    /// The PeerAuthentication that applies to this workload's inbound port,
+    /// refused when it cannot be served.
+    fn peer_auth(&self, v: &Validated) -> Result<Effective, ConfigErrors> {
+        let effective = peer_authentication::effective(
+            &v.peer_authentications,
+            &self.namespace,
+            &self.labels,
+            self.app_port,
+        );
+        match crate::tls::mode::check(&effective, self.has_certificate) {
+            Ok(()) => Ok(effective),
+            Err(reason) => {
+                let decided_by = v
+                    .peer_authentications
+                    .iter()
+                    .find(|p| Some(p.key()) == effective.from);
+                let (file, resource) = decided_by.map_or_else(
+                    || ("-".to_string(), "PeerAuthentication".to_string()),
+                    |p| (p.source.clone(), format!("PeerAuthentication {}", p.key())),
+                );
+                let mut errors = ConfigErrors::default();
+                errors.push(ConfigError::new(file, resource, "spec.mtls.mode", reason));
+                Err(errors)
+            }
+        }
     }
 }
 

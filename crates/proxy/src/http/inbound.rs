@@ -1,6 +1,5 @@
 //! The inbound request path: a peer calls the local app through the proxy.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,11 +10,17 @@ use hyper::body::Incoming;
 use super::forward::{self, is_upgrade, strip_hop_by_hop};
 use super::{Body, ProxyError};
 use crate::cluster::UpstreamProtocol;
+use crate::peer::PeerInfo;
 use crate::telemetry::metrics::{ConnectionGuard, Direction};
 use crate::worker::Worker;
 
-pub async fn handle(w: Arc<Worker>, _peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    w: Arc<Worker>,
+    peer: Arc<PeerInfo>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
     let start = Instant::now();
+    peer.set_xfcc(req.headers_mut());
     match forward(&w, req).await {
         Ok(resp) => {
             w.inbound.record(resp.status().as_u16(), start.elapsed());

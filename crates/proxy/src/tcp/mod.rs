@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::http::{Body, ProxyError};
+use crate::peer::PeerInfo;
 use crate::route::{self, PortRoutes};
 use crate::telemetry::metrics::{ConnectionGuard, Direction};
 use crate::worker::Worker;
@@ -94,7 +95,10 @@ pub async fn connect_tunnel(
 }
 
 /// Inbound opaque connection: straight to the app.
-pub async fn to_app(w: &Worker, mut stream: TcpStream) {
+pub async fn to_app<S>(w: &Worker, peer: &PeerInfo, mut stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let Some(app) = w.app else {
         w.metrics
             .local_reply(Direction::inbound, ProxyError::NoApp.reason());
@@ -107,7 +111,7 @@ pub async fn to_app(w: &Worker, mut stream: TcpStream) {
         }
         Err(e) => {
             w.metrics.local_reply(Direction::inbound, e.reason());
-            tracing::debug!(error = %e, "inbound tcp: app unreachable");
+            tracing::debug!(peer = %peer.addr, error = %e, "inbound tcp: app unreachable");
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod credentials;
 pub mod identity_dir;
+pub mod mode;
 pub mod server;
 pub mod spiffe;
 

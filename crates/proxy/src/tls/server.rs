@@ -42,6 +42,14 @@ pub fn server_config(
     Ok(config)
 }
 
+#[derive(Debug)]
+struct Built {
+    creds: Arc<Credentials>,
+    config: Arc<ServerConfig>,
+    /// Our own SPIFFE ID, for `x-forwarded-client-cert`'s `By`.
+    identity: Arc<str>,
+}
+
 /// The acceptor for the current credentials, rebuilt only when they
 /// change: a handshake after a rotation uses the new certificate, and
 /// connections already up are not touched.
@@ -49,7 +57,7 @@ pub fn server_config(
 pub struct ServerTls {
     creds: CredentialsRx,
     provider: Arc<CryptoProvider>,
-    built: Mutex<Option<(Arc<Credentials>, Arc<ServerConfig>)>>,
+    built: Mutex<Option<Built>>,
 }
 
 impl ServerTls {
@@ -61,24 +69,35 @@ impl ServerTls {
         }
     }
 
-    /// None until credentials exist (or if they cannot be used, which their
-    /// source has checked already).
-    pub fn acceptor(&self) -> Option<TlsAcceptor> {
+    /// The acceptor and our own SPIFFE ID. None until credentials exist
+    /// (or if they cannot be used, which their source has checked already).
+    pub fn acceptor(&self) -> Option<(TlsAcceptor, Arc<str>)> {
         let current = self.creds.borrow().clone()?;
         let mut built = self
             .built
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((c, a)) = built.as_ref()
-            && Arc::ptr_eq(c, &current)
+        if let Some(b) = built.as_ref()
+            && Arc::ptr_eq(&b.creds, &current)
         {
-            return Some(TlsAcceptor::from(a.clone()));
+            return Some((TlsAcceptor::from(b.config.clone()), b.identity.clone()));
         }
+        let identity: Arc<str> = match current.identity() {
+            Ok(id) => id.to_string().into(),
+            Err(e) => {
+                tracing::warn!(error = %e, "inbound TLS unavailable with the current certificate");
+                return None;
+            }
+        };
         match server_config(&current, &self.provider) {
             Ok(config) => {
                 let config = Arc::new(config);
-                *built = Some((current, config.clone()));
-                Some(TlsAcceptor::from(config))
+                *built = Some(Built {
+                    creds: current,
+                    config: config.clone(),
+                    identity: identity.clone(),
+                });
+                Some((TlsAcceptor::from(config), identity))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "inbound TLS unavailable with the current certificate");

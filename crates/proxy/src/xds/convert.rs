@@ -1539,6 +1539,7 @@ pub fn assemble(r: &Resources, ctx: &Context) -> ProxyConfig {
         budgets: a.budgets,
         rate_limits: a.rate_limits,
         source: Default::default(),
+        peer_auth: Default::default(),
     }
 }
 
