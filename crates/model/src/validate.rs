@@ -398,6 +398,9 @@ impl Validator {
         if let Some(od) = &tp.outlier_detection {
             self.outlier_detection(at, &format!("{f}.outlierDetection"), od);
         }
+        if let Some(tls) = &tp.tls {
+            self.client_tls(at, &format!("{f}.tls"), tls);
+        }
         let mut seen = BTreeSet::new();
         for (i, p) in tp.port_level_settings.iter().enumerate() {
             let pf = format!("{f}.portLevelSettings[{i}]");
@@ -423,6 +426,74 @@ impl Validator {
             }
             if let Some(od) = &p.outlier_detection {
                 self.outlier_detection(at, &format!("{pf}.outlierDetection"), od);
+            }
+            if let Some(tls) = &p.tls {
+                self.client_tls(at, &format!("{pf}.tls"), tls);
+            }
+        }
+    }
+
+    /// What each TLS mode needs and forbids. Files are read (and their
+    /// contents checked) by the proxy that uses them.
+    fn client_tls(&mut self, at: &At, f: &str, tls: &ClientTlsSettings) {
+        let files = [
+            ("clientCertificate", &tls.client_certificate),
+            ("privateKey", &tls.private_key),
+            ("caCertificates", &tls.ca_certificates),
+        ];
+        let mode = tls.mode.name();
+        match tls.mode {
+            TlsMode::Disable | TlsMode::IstioMutual => {
+                for (name, v) in files {
+                    if v.is_some() {
+                        self.push(at.err(
+                            format!("{f}.{name}"),
+                            format!("is not used with mode {mode}: ISTIO_MUTUAL uses the proxy's own certificate and the mesh roots"),
+                        ));
+                    }
+                }
+                if tls.mode == TlsMode::Disable
+                    && (tls.sni.is_some() || !tls.subject_alt_names.is_empty())
+                {
+                    self.push(at.err(
+                        f.to_string(),
+                        "sni and subjectAltNames are not used with mode DISABLE",
+                    ));
+                }
+            }
+            TlsMode::Simple | TlsMode::Mutual => {
+                if tls.ca_certificates.is_none() {
+                    self.push(at.err(
+                        format!("{f}.caCertificates"),
+                        format!("is required with mode {mode}: Trellis does not use a system trust store"),
+                    ));
+                }
+                let needs_client = tls.mode == TlsMode::Mutual;
+                for (name, v) in &files[..2] {
+                    match (needs_client, v.is_some()) {
+                        (true, false) => {
+                            self.push(at.err(format!("{f}.{name}"), "is required with mode MUTUAL"))
+                        }
+                        (false, true) => self
+                            .push(at.err(format!("{f}.{name}"), "is only used with mode MUTUAL")),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if tls.mode == TlsMode::IstioMutual {
+            for (i, san) in tls.subject_alt_names.iter().enumerate() {
+                if !san.starts_with("spiffe://") {
+                    self.push(at.err(
+                        format!("{f}.subjectAltNames[{i}]"),
+                        format!("{san:?} is not a SPIFFE ID (spiffe://<trust-domain>/ns/<ns>/sa/<sa>); ISTIO_MUTUAL checks the server's SPIFFE ID"),
+                    ));
+                }
+            }
+        }
+        for (name, v) in files {
+            if v.as_deref().is_some_and(str::is_empty) {
+                self.push(at.err(format!("{f}.{name}"), "is empty; give a file path"));
             }
         }
     }

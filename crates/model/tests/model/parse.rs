@@ -448,15 +448,15 @@ fn cases() -> Vec<Case> {
             )],
         ),
         case(
-            "client TLS settings are not supported yet",
+            "client TLS credentials from Kubernetes secrets are not supported yet",
             dr(
                 "r",
-                "{host: reviews, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}",
+                "{host: reviews, trafficPolicy: {tls: {mode: SIMPLE, credentialName: reviews-ca}}}",
             ),
             vec![want(
                 F,
                 "DestinationRule default/r",
-                "spec.trafficPolicy.tls",
+                "spec.trafficPolicy.tls.credentialName",
                 "not supported by Trellis yet",
             )],
         ),

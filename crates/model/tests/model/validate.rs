@@ -1916,3 +1916,89 @@ fn peer_authentications_are_checked() {
     .unwrap();
     assert_eq!(ok.peer_authentications.len(), 1);
 }
+
+#[test]
+fn client_tls_settings_are_checked() {
+    use crate::support::{check_with_base, dr};
+    let cases = [
+        (
+            "{mode: ISTIO_MUTUAL, subjectAltNames: ['spiffe://cluster.local/ns/default/sa/reviews']}",
+            vec![],
+        ),
+        (
+            "{mode: SIMPLE, caCertificates: /etc/ca.pem, sni: api.example.com}",
+            vec![],
+        ),
+        (
+            "{mode: MUTUAL, caCertificates: /ca.pem, clientCertificate: /c.pem, privateKey: /k.pem}",
+            vec![],
+        ),
+        ("{mode: DISABLE}", vec![]),
+        (
+            "{mode: ISTIO_MUTUAL, caCertificates: /ca.pem}",
+            vec![(
+                "spec.trafficPolicy.tls.caCertificates",
+                "not used with mode ISTIO_MUTUAL",
+            )],
+        ),
+        (
+            "{mode: ISTIO_MUTUAL, subjectAltNames: [reviews.default]}",
+            vec![(
+                "spec.trafficPolicy.tls.subjectAltNames[0]",
+                "not a SPIFFE ID",
+            )],
+        ),
+        (
+            "{mode: SIMPLE}",
+            vec![(
+                "spec.trafficPolicy.tls.caCertificates",
+                "required with mode SIMPLE",
+            )],
+        ),
+        (
+            "{mode: SIMPLE, caCertificates: /ca.pem, privateKey: /k.pem}",
+            vec![(
+                "spec.trafficPolicy.tls.privateKey",
+                "only used with mode MUTUAL",
+            )],
+        ),
+        (
+            "{mode: MUTUAL, caCertificates: /ca.pem}",
+            vec![
+                (
+                    "spec.trafficPolicy.tls.clientCertificate",
+                    "required with mode MUTUAL",
+                ),
+                (
+                    "spec.trafficPolicy.tls.privateKey",
+                    "required with mode MUTUAL",
+                ),
+            ],
+        ),
+        (
+            "{mode: SIMPLE, caCertificates: ''}",
+            vec![("spec.trafficPolicy.tls.caCertificates", "is empty")],
+        ),
+    ];
+    for (tls, want) in cases {
+        let text = dr(
+            "r",
+            &format!("{{host: ratings.example.com, trafficPolicy: {{tls: {tls}}}}}"),
+        );
+        match check_with_base(&text) {
+            Ok(_) => assert!(want.is_empty(), "{tls}: accepted, want {want:?}"),
+            Err(errs) => {
+                let got: Vec<(String, String)> = errs
+                    .0
+                    .iter()
+                    .map(|e| (e.field.clone(), e.reason.clone()))
+                    .collect();
+                assert_eq!(got.len(), want.len(), "{tls}: {got:?}");
+                for ((field, reason), (wf, wr)) in got.iter().zip(&want) {
+                    assert_eq!(field, wf, "{tls}");
+                    assert!(reason.contains(wr), "{tls}: {reason}");
+                }
+            }
+        }
+    }
+}
