@@ -41,6 +41,9 @@ pub struct Service {
     /// a standalone proxy has no workloads to select.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workload_selector: Option<BTreeMap<String, String>>,
+    /// ServiceEntry `subjectAltNames`: who may serve it (secure naming).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -323,6 +326,7 @@ impl Validator {
                             .workload_selector
                             .as_ref()
                             .map(|w| w.labels.clone()),
+                        subject_alt_names: spec.subject_alt_names.clone(),
                     },
                 );
             }

@@ -205,7 +205,7 @@ pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError
     for (i, (out_l, in_l)) in outbound.into_iter().zip(inbound).enumerate() {
         let worker = Arc::new(Worker::new(
             store.clone(),
-            Pool::new(MAX_IDLE_PER_ENDPOINT),
+            Pool::new(MAX_IDLE_PER_ENDPOINT, credentials.clone()),
             metrics.clone(),
             settings.app,
             credentials.clone(),

@@ -4,6 +4,7 @@
 
 pub mod compile;
 pub mod policy;
+pub mod tls;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -95,6 +96,7 @@ impl ProxyConfig {
                         "max_ejection_percent": o.max_ejection_percent,
                         "min_health_percent": o.min_health_percent,
                     })),
+                    "tls": c.tls.describe(),
                     "endpoints": endpoints,
                 })
             })

@@ -74,6 +74,7 @@ impl Loader {
             metrics: &self.metrics,
             previous,
             resolve,
+            has_certificate: self.has_certificate,
         };
         let mut config = compile::compile(validated, &ctx)?;
         config.peer_auth = self.peer_auth(&config.source)?;

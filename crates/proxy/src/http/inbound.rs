@@ -61,8 +61,16 @@ async fn forward(w: &Worker, mut req: Request<Incoming>) -> Result<Response<Body
     let mut up = req.map(Body::Incoming);
     strip_hop_by_hop(up.headers_mut(), upgrade);
     forward::set_target(&mut up, protocol, authority, path)?;
-    let mut resp =
-        forward::send(&w.pool, protocol, app, &w.app_upstream, &w.app_breaker, up).await?;
+    let mut resp = forward::send(
+        &w.pool,
+        protocol,
+        app,
+        None,
+        &w.app_upstream,
+        &w.app_breaker,
+        up,
+    )
+    .await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(down) = downstream_upgrade {
             let up = hyper::upgrade::on(&mut resp);

@@ -15,6 +15,7 @@ use crate::http::{Body, ProxyError};
 use crate::peer::PeerInfo;
 use crate::route::{self, PortRoutes};
 use crate::telemetry::metrics::{ConnectionGuard, Direction};
+use crate::tls::origination::UpstreamIo;
 use crate::worker::Worker;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,7 +77,9 @@ pub async fn connect_tunnel(
             .ok_or_else(|| ProxyError::NoHealthyUpstream {
                 cluster: cluster.name.to_string(),
             })?;
-    let mut upstream = connect(endpoint.addr).await?;
+    let tcp = connect(endpoint.addr).await?;
+    let tls = cluster.tls.for_endpoint(&endpoint.labels).map(|t| &**t);
+    let mut upstream = UpstreamIo::secure(endpoint.addr, tcp, tls, w.credentials.as_ref()).await?;
     let bytes = w.metrics.tcp_bytes(Direction::outbound, &cluster.name);
     let guard = endpoint.start_request();
     // Keeps the downstream connection counted (and drained) while the tunnel runs.

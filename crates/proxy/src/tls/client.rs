@@ -158,14 +158,68 @@ pub fn istio_mutual_config(
     Ok(config)
 }
 
+/// `subjectAltNames` for SIMPLE/MUTUAL: the server's certificate must be
+/// valid for one of these names (instead of the SNI).
+#[derive(Debug)]
+struct AnyNameVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    names: Vec<ServerName<'static>>,
+}
+
+impl ServerCertVerifier for AnyNameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut last = rustls::Error::InvalidCertificate(CertificateError::NotValidForName);
+        for name in &self.names {
+            match self
+                .inner
+                .verify_server_cert(end_entity, intermediates, name, ocsp_response, now)
+            {
+                Ok(v) => return Ok(v),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// SIMPLE and MUTUAL: a server outside the mesh, verified by the CA file
-/// given and its DNS name (the SNI, or one of `subjectAltNames`).
+/// given and its DNS name (the SNI, or one of `names` when given).
 pub fn external_config(
     roots: Vec<CertificateDer<'static>>,
     client: Option<(
         Vec<CertificateDer<'static>>,
         rustls::pki_types::PrivateKeyDer<'static>,
     )>,
+    names: Vec<ServerName<'static>>,
     alpn: &[&[u8]],
     provider: &Arc<CryptoProvider>,
 ) -> Result<ClientConfig, ClientTlsError> {
@@ -178,8 +232,17 @@ pub fn external_config(
         .map_err(|e| ClientTlsError::Verifier(e.to_string()))?;
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(ClientTlsError::Config)?
-        .with_webpki_verifier(verifier);
+        .map_err(ClientTlsError::Config)?;
+    let builder = if names.is_empty() {
+        builder.with_webpki_verifier(verifier)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyNameVerifier {
+                inner: verifier,
+                names,
+            }))
+    };
     let mut config = match client {
         Some((chain, key)) => builder
             .with_client_auth_cert(chain, key)
@@ -194,8 +257,12 @@ pub fn external_config(
 /// credentials rotate.
 #[derive(Debug)]
 pub struct MeshConnector {
-    /// Empty: any identity of our own trust domain.
+    /// With `service_accounts` empty too: any identity of our own trust domain.
     pub allowed_ids: Vec<SpiffeId>,
+    /// `(namespace, service account)` of the destination's workloads,
+    /// allowed under our own trust domain (Istio's secure naming from
+    /// WorkloadEntry `serviceAccount`).
+    pub service_accounts: Vec<(String, String)>,
     pub alpn: &'static [&'static [u8]],
     provider: Arc<CryptoProvider>,
     built: Mutex<Option<(Arc<Credentials>, Arc<ClientConfig>)>>,
@@ -204,11 +271,13 @@ pub struct MeshConnector {
 impl MeshConnector {
     pub fn new(
         allowed_ids: Vec<SpiffeId>,
+        service_accounts: Vec<(String, String)>,
         alpn: &'static [&'static [u8]],
         provider: Arc<CryptoProvider>,
     ) -> Self {
         MeshConnector {
             allowed_ids,
+            service_accounts,
             alpn,
             provider,
             built: Mutex::new(None),
@@ -228,18 +297,39 @@ impl MeshConnector {
         {
             return Ok(TlsConnector::from(conn.clone()));
         }
-        let allowed = if self.allowed_ids.is_empty() {
-            let own = current
-                .identity()
-                .map_err(|e| ClientTlsError::Verifier(e.to_string()))?;
+        let own = current
+            .identity()
+            .map_err(|e| ClientTlsError::Verifier(e.to_string()))?;
+        let allowed = if self.allowed_ids.is_empty() && self.service_accounts.is_empty() {
             Allowed::TrustDomain(own.trust_domain().to_string())
         } else {
-            Allowed::Ids(self.allowed_ids.clone())
+            let mut ids = self.allowed_ids.clone();
+            ids.extend(
+                self.service_accounts
+                    .iter()
+                    .filter_map(|(ns, sa)| SpiffeId::istio(own.trust_domain(), ns, sa).ok()),
+            );
+            Allowed::Ids(ids)
         };
         let config = istio_mutual_config(&current, allowed, self.alpn, &self.provider)?;
         let config = Arc::new(config);
         *built = Some((current, config.clone()));
         Ok(TlsConnector::from(config))
+    }
+}
+
+impl MeshConnector {
+    /// For `/config_dump`: who may serve, as configured.
+    pub fn allowed_names(&self) -> Vec<String> {
+        self.allowed_ids
+            .iter()
+            .map(SpiffeId::to_string)
+            .chain(
+                self.service_accounts
+                    .iter()
+                    .map(|(ns, sa)| format!("spiffe://<trust-domain>/ns/{ns}/sa/{sa}")),
+            )
+            .collect()
     }
 }
 

@@ -5,6 +5,7 @@ pub mod client;
 pub mod credentials;
 pub mod identity_dir;
 pub mod mode;
+pub mod origination;
 pub mod server;
 pub mod spiffe;
 

@@ -1632,6 +1632,8 @@ impl Assembler<'_> {
             breaker: self.breaker(&c.name, c.limits),
             budget,
             outlier: c.outlier,
+            // Not from xDS yet (transport_socket is refused): docs/mtls.md.
+            tls: Default::default(),
             stats: self.ctx.metrics.cluster_stats(&c.name),
         }
     }
@@ -1724,6 +1726,7 @@ impl Assembler<'_> {
                 breaker: Arc::new(Breaker::new(Limits::default())),
                 budget: Arc::new(SharedBudget::new(BudgetSettings::default(), Instant::now())),
                 outlier: None,
+                tls: Default::default(),
                 stats: self.ctx.metrics.cluster_stats(name),
             })
         })
