@@ -18,6 +18,7 @@ mod inbound;
 mod invalid_config;
 mod matching;
 mod mirror;
+mod mtls;
 mod names;
 mod outlier;
 mod rate_limit;
