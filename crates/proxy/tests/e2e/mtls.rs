@@ -603,3 +603,55 @@ async fn rotation_under_load_fails_no_request() {
         "connections were not renewed: {handshakes}"
     );
 }
+
+/// Opaque TCP (a CONNECT tunnel on the client side) rides mTLS too: no
+/// ALPN, the inside detected as opaque and spliced to the app, half-close
+/// carried through both TLS layers.
+#[tokio::test]
+async fn opaque_tcp_rides_mtls() {
+    let ca = TestCa::new("mesh");
+    let ids = Identities::new();
+    let app = trellis_testing::TcpEchoServer::start().await;
+    let app_addr = app.addr().to_string();
+    let server_dir = ids
+        .write("server", &ca, SERVER_ID, Validity::Current, &[])
+        .display()
+        .to_string();
+    let server = Proxy::start_with(
+        &[],
+        &[
+            "--app",
+            &app_addr,
+            "--inbound-detect-timeout",
+            "100ms",
+            "--identity-dir",
+            &server_dir,
+        ],
+    )
+    .await;
+    let client = client_proxy(
+        Some(&ids.write("client", &ca, CLIENT_ID, Validity::Current, &[])),
+        &[(
+            "db.yaml",
+            service_entry(
+                "db",
+                &[(7000, "tcp", "TCP")],
+                &[(server.inbound(), &[TLS_MODE][..])],
+            ),
+        )],
+    )
+    .await;
+    let tunnel = crate::tcp::open_tunnel(client.outbound(), "db:7000").await;
+    let reply = crate::tcp::half_close_exchange(tunnel, b"secret bytes").await;
+    assert_eq!(reply, "received 12 bytes: secret bytes");
+    assert_eq!(app.connections(), 1);
+    let m = server.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"trellis_inbound_connections_by_transport_total{transport="mtls"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}

@@ -406,7 +406,8 @@ fn xds_and_config_dir_are_exclusive() {
             "--xds needs --workload NAME",
         ),
         (
-            &["sidecar", "--config-dir", "/tmp", "--labels", "a=b"],
+            // (--labels is for both: PeerAuthentication selectors match it.)
+            &["sidecar", "--config-dir", "/tmp", "--service-account", "a"],
             "use them with --xds HOST:PORT",
         ),
     ];
