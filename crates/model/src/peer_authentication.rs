@@ -169,6 +169,15 @@ mod tests {
         }
     }
 
+    /// (what, policies, port, mode, decided by)
+    type Case<'a> = (
+        &'a str,
+        Vec<&'a Object<PeerAuthenticationSpec>>,
+        Option<u16>,
+        MtlsMode,
+        Option<&'a str>,
+    );
+
     #[test]
     fn istio_precedence() {
         use MtlsMode::*;
@@ -192,13 +201,7 @@ mod tests {
         );
         let other_wl = pa("shop", "other", Some(&[("app", "ratings")]), Disable, &[]);
         let elsewhere = pa("other", "ns", None, Disable, &[]);
-        let cases: Vec<(
-            &str,
-            Vec<&Object<PeerAuthenticationSpec>>,
-            Option<u16>,
-            MtlsMode,
-            Option<&str>,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             ("nothing", vec![], Some(80), Unset, None),
             (
                 "mesh-wide",
