@@ -52,11 +52,23 @@ impl TestCa {
     /// # Panics
     /// If `spiffe_id` is not a valid URI for a SAN.
     pub fn issue(&self, spiffe_id: &str, validity: Validity) -> Issued {
+        let san = SanType::URI(spiffe_id.try_into().expect("SPIFFE ID as an IA5 string"));
+        self.issue_for(san, validity)
+    }
+
+    /// A certificate for the DNS name `dns`, as a server outside the mesh has.
+    ///
+    /// # Panics
+    /// If `dns` is not a valid DNS name for a SAN.
+    pub fn issue_dns(&self, dns: &str) -> Issued {
+        let san = SanType::DnsName(dns.try_into().expect("DNS name as an IA5 string"));
+        self.issue_for(san, Validity::Current)
+    }
+
+    fn issue_for(&self, san: SanType, validity: Validity) -> Issued {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("leaf key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
-        params.subject_alt_names = vec![SanType::URI(
-            spiffe_id.try_into().expect("SPIFFE ID as an IA5 string"),
-        )];
+        params.subject_alt_names = vec![san];
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,

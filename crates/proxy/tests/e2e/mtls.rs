@@ -655,3 +655,162 @@ async fn opaque_tcp_rides_mtls() {
         "{m}"
     );
 }
+
+/// `openssl s_server -www` on a free loopback port: a TLS server outside
+/// the mesh (HTTP/1.0 status page). Killed on drop.
+struct OpensslServer {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl OpensslServer {
+    fn start(cert: &Path, key: &Path, require_client_ca: Option<&Path>) -> OpensslServer {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.args([
+            "s_server",
+            "-accept",
+            "127.0.0.1:0",
+            "-www",
+            "-naccept",
+            "100",
+        ])
+        .arg("-cert")
+        .arg(cert)
+        .arg("-key")
+        .arg(key);
+        if let Some(ca) = require_client_ca {
+            cmd.arg("-Verify")
+                .arg("1")
+                .arg("-verify_return_error")
+                .arg("-CAfile")
+                .arg(ca);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl is installed");
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "s_server exited");
+            if let Some(a) = line.trim().strip_prefix("ACCEPT ") {
+                break a.parse().expect("s_server's address");
+            }
+        };
+        // Keep reading its output so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while out.read_line(&mut sink).unwrap_or(0) > 0 {
+                sink.clear();
+            }
+        });
+        OpensslServer { child, addr }
+    }
+}
+
+impl Drop for OpensslServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// DestinationRule SIMPLE and MUTUAL to a server outside the mesh, verified
+/// with the CA file and the SNI; failures explained.
+#[tokio::test]
+async fn simple_and_mutual_tls_to_an_external_server() {
+    let ca = TestCa::new("external");
+    let other = TestCa::new("other");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.display().to_string()
+    };
+    let server = ca.issue_dns("api.example.com");
+    let (cert, key) = (
+        write("server.pem", &server.cert_pem),
+        write("server-key.pem", &server.key_pem),
+    );
+    let ca_file = write("ca.pem", &ca.root_pem());
+    let other_ca = write("other.pem", &other.root_pem());
+    let client = ca.issue_dns("client.example.com");
+    let (client_cert, client_key) = (
+        write("client.pem", &client.cert_pem),
+        write("client-key.pem", &client.key_pem),
+    );
+
+    let simple = OpensslServer::start(Path::new(&cert), Path::new(&key), None);
+    let mutual = OpensslServer::start(Path::new(&cert), Path::new(&key), Some(Path::new(&ca_file)));
+    let entry = |host: &str, addr: std::net::SocketAddr| {
+        service_entry(host, &[(443, "http", "HTTP")], &[(addr, &[][..])])
+    };
+    let dr = |host: &str, tls: &str| destination_rule(host, &[], Some(&format!("tls: {tls}")));
+    let proxy = Proxy::start(&[
+        ("simple.yaml", entry("simple.example.com", simple.addr)),
+        ("simple-dr.yaml", dr("simple.example.com", &format!("{{mode: SIMPLE, caCertificates: {ca_file}, sni: api.example.com}}"))),
+        ("wrong-ca.yaml", entry("wrong-ca.example.com", simple.addr)),
+        ("wrong-ca-dr.yaml", dr("wrong-ca.example.com", &format!("{{mode: SIMPLE, caCertificates: {other_ca}, sni: api.example.com}}"))),
+        ("wrong-name.yaml", entry("wrong-name.example.com", simple.addr)),
+        ("wrong-name-dr.yaml", dr("wrong-name.example.com", &format!("{{mode: SIMPLE, caCertificates: {ca_file}}}"))),
+        ("sans.yaml", entry("sans.example.com", simple.addr)),
+        ("sans-dr.yaml", dr("sans.example.com", &format!("{{mode: SIMPLE, caCertificates: {ca_file}, subjectAltNames: [other.example.com, api.example.com]}}"))),
+        ("mutual.yaml", entry("mutual.example.com", mutual.addr)),
+        ("mutual-dr.yaml", dr("mutual.example.com", &format!("{{mode: MUTUAL, caCertificates: {ca_file}, sni: api.example.com, clientCertificate: {client_cert}, privateKey: {client_key}}}"))),
+        ("no-client-cert.yaml", entry("no-client-cert.example.com", mutual.addr)),
+        ("no-client-cert-dr.yaml", dr("no-client-cert.example.com", &format!("{{mode: SIMPLE, caCertificates: {ca_file}, sni: api.example.com}}"))),
+    ])
+    .await;
+    for host in ["simple", "sans", "mutual"] {
+        let r = proxy.get(&format!("http://{host}.example.com:443/")).await;
+        assert_eq!(r.status, 200, "{host}: {}", r.text());
+        assert!(r.text().contains("s_server"), "{host}: {}", r.text());
+    }
+    for (host, why) in [
+        ("wrong-ca", "UnknownIssuer"),
+        ("wrong-name", "not valid for name"),
+    ] {
+        let r = proxy.get(&format!("http://{host}.example.com:443/")).await;
+        r.assert_local(503, "upstream_tls_handshake");
+        assert!(r.text().contains(why), "{host}: {}", r.text());
+    }
+    // MUTUAL's server refuses a client without a certificate.
+    let r = proxy.get("http://no-client-cert.example.com:443/").await;
+    assert!(r.status.is_server_error(), "{} {}", r.status, r.text());
+
+    // A missing file is a reload error at the field's path; the last good
+    // config keeps serving.
+    let before = proxy.generation().await;
+    proxy.config.write(
+        "simple-dr.yaml",
+        &dr(
+            "simple.example.com",
+            "{mode: SIMPLE, caCertificates: /nonexistent/ca.pem}",
+        ),
+    );
+    eventually(
+        "the bad reload to be rejected",
+        Duration::from_secs(5),
+        || async {
+            let (_, body) = proxy.process.admin_get("/config_dump").await;
+            body.contains("/nonexistent/ca.pem").then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(proxy.generation().await, before);
+    assert!(
+        proxy
+            .process
+            .logs()
+            .contains("spec.trafficPolicy...tls.caCertificates"),
+        "{}",
+        proxy.process.logs()
+    );
+    assert_eq!(
+        proxy.get("http://simple.example.com:443/").await.status,
+        200
+    );
+}
