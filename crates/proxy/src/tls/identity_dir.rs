@@ -85,6 +85,7 @@ pub fn load(dir: &Path, provider: &CryptoProvider) -> Result<(Credentials, Spiff
             reason: pem_reason(&e),
         },
     })?;
+    warn_if_readable_by_others(&key_path);
     let creds = Credentials { chain, key, roots };
     let id = creds
         .check(provider)
@@ -93,6 +94,21 @@ pub fn load(dir: &Path, provider: &CryptoProvider) -> Result<(Credentials, Spiff
             source,
         })?;
     Ok((creds, id))
+}
+
+/// A key others can read is the operator's to fix, not a reason to run
+/// without an identity: said loudly, then used.
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            file = %path.display(),
+            mode = format_args!("{:o}", m.permissions().mode() & 0o777),
+            "the private key is readable by other users: chmod 600 it"
+        );
+    }
 }
 
 fn pem_reason(e: &rustls_pki_types::pem::Error) -> String {

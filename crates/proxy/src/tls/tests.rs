@@ -130,3 +130,75 @@ fn credentials_are_checked_before_use() {
             .contains("no trust roots")
     );
 }
+
+#[test]
+fn identity_dir_loads_and_keeps_failures_readable() {
+    let ca = TestCa::new("mesh");
+    let dir = tempfile::tempdir().unwrap();
+    let p = provider();
+    let missing = super::identity_dir::load(dir.path(), &p)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        missing.contains("cert.pem") && missing.contains("cannot read"),
+        "{missing}"
+    );
+
+    ca.write_identity_dir(dir.path(), SERVER, Validity::Current, &[]);
+    let (_, id) = super::identity_dir::load(dir.path(), &p).unwrap();
+    assert_eq!(id.to_string(), SERVER);
+
+    // A key file that is not PEM: named, and its bytes not echoed.
+    std::fs::write(
+        dir.path().join("key.pem"),
+        "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n",
+    )
+    .unwrap();
+    let bad = super::identity_dir::load(dir.path(), &p)
+        .unwrap_err()
+        .to_string();
+    assert!(bad.contains("key.pem"), "{bad}");
+    assert!(!bad.contains("c2VjcmV0"), "key bytes in the error: {bad}");
+}
+
+/// The watcher publishes a good new set, and keeps the last good one while
+/// the directory holds a bad one.
+#[test]
+fn identity_dir_watch_rotates_and_keeps_the_last_good_set() {
+    use std::time::{Duration, Instant};
+    let ca = TestCa::new("mesh");
+    let dir = tempfile::tempdir().unwrap();
+    ca.write_identity_dir(dir.path(), SERVER, Validity::Current, &[]);
+    let p = provider();
+    let (first, _) = super::identity_dir::initial(dir.path(), &p).unwrap();
+    let (tx, mut rx) = tokio::sync::watch::channel(Some(first.clone()));
+    let watched = dir.path().to_path_buf();
+    std::thread::spawn(move || {
+        super::identity_dir::watch(watched, p, tx, Duration::from_millis(20))
+    });
+    let current_id = |rx: &tokio::sync::watch::Receiver<Option<Arc<Credentials>>>| {
+        rx.borrow()
+            .as_ref()
+            .unwrap()
+            .identity()
+            .unwrap()
+            .to_string()
+    };
+
+    // A certificate that does not fit the key: not published.
+    let stray = ca.issue(CLIENT, Validity::Current);
+    std::fs::write(dir.path().join("cert.pem"), stray.cert_pem).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!rx.has_changed().unwrap(), "a mismatched set was published");
+    assert_eq!(current_id(&rx), SERVER);
+
+    // A complete new set (another identity): published.
+    ca.write_identity_dir(dir.path(), CLIENT, Validity::Current, &[]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !rx.has_changed().unwrap() {
+        assert!(Instant::now() < deadline, "the new set was not published");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rx.borrow_and_update();
+    assert_eq!(current_id(&rx), CLIENT);
+}
