@@ -151,39 +151,66 @@ async fn serve(
                     Ok(Err(e)) => return refuse(mode::REFUSED_HANDSHAKE, &e),
                     Err(_) => return refuse(mode::REFUSED_HANDSHAKE, &"handshake timed out"),
                 };
-            let conn = tls.get_ref().1;
-            let identity = conn
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| SpiffeId::from_cert(c).ok().flatten());
-            let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
             worker.metrics.inbound_admitted("mtls");
-            let info = Arc::new(PeerInfo::mtls(peer, identity, Some(&local)));
-            tracing::trace!(%peer, identity = ?info.identity, "mTLS peer");
-            match alpn.as_deref() {
-                Some(ALPN_H2) => {
-                    serve_io(tls, Detected::Http2, side, info, worker, guard, shutdown).await;
+            serve_mtls(
+                tls,
+                peer,
+                &local,
+                detect_timeout,
+                side,
+                worker,
+                guard,
+                shutdown,
+            )
+            .await;
+        }
+    }
+}
+
+/// Serve a terminated mTLS connection: the verified peer's identity, and
+/// the inner protocol from ALPN (or, without ALPN, from its first bytes).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; the connection's parts, passed down"
+)]
+async fn serve_mtls(
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    local: &str,
+    detect_timeout: Duration,
+    side: Side,
+    worker: Arc<Worker>,
+    guard: ConnectionGuard,
+    shutdown: watch::Receiver<bool>,
+) {
+    let conn = tls.get_ref().1;
+    let identity = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| SpiffeId::from_cert(c).ok().flatten());
+    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    let info = Arc::new(PeerInfo::mtls(peer, identity, Some(local)));
+    tracing::trace!(%peer, identity = ?info.identity, "mTLS peer");
+    match alpn.as_deref() {
+        Some(ALPN_H2) => serve_io(tls, Detected::Http2, side, info, worker, guard, shutdown).await,
+        Some(ALPN_HTTP11) => {
+            serve_io(tls, Detected::Http1, side, info, worker, guard, shutdown).await;
+        }
+        // No ALPN: a tunnel, or a client that did not say. The inside is
+        // detected like a plaintext connection.
+        _ => {
+            let mut tls = tls;
+            let mut buf = Vec::new();
+            let inner = match detect_read(&mut tls, &mut buf, detect_timeout).await {
+                Ok(Detected::Tls) => Detected::Opaque,
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "mTLS connection failed before its first bytes");
+                    return;
                 }
-                Some(ALPN_HTTP11) => {
-                    serve_io(tls, Detected::Http1, side, info, worker, guard, shutdown).await;
-                }
-                // No ALPN: a tunnel, or a client that did not say. The
-                // inside is detected like a plaintext connection.
-                _ => {
-                    let mut tls = tls;
-                    let mut buf = Vec::new();
-                    let inner = match detect_read(&mut tls, &mut buf, detect_timeout).await {
-                        Ok(Detected::Tls) => Detected::Opaque,
-                        Ok(d) => d,
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "mTLS connection failed before its first bytes");
-                            return;
-                        }
-                    };
-                    let io = Rewind::new(buf.into(), tls);
-                    serve_io(io, inner, side, info, worker, guard, shutdown).await;
-                }
-            }
+            };
+            let io = Rewind::new(buf.into(), tls);
+            serve_io(io, inner, side, info, worker, guard, shutdown).await;
         }
     }
 }
