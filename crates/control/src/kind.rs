@@ -14,6 +14,7 @@ pub fn short_name(kind: Kind) -> &'static str {
         // Istio defines none; kubectl users type the name.
         Kind::Sidecar => "sidecar",
         Kind::AuthorizationPolicy => "ap",
+        Kind::PeerAuthentication => "pa",
     }
 }
 
@@ -62,6 +63,8 @@ mod tests {
             ("Sidecar", Some(Kind::Sidecar)),
             ("authorizationpolicies", Some(Kind::AuthorizationPolicy)),
             ("ap", Some(Kind::AuthorizationPolicy)),
+            ("peerauthentications", Some(Kind::PeerAuthentication)),
+            ("pa", Some(Kind::PeerAuthentication)),
             ("gateway", None),
             ("", None),
         ];

@@ -418,6 +418,11 @@ fn fingerprints(set: &ResourceSet) -> HashMap<Key, u64> {
         Kind::AuthorizationPolicy,
         &set.authorization_policies,
     );
+    add(
+        &mut out,
+        Kind::PeerAuthentication,
+        &set.peer_authentications,
+    );
     out
 }
 

@@ -194,6 +194,31 @@ pub fn resolve(
         (order(Kind::Sidecar, m), m.namespace.clone(), m.name.clone())
     });
 
+    let mut peer_authentications = c.pick(
+        Kind::PeerAuthentication,
+        &set.peer_authentications,
+        |pa| {
+            if pa.spec.selector.is_some() {
+                return Vec::new();
+            }
+            vec![format!("namespace {}", pa.metadata.namespace)]
+        },
+        |ns, w| {
+            format!(
+                "{w}, which is older, already applies to {ns} without a selector; one per namespace"
+            )
+        },
+    );
+    // The oldest matching policy applies (`peer_authentication::effective`).
+    peer_authentications.sort_by_cached_key(|pa| {
+        let m = &pa.metadata;
+        (
+            order(Kind::PeerAuthentication, m),
+            m.namespace.clone(),
+            m.name.clone(),
+        )
+    });
+
     let resolved = ResourceSet {
         service_entries,
         destination_rules,
@@ -204,6 +229,7 @@ pub fn resolve(
         // Policies add up (DENY first, then ALLOW): any number may apply
         // to one workload, so there is nothing to conflict over.
         authorization_policies: set.authorization_policies.clone(),
+        peer_authentications,
     };
     (resolved, conflicts)
 }

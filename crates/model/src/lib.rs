@@ -12,6 +12,7 @@ pub mod error;
 pub mod host;
 pub mod load;
 pub mod networking;
+pub mod peer_authentication;
 pub mod policy;
 pub mod resource;
 pub mod sidecar;

@@ -278,6 +278,11 @@ fn parse_resource(file: &str, index: usize, doc: Value) -> Result<Resource, Conf
             metadata,
             source,
         }),
+        Kind::PeerAuthentication => Resource::PeerAuthentication(Object {
+            spec: typed(spec, "spec").map_err(|(f, r)| err(&f, r))?,
+            metadata,
+            source,
+        }),
     })
 }
 

@@ -47,8 +47,10 @@ pub struct ServiceEntrySpec {
     /// become endpoints; instead of `endpoints`, as in Istio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_selector: Option<WorkloadSelector>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject_alt_names: Option<NotYetSupported>,
+    /// Identities allowed to serve this service (secure naming): with
+    /// ISTIO_MUTUAL, the server's SPIFFE ID must be one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
 }
 
 /// Istio's `WorkloadSelector`: the labels a workload must have (all of
@@ -196,7 +198,7 @@ pub struct TrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<NotYetSupported>,
+    pub tls: Option<ClientTlsSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<NotYetSupported>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,7 +216,61 @@ pub struct PortTrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<NotYetSupported>,
+    pub tls: Option<ClientTlsSettings>,
+}
+
+/// Istio's ClientTLSSettings: how the proxy speaks TLS to the destination.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClientTlsSettings {
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// MUTUAL: the client certificate chain (PEM file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    /// MUTUAL: its private key (PEM file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    /// SIMPLE, MUTUAL: the CA certificates that verify the server (PEM file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    /// SIMPLE, MUTUAL: names the server's certificate must carry (instead
+    /// of the SNI); ISTIO_MUTUAL: the SPIFFE IDs allowed to serve.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<NotYetSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<NotYetSupported>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_crl: Option<NotYetSupported>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TlsMode {
+    /// Plaintext, even to meshed endpoints.
+    #[default]
+    Disable,
+    /// TLS to a server outside the mesh, verified with `caCertificates`.
+    Simple,
+    /// SIMPLE plus a client certificate from files.
+    Mutual,
+    /// The proxy's own workload certificate, the mesh roots, secure naming.
+    IstioMutual,
+}
+
+impl TlsMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsMode::Disable => "DISABLE",
+            TlsMode::Simple => "SIMPLE",
+            TlsMode::Mutual => "MUTUAL",
+            TlsMode::IstioMutual => "ISTIO_MUTUAL",
+        }
+    }
 }
 
 /// Istio's ConnectionPoolSettings: limits on the connections and requests to

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::authorization::AuthorizationPolicySpec;
 use crate::networking::{DestinationRuleSpec, ServiceEntrySpec, SidecarSpec, VirtualServiceSpec};
+use crate::peer_authentication::PeerAuthenticationSpec;
 use crate::trellis::{RateLimitPolicySpec, RetryBudgetSpec};
 
 /// Kubernetes object metadata, the part Trellis uses. Other metadata fields
@@ -38,10 +39,11 @@ pub enum Kind {
     RetryBudget,
     Sidecar,
     AuthorizationPolicy,
+    PeerAuthentication,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::ServiceEntry,
         Kind::DestinationRule,
         Kind::VirtualService,
@@ -49,6 +51,7 @@ impl Kind {
         Kind::RetryBudget,
         Kind::Sidecar,
         Kind::AuthorizationPolicy,
+        Kind::PeerAuthentication,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +63,7 @@ impl Kind {
             Kind::RetryBudget => "RetryBudget",
             Kind::Sidecar => "Sidecar",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::PeerAuthentication => "PeerAuthentication",
         }
     }
 
@@ -77,6 +81,7 @@ impl Kind {
                 "networking.istio.io/v1beta1",
                 "networking.istio.io/v1alpha3",
             ],
+            Kind::PeerAuthentication => &["security.istio.io/v1", "security.istio.io/v1beta1"],
             Kind::RateLimitPolicy | Kind::RetryBudget => &[crate::trellis::API_VERSION],
             Kind::AuthorizationPolicy => crate::authorization::API_VERSIONS,
         }
@@ -121,6 +126,7 @@ pub enum Resource {
     RetryBudget(Object<RetryBudgetSpec>),
     Sidecar(Object<SidecarSpec>),
     AuthorizationPolicy(Object<AuthorizationPolicySpec>),
+    PeerAuthentication(Object<PeerAuthenticationSpec>),
 }
 
 impl Resource {
@@ -133,6 +139,7 @@ impl Resource {
             Resource::RetryBudget(_) => Kind::RetryBudget,
             Resource::Sidecar(_) => Kind::Sidecar,
             Resource::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Resource::PeerAuthentication(_) => Kind::PeerAuthentication,
         }
     }
 
@@ -145,6 +152,7 @@ impl Resource {
             Resource::RetryBudget(o) => &o.metadata,
             Resource::Sidecar(o) => &o.metadata,
             Resource::AuthorizationPolicy(o) => &o.metadata,
+            Resource::PeerAuthentication(o) => &o.metadata,
         }
     }
 
@@ -157,6 +165,7 @@ impl Resource {
             Resource::RetryBudget(o) => &o.source,
             Resource::Sidecar(o) => &o.source,
             Resource::AuthorizationPolicy(o) => &o.source,
+            Resource::PeerAuthentication(o) => &o.source,
         }
     }
 
@@ -171,6 +180,7 @@ impl Resource {
             Resource::RetryBudget(o) => o.source = source,
             Resource::Sidecar(o) => o.source = source,
             Resource::AuthorizationPolicy(o) => o.source = source,
+            Resource::PeerAuthentication(o) => o.source = source,
         }
     }
 
@@ -192,6 +202,8 @@ pub struct ResourceSet {
     pub retry_budgets: Vec<Object<RetryBudgetSpec>>,
     pub sidecars: Vec<Object<SidecarSpec>>,
     pub authorization_policies: Vec<Object<AuthorizationPolicySpec>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_authentications: Vec<Object<PeerAuthenticationSpec>>,
 }
 
 impl ResourceSet {
@@ -204,6 +216,7 @@ impl ResourceSet {
             Resource::RetryBudget(o) => self.retry_budgets.push(o),
             Resource::Sidecar(o) => self.sidecars.push(o),
             Resource::AuthorizationPolicy(o) => self.authorization_policies.push(o),
+            Resource::PeerAuthentication(o) => self.peer_authentications.push(o),
         }
     }
 
@@ -215,6 +228,7 @@ impl ResourceSet {
             + self.retry_budgets.len()
             + self.sidecars.len()
             + self.authorization_policies.len()
+            + self.peer_authentications.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -12,6 +12,7 @@ use crate::duration;
 use crate::error::{ConfigError, ConfigErrors};
 use crate::host;
 use crate::networking::*;
+use crate::peer_authentication::PeerAuthenticationSpec;
 use crate::policy::{self, GRPC_CODES};
 use crate::resource::{Object, ResourceSet};
 use crate::trellis::{RateLimitPolicySpec, RetryBudgetSpec};
@@ -40,6 +41,9 @@ pub struct Service {
     /// a standalone proxy has no workloads to select.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workload_selector: Option<BTreeMap<String, String>>,
+    /// ServiceEntry `subjectAltNames`: who may serve it (secure naming).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -76,6 +80,10 @@ pub struct Validated {
     /// AuthorizationPolicies in load order
     /// ([`crate::authorization::applies`] says which apply to a workload).
     pub authorization_policies: Vec<Object<crate::authorization::AuthorizationPolicySpec>>,
+    /// PeerAuthentications in load order
+    /// ([`crate::peer_authentication::effective`] picks per workload and port).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub peer_authentications: Vec<Object<PeerAuthenticationSpec>>,
 }
 
 impl Validated {
@@ -103,6 +111,7 @@ pub fn validate(set: &ResourceSet) -> Result<Validated, ConfigErrors> {
         .0
         .extend(crate::authorization::validate(&set.authorization_policies));
     v.out.authorization_policies = set.authorization_policies.clone();
+    v.peer_authentications(&set.peer_authentications);
     if v.errors.is_empty() {
         Ok(v.out)
     } else {
@@ -324,6 +333,7 @@ impl Validator {
                             .workload_selector
                             .as_ref()
                             .map(|w| w.labels.clone()),
+                        subject_alt_names: spec.subject_alt_names.clone(),
                     },
                 );
             }
@@ -399,6 +409,9 @@ impl Validator {
         if let Some(od) = &tp.outlier_detection {
             self.outlier_detection(at, &format!("{f}.outlierDetection"), od);
         }
+        if let Some(tls) = &tp.tls {
+            self.client_tls(at, &format!("{f}.tls"), tls);
+        }
         let mut seen = BTreeSet::new();
         for (i, p) in tp.port_level_settings.iter().enumerate() {
             let pf = format!("{f}.portLevelSettings[{i}]");
@@ -424,6 +437,74 @@ impl Validator {
             }
             if let Some(od) = &p.outlier_detection {
                 self.outlier_detection(at, &format!("{pf}.outlierDetection"), od);
+            }
+            if let Some(tls) = &p.tls {
+                self.client_tls(at, &format!("{pf}.tls"), tls);
+            }
+        }
+    }
+
+    /// What each TLS mode needs and forbids. Files are read (and their
+    /// contents checked) by the proxy that uses them.
+    fn client_tls(&mut self, at: &At, f: &str, tls: &ClientTlsSettings) {
+        let files = [
+            ("clientCertificate", &tls.client_certificate),
+            ("privateKey", &tls.private_key),
+            ("caCertificates", &tls.ca_certificates),
+        ];
+        let mode = tls.mode.name();
+        match tls.mode {
+            TlsMode::Disable | TlsMode::IstioMutual => {
+                for (name, v) in files {
+                    if v.is_some() {
+                        self.push(at.err(
+                            format!("{f}.{name}"),
+                            format!("is not used with mode {mode}: ISTIO_MUTUAL uses the proxy's own certificate and the mesh roots"),
+                        ));
+                    }
+                }
+                if tls.mode == TlsMode::Disable
+                    && (tls.sni.is_some() || !tls.subject_alt_names.is_empty())
+                {
+                    self.push(at.err(
+                        f.to_string(),
+                        "sni and subjectAltNames are not used with mode DISABLE",
+                    ));
+                }
+            }
+            TlsMode::Simple | TlsMode::Mutual => {
+                if tls.ca_certificates.is_none() {
+                    self.push(at.err(
+                        format!("{f}.caCertificates"),
+                        format!("is required with mode {mode}: Trellis does not use a system trust store"),
+                    ));
+                }
+                let needs_client = tls.mode == TlsMode::Mutual;
+                for (name, v) in &files[..2] {
+                    match (needs_client, v.is_some()) {
+                        (true, false) => {
+                            self.push(at.err(format!("{f}.{name}"), "is required with mode MUTUAL"))
+                        }
+                        (false, true) => self
+                            .push(at.err(format!("{f}.{name}"), "is only used with mode MUTUAL")),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if tls.mode == TlsMode::IstioMutual {
+            for (i, san) in tls.subject_alt_names.iter().enumerate() {
+                if !san.starts_with("spiffe://") {
+                    self.push(at.err(
+                        format!("{f}.subjectAltNames[{i}]"),
+                        format!("{san:?} is not a SPIFFE ID (spiffe://<trust-domain>/ns/<ns>/sa/<sa>); ISTIO_MUTUAL checks the server's SPIFFE ID"),
+                    ));
+                }
+            }
+        }
+        for (name, v) in files {
+            if v.as_deref().is_some_and(str::is_empty) {
+                self.push(at.err(format!("{f}.{name}"), "is empty; give a file path"));
             }
         }
     }
@@ -1199,6 +1280,48 @@ impl Validator {
                 }
             }
             self.out.rate_limits.push((host, rl.clone()));
+        }
+    }
+
+    fn peer_authentications(&mut self, policies: &[Object<PeerAuthenticationSpec>]) {
+        for (i, pa) in policies.iter().enumerate() {
+            let at = at("PeerAuthentication", pa);
+            let mut ok = true;
+            if !pa.spec.port_level_mtls.is_empty() && pa.spec.selector.is_none() {
+                self.push(at.err(
+                    "spec.portLevelMtls",
+                    "needs spec.selector: port-level modes apply to the ports of selected workloads (as in Istio)",
+                ));
+                ok = false;
+            }
+            for port in pa.spec.port_level_mtls.keys() {
+                if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+                    self.push(at.err(
+                        format!("spec.portLevelMtls.{port}"),
+                        "is not a port number (1-65535)",
+                    ));
+                    ok = false;
+                }
+            }
+            if pa.spec.selector.is_none()
+                && let Some(older) = policies[..i].iter().find(|o| {
+                    o.metadata.namespace == pa.metadata.namespace && o.spec.selector.is_none()
+                })
+            {
+                self.push(at.err(
+                    "spec.selector",
+                    format!(
+                        "PeerAuthentication {} ({}) already applies to namespace {} without a selector; one per namespace",
+                        older.key(),
+                        older.source,
+                        pa.metadata.namespace
+                    ),
+                ));
+                ok = false;
+            }
+            if ok {
+                self.out.peer_authentications.push(pa.clone());
+            }
         }
     }
 

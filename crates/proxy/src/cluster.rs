@@ -9,6 +9,7 @@ use crate::resilience::breaker::Breaker;
 use crate::resilience::budget::SharedBudget;
 use crate::resilience::outlier::OutlierSettings;
 use crate::telemetry::metrics::ClusterStats;
+use crate::tls::origination::ClusterTls;
 
 /// How the proxy speaks to a cluster's endpoints: from the ServiceEntry port's protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -39,6 +40,8 @@ pub struct Cluster {
     pub budget: Arc<SharedBudget>,
     /// `outlierDetection`, if the DestinationRule sets it.
     pub outlier: Option<OutlierSettings>,
+    /// TLS to its endpoints (DestinationRule `tls`, or auto mTLS).
+    pub tls: ClusterTls,
     pub stats: ClusterStats,
 }
 

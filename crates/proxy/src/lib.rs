@@ -12,5 +12,6 @@ pub mod route;
 pub mod sidecar;
 pub mod tcp;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;
 pub mod xds;

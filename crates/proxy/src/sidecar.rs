@@ -63,14 +63,17 @@ pub struct Settings {
     pub namespace: String,
     /// The workload's name (`--workload`): xDS node id, audit lines.
     pub workload: Option<String>,
-    /// The workload's labels: AuthorizationPolicy selectors (and, over
-    /// xDS, subsets) match on them.
+    /// The workload's labels: AuthorizationPolicy and PeerAuthentication
+    /// selectors (and, over xDS, subsets) match on them.
     pub labels: std::collections::BTreeMap<String, String>,
     pub audit: audit::Target,
     pub locality: Locality,
     pub inbound_detect_timeout: Duration,
     pub drain_timeout: Duration,
     pub addr_file: Option<PathBuf>,
+    /// The workload's certificate, key and trust roots (`cert.pem`,
+    /// `key.pem`, `roots.pem`), watched; None: no mTLS.
+    pub identity_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +90,8 @@ pub enum StartError {
     Audit(#[from] audit::AuditError),
     #[error("cannot start a thread or runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot load the workload certificate: {0}")]
+    Identity(crate::tls::identity_dir::LoadError),
     #[error("cannot write the address file {path}: {source}")]
     AddrFile {
         path: PathBuf,
@@ -124,6 +129,26 @@ fn bind_shared(
 
 pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError> {
     let metrics = Arc::new(Metrics::new());
+    // The certificate comes first: a proxy told to have an identity does
+    // not come up without one, and the config check needs to know.
+    let credentials = match &settings.identity_dir {
+        Some(dir) => {
+            let provider = crate::tls::provider();
+            let (creds, id) =
+                crate::tls::identity_dir::initial(dir, &provider).map_err(StartError::Identity)?;
+            tracing::info!(dir = %dir.display(), identity = %id, "workload certificate loaded");
+            let (tx, rx) = watch::channel(Some(creds));
+            let dir = dir.clone();
+            std::thread::Builder::new()
+                .name("trellis-identity".into())
+                .spawn(move || {
+                    crate::tls::identity_dir::watch(dir, provider, tx, Duration::from_millis(200))
+                })
+                .map_err(StartError::Runtime)?;
+            Some(rx)
+        }
+        None => None,
+    };
     let loader = match &settings.config {
         ConfigSource::Dir(dir) => {
             let loader = Loader {
@@ -133,6 +158,8 @@ pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError
                 locality: settings.locality.clone(),
                 metrics: metrics.clone(),
                 resolve: Box::new(system_resolve),
+                app_port: settings.app.map(|a| a.port()),
+                has_certificate: credentials.is_some(),
             };
             Some(loader)
         }
@@ -197,10 +224,11 @@ pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError
     for (i, (out_l, in_l)) in outbound.into_iter().zip(inbound).enumerate() {
         let worker = Arc::new(Worker::new(
             store.clone(),
-            Pool::new(MAX_IDLE_PER_ENDPOINT),
+            Pool::new(MAX_IDLE_PER_ENDPOINT, credentials.clone()),
             metrics.clone(),
             settings.app,
             workload.clone(),
+            credentials.clone(),
         ));
         let shutdown = shutdown_rx.clone();
         let detect_timeout = settings.inbound_detect_timeout;

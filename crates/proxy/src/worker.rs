@@ -8,6 +8,8 @@ use crate::config::watch::Store;
 use crate::http::pool::{Pool, UpstreamSettings};
 use crate::resilience::breaker::{Breaker, Limits};
 use crate::telemetry::metrics::{Direction, Metrics, RouteStats};
+use crate::tls::CredentialsRx;
+use crate::tls::server::ServerTls;
 
 #[derive(Debug)]
 pub struct Worker {
@@ -35,6 +37,10 @@ pub struct Worker {
     pub inbound_port: u16,
     /// Where denials and AUDIT matches are logged; None when off.
     pub audit: Option<AuditLog>,
+    /// The workload's certificate (`--identity-dir`); None: no mTLS.
+    pub credentials: Option<CredentialsRx>,
+    /// Inbound mTLS, when there are credentials.
+    pub server_tls: Option<ServerTls>,
 }
 
 /// What a worker needs to know about the workload it serves.
@@ -52,6 +58,7 @@ impl Worker {
         metrics: Arc<Metrics>,
         app: Option<SocketAddr>,
         cx: WorkloadContext,
+        credentials: Option<CredentialsRx>,
     ) -> Self {
         let unrouted = metrics.route_stats(Direction::outbound, "", "");
         let inbound_cluster = app.map_or_else(
@@ -72,6 +79,10 @@ impl Worker {
             workload: cx.workload,
             inbound_port: cx.inbound_port,
             audit: cx.audit,
+            server_tls: credentials
+                .clone()
+                .map(|c| ServerTls::new(c, crate::tls::provider())),
+            credentials,
         }
     }
 }

@@ -41,6 +41,8 @@
 //! - [`TcpEchoServer`]: answers `received <N> bytes: <first 64>` after the
 //!   peer's half-close, then closes.
 //! - [`BannerServer`]: speaks first, then echoes.
+//! - [`TestCa`]: a throwaway CA writing identity directories (SPIFFE
+//!   certificates, valid or expired) for mTLS tests.
 //! - [`ProxyProcess`]: runs the proxy binary, learns its listeners from
 //!   `--addr-file`, captures its output, kills it on drop.
 //! - clients: [`http1_client`], [`h2c_client`], the `*_to(addr)` variants
@@ -56,6 +58,7 @@ mod process;
 mod python;
 mod tasks;
 mod tcp;
+mod test_ca;
 mod ws;
 
 pub use chaos::{Behavior, ChaosServer, ChaosStats, RECORDED_REQUESTS, SeenRequest};
@@ -69,6 +72,7 @@ pub use grpc::{decode_messages, encode_message};
 pub use process::{ProxyCommand, ProxyProcess, START_TIMEOUT, StartError};
 pub use python::{grpc_client, grpc_client_script, python, workspace_root, xds_client_script};
 pub use tcp::{BannerServer, TcpEchoServer};
+pub use test_ca::{Issued, TestCa, Validity};
 pub use ws::{WsResponse, WsStream, ws_connect, ws_roundtrip};
 
 /// The error type of client helpers and response bodies.

@@ -324,6 +324,10 @@ fn oldest_wins_and_every_conflict_is_reported() {
                     .authorization_policies
                     .iter()
                     .any(|o| o.metadata.name == name),
+                Kind::PeerAuthentication => resolved
+                    .peer_authentications
+                    .iter()
+                    .any(|o| o.metadata.name == name),
             }
         };
         for d in c.dropped {

@@ -84,7 +84,7 @@ fn cases() -> Vec<Case> {
                 "Gateway istio-system/gw",
                 "kind",
                 "unknown kind \"Gateway\": Trellis understands ServiceEntry, DestinationRule, VirtualService, \
-                 RateLimitPolicy, RetryBudget, Sidecar, AuthorizationPolicy",
+                 RateLimitPolicy, RetryBudget, Sidecar, AuthorizationPolicy, PeerAuthentication",
             )],
         ),
         case(
@@ -448,15 +448,15 @@ fn cases() -> Vec<Case> {
             )],
         ),
         case(
-            "client TLS settings are not supported yet",
+            "client TLS credentials from Kubernetes secrets are not supported yet",
             dr(
                 "r",
-                "{host: reviews, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}",
+                "{host: reviews, trafficPolicy: {tls: {mode: SIMPLE, credentialName: reviews-ca}}}",
             ),
             vec![want(
                 F,
                 "DestinationRule default/r",
-                "spec.trafficPolicy.tls",
+                "spec.trafficPolicy.tls.credentialName",
                 "not supported by Trellis yet",
             )],
         ),
@@ -728,7 +728,7 @@ fn errors_display_file_resource_field_reason() {
     assert_eq!(
         errs.to_string(),
         "1 error in config\n  bad.yaml: Gateway default/gw: kind: unknown kind \"Gateway\": \
-         Trellis understands ServiceEntry, DestinationRule, VirtualService, RateLimitPolicy, RetryBudget, Sidecar, AuthorizationPolicy"
+         Trellis understands ServiceEntry, DestinationRule, VirtualService, RateLimitPolicy, RetryBudget, Sidecar, AuthorizationPolicy, PeerAuthentication"
     );
 }
 

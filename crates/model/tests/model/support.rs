@@ -139,3 +139,10 @@ pub fn parse_all(files: &[(&str, &str)]) -> ResourceSet {
 pub fn check_with_base(text: &str) -> Result<Validated, ConfigErrors> {
     check(&[("base.yaml", &base()), ("case.yaml", text)])
 }
+
+/// A `security.istio.io/v1` PeerAuthentication in namespace `ns`.
+pub fn peer_auth(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
+    )
+}

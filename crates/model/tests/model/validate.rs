@@ -1846,3 +1846,159 @@ fn sidecar_egress_hosts_are_checked() {
         "{err}"
     );
 }
+
+#[test]
+fn peer_authentications_are_checked() {
+    use crate::support::{check, docs, peer_auth};
+    let text = docs(&[
+        peer_auth("shop", "ns", "{mtls: {mode: STRICT}}"),
+        peer_auth(
+            "shop",
+            "wl",
+            "{selector: {matchLabels: {app: a}}, mtls: {mode: PERMISSIVE}, portLevelMtls: {'8080': {mode: DISABLE}, 'x': {mode: STRICT}}}",
+        ),
+        peer_auth("web", "ports", "{portLevelMtls: {'80': {mode: DISABLE}}}"),
+        peer_auth("shop", "again", "{mtls: {mode: DISABLE}}"),
+        peer_auth("istio-system", "mesh", "{}"),
+    ]);
+    let errs: Vec<String> = check(&[("pa.yaml", &text)])
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let has = |parts: &[&str]| errs.iter().any(|e| parts.iter().all(|p| e.contains(p)));
+    for want in [
+        &[
+            "pa.yaml",
+            "PeerAuthentication shop/wl",
+            "spec.portLevelMtls.x",
+            "not a port number",
+        ][..],
+        &[
+            "PeerAuthentication web/ports",
+            "spec.portLevelMtls",
+            "needs spec.selector",
+        ],
+        &[
+            "PeerAuthentication shop/again",
+            "spec.selector",
+            "shop/ns",
+            "one per namespace",
+        ],
+    ] {
+        assert!(has(want), "{want:?} not in {errs:?}");
+    }
+    assert_eq!(errs.len(), 3, "{errs:?}");
+
+    // Unknown modes and fields fail at parse time, at their path.
+    for (spec, path) in [
+        ("{mtls: {mode: OPTIONAL}}", "spec.mtls.mode"),
+        (
+            "{mtls: {mode: STRICT, minProtocolVersion: TLSV1_3}}",
+            "spec.mtls.minProtocolVersion",
+        ),
+        (
+            "{selector: {matchExpressions: []}}",
+            "spec.selector.matchExpressions",
+        ),
+        ("{targetRefs: []}", "spec.targetRefs"),
+    ] {
+        let err = trellis_model::parse_documents("p.yaml", &peer_auth("shop", "x", spec))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(path), "{spec}: {err}");
+    }
+    let ok = check(&[(
+        "pa.yaml",
+        &peer_auth("shop", "ok", "{mtls: {mode: PERMISSIVE}}"),
+    )])
+    .unwrap();
+    assert_eq!(ok.peer_authentications.len(), 1);
+}
+
+#[test]
+fn client_tls_settings_are_checked() {
+    use crate::support::{check_with_base, dr};
+    let cases = [
+        (
+            "{mode: ISTIO_MUTUAL, subjectAltNames: ['spiffe://cluster.local/ns/default/sa/reviews']}",
+            vec![],
+        ),
+        (
+            "{mode: SIMPLE, caCertificates: /etc/ca.pem, sni: api.example.com}",
+            vec![],
+        ),
+        (
+            "{mode: MUTUAL, caCertificates: /ca.pem, clientCertificate: /c.pem, privateKey: /k.pem}",
+            vec![],
+        ),
+        ("{mode: DISABLE}", vec![]),
+        (
+            "{mode: ISTIO_MUTUAL, caCertificates: /ca.pem}",
+            vec![(
+                "spec.trafficPolicy.tls.caCertificates",
+                "not used with mode ISTIO_MUTUAL",
+            )],
+        ),
+        (
+            "{mode: ISTIO_MUTUAL, subjectAltNames: [reviews.default]}",
+            vec![(
+                "spec.trafficPolicy.tls.subjectAltNames[0]",
+                "not a SPIFFE ID",
+            )],
+        ),
+        (
+            "{mode: SIMPLE}",
+            vec![(
+                "spec.trafficPolicy.tls.caCertificates",
+                "required with mode SIMPLE",
+            )],
+        ),
+        (
+            "{mode: SIMPLE, caCertificates: /ca.pem, privateKey: /k.pem}",
+            vec![(
+                "spec.trafficPolicy.tls.privateKey",
+                "only used with mode MUTUAL",
+            )],
+        ),
+        (
+            "{mode: MUTUAL, caCertificates: /ca.pem}",
+            vec![
+                (
+                    "spec.trafficPolicy.tls.clientCertificate",
+                    "required with mode MUTUAL",
+                ),
+                (
+                    "spec.trafficPolicy.tls.privateKey",
+                    "required with mode MUTUAL",
+                ),
+            ],
+        ),
+        (
+            "{mode: SIMPLE, caCertificates: ''}",
+            vec![("spec.trafficPolicy.tls.caCertificates", "is empty")],
+        ),
+    ];
+    for (tls, want) in cases {
+        let text = dr(
+            "r",
+            &format!("{{host: ratings.example.com, trafficPolicy: {{tls: {tls}}}}}"),
+        );
+        match check_with_base(&text) {
+            Ok(_) => assert!(want.is_empty(), "{tls}: accepted, want {want:?}"),
+            Err(errs) => {
+                let got: Vec<(String, String)> = errs
+                    .0
+                    .iter()
+                    .map(|e| (e.field.clone(), e.reason.clone()))
+                    .collect();
+                assert_eq!(got.len(), want.len(), "{tls}: {got:?}");
+                for ((field, reason), (wf, wr)) in got.iter().zip(&want) {
+                    assert_eq!(field, wf, "{tls}");
+                    assert!(reason.contains(wr), "{tls}: {reason}");
+                }
+            }
+        }
+    }
+}

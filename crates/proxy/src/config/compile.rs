@@ -67,6 +67,9 @@ pub struct Context<'a> {
     /// state (in-flight counts, latency estimates, health).
     pub previous: Option<&'a ProxyConfig>,
     pub resolve: Resolve<'a>,
+    /// The proxy has a workload certificate: auto mTLS to meshed endpoints,
+    /// and ISTIO_MUTUAL is possible.
+    pub has_certificate: bool,
 }
 
 /// The system resolver (blocking; the config thread calls it, never a worker).
@@ -102,6 +105,7 @@ pub fn compile(v: Validated, ctx: &Context) -> Result<ProxyConfig, ConfigErrors>
         // Per workload (labels): set by the loader, which knows them.
         authz: Default::default(),
         source: v,
+        peer_auth: Default::default(),
     })
 }
 
@@ -207,6 +211,44 @@ impl Compiler<'_> {
                             reason,
                         )
                     };
+                    let tls_setting = policy::effective(
+                        base_policy,
+                        policy,
+                        port.number,
+                        |t| t.tls.as_ref(),
+                        |p| p.tls.as_ref(),
+                    );
+                    let destination = super::tls::Destination {
+                        service: s,
+                        port: port.number,
+                        subset,
+                        protocol: upstream_protocol(port.protocol),
+                    };
+                    let tls = match super::tls::cluster_tls(
+                        tls_setting,
+                        &destination,
+                        self.ctx.has_certificate,
+                    ) {
+                        Ok(t) => t,
+                        Err((field, reason)) => {
+                            // Auto mTLS errors come from the ServiceEntry.
+                            self.errors.push(match dr {
+                                Some(dr) if tls_setting.is_some() => ConfigError::new(
+                                    &dr.source,
+                                    format!("DestinationRule {}", dr.key()),
+                                    format!("spec.trafficPolicy...{field}"),
+                                    reason,
+                                ),
+                                _ => ConfigError::new(
+                                    "-",
+                                    format!("ServiceEntry {}", s.entry),
+                                    "spec.subjectAltNames",
+                                    reason,
+                                ),
+                            });
+                            continue;
+                        }
+                    };
                     let (upstream, limits) = match policy::connection_pool(pool) {
                         Ok(x) => x,
                         Err(e) => {
@@ -251,6 +293,7 @@ impl Compiler<'_> {
                         breaker: self.breaker(&name, limits),
                         budget: budget.clone(),
                         outlier,
+                        tls,
                         stats: self.ctx.metrics.cluster_stats(&name),
                     };
                     self.clusters.insert(name, Arc::new(cluster));

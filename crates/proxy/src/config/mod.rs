@@ -4,12 +4,14 @@
 
 pub mod compile;
 pub mod policy;
+pub mod tls;
 pub mod watch;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::json;
+use trellis_model::peer_authentication::Effective;
 use trellis_model::validate::Validated;
 
 use crate::cluster::Cluster;
@@ -33,6 +35,10 @@ pub struct ProxyConfig {
     pub authz: crate::authz::Policies,
     /// The validated resources this snapshot was compiled from.
     pub source: Validated,
+    /// The PeerAuthentication mode for this workload's inbound port (Unset
+    /// when none applies; the listener then defaults by whether the proxy
+    /// has a certificate, see `tls::mode`).
+    pub peer_auth: Effective,
 }
 
 impl ProxyConfig {
@@ -93,6 +99,7 @@ impl ProxyConfig {
                         "max_ejection_percent": o.max_ejection_percent,
                         "min_health_percent": o.min_health_percent,
                     })),
+                    "tls": c.tls.describe(),
                     "endpoints": endpoints,
                 })
             })
@@ -121,6 +128,10 @@ impl ProxyConfig {
                 "services": self.source.services,
                 "destination_rules": self.source.destination_rules.values().collect::<Vec<_>>(),
                 "virtual_services": self.source.virtual_services.iter().map(|(_, vs)| vs).collect::<Vec<_>>(),
+            },
+            "peer_authentication": {
+                "mode": self.peer_auth.mode.name(),
+                "from": self.peer_auth.from,
             },
             "outbound_hosts": hosts,
             "clusters": clusters,

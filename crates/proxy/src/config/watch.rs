@@ -11,7 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use trellis_model::{ConfigErrors, ResourceSet};
+use std::collections::BTreeMap;
+
+use trellis_model::peer_authentication::{self, Effective};
+use trellis_model::validate::Validated;
+use trellis_model::{ConfigError, ConfigErrors, ResourceSet};
 
 use super::ProxyConfig;
 use super::compile::{self, Context, Resolve};
@@ -46,11 +50,17 @@ impl Store {
 pub struct Loader {
     pub dir: PathBuf,
     pub namespace: String,
-    /// The workload's labels: AuthorizationPolicy selectors match on them.
-    pub labels: std::collections::BTreeMap<String, String>,
+    /// The workload's labels: AuthorizationPolicy and PeerAuthentication
+    /// selectors match on them.
+    pub labels: BTreeMap<String, String>,
     pub locality: Locality,
     pub metrics: Arc<Metrics>,
     pub resolve: compile::Resolver,
+    /// The app's port: PeerAuthentication `portLevelMtls` keys.
+    pub app_port: Option<u16>,
+    /// Whether the proxy has a certificate (`--identity-dir`): STRICT
+    /// without one is refused.
+    pub has_certificate: bool,
 }
 
 impl Loader {
@@ -65,6 +75,7 @@ impl Loader {
             metrics: &self.metrics,
             previous,
             resolve,
+            has_certificate: self.has_certificate,
         };
         let mut config = compile::compile(validated, &ctx)?;
         config.authz = crate::authz::Policies::compile(
@@ -72,7 +83,35 @@ impl Loader {
             &self.namespace,
             &self.labels,
         )?;
+        config.peer_auth = self.peer_auth(&config.source)?;
         Ok(config)
+    }
+
+    /// The PeerAuthentication that applies to this workload's inbound port,
+    /// refused when it cannot be served.
+    fn peer_auth(&self, v: &Validated) -> Result<Effective, ConfigErrors> {
+        let effective = peer_authentication::effective(
+            &v.peer_authentications,
+            &self.namespace,
+            &self.labels,
+            self.app_port,
+        );
+        match crate::tls::mode::check(&effective, self.has_certificate) {
+            Ok(()) => Ok(effective),
+            Err(reason) => {
+                let decided_by = v
+                    .peer_authentications
+                    .iter()
+                    .find(|p| Some(p.key()) == effective.from);
+                let (file, resource) = decided_by.map_or_else(
+                    || ("-".to_string(), "PeerAuthentication".to_string()),
+                    |p| (p.source.clone(), format!("PeerAuthentication {}", p.key())),
+                );
+                let mut errors = ConfigErrors::default();
+                errors.push(ConfigError::new(file, resource, "spec.mtls.mode", reason));
+                Err(errors)
+            }
+        }
     }
 }
 

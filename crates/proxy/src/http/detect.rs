@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Longest method token we wait for before deciding it is not HTTP/1.
@@ -18,6 +21,8 @@ const MAX_METHOD_LEN: usize = 20;
 pub enum Detected {
     Http1,
     Http2,
+    /// A TLS record header (handshake, TLS 1.0-1.3): a ClientHello.
+    Tls,
     Opaque,
 }
 
@@ -25,6 +30,13 @@ pub enum Detected {
 pub fn classify(prefix: &[u8]) -> Option<Detected> {
     if prefix.is_empty() {
         return None;
+    }
+    if prefix[0] == TLS_HANDSHAKE {
+        return match prefix.get(1) {
+            None => None,
+            Some(3) => Some(Detected::Tls),
+            Some(_) => Some(Detected::Opaque),
+        };
     }
     if prefix.len() >= H2_PREFACE.len() {
         if prefix.starts_with(H2_PREFACE) {
@@ -78,6 +90,32 @@ pub async fn detect(stream: &TcpStream, wait: Option<Duration>) -> std::io::Resu
     }
 }
 
+/// Like [`detect`], for a stream that cannot peek (the inside of TLS):
+/// reads into `buf` until the protocol is known; the caller replays `buf`
+/// (see `http::rewind`).
+pub async fn detect_read<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    wait: Duration,
+) -> std::io::Result<Detected> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut chunk = [0u8; 32];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(Detected::Opaque),
+        };
+        if n == 0 {
+            return Ok(Detected::Opaque);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(d) = classify(buf) {
+            return Ok(d);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,7 +131,9 @@ mod tests {
             (&H2_PREFACE[..10], None),
             (b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n", Some(Detected::Http1)),
             (b"GE", None),
-            (b"\x16\x03\x01\x02\x00", Some(Detected::Opaque)),
+            (b"\x16\x03\x01\x02\x00", Some(Detected::Tls)),
+            (b"\x16", None),
+            (b"\x16\x04", Some(Detected::Opaque)),
             (b"SSH-2.0-OpenSSH\r\n", Some(Detected::Opaque)),
             (b"get / HTTP/1.1", Some(Detected::Opaque)),
             (b" GET", Some(Detected::Opaque)),

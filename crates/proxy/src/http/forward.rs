@@ -14,6 +14,7 @@ use super::{Body, ProxyError};
 use crate::cluster::UpstreamProtocol;
 use crate::resilience::breaker::Breaker;
 use crate::telemetry::metrics::ConnectionGuard;
+use crate::tls::origination::Origination;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus
 /// whatever the Connection header lists.
@@ -103,14 +104,15 @@ pub async fn send(
     pool: &Arc<Pool>,
     protocol: UpstreamProtocol,
     addr: SocketAddr,
+    tls: Option<&Origination>,
     settings: &UpstreamSettings,
     breaker: &Arc<Breaker>,
     req: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     match protocol {
-        UpstreamProtocol::Http2 => pool.send_h2(addr, settings, breaker, req).await,
+        UpstreamProtocol::Http2 => pool.send_h2(addr, tls, settings, breaker, req).await,
         UpstreamProtocol::Http1 | UpstreamProtocol::Opaque => {
-            pool.send_h1(addr, settings, breaker, req).await
+            pool.send_h1(addr, tls, settings, breaker, req).await
         }
     }
 }

@@ -15,11 +15,18 @@ use crate::peer::PeerInfo;
 use crate::telemetry::metrics::{ConnectionGuard, Direction};
 use crate::worker::Worker;
 
-pub async fn handle(w: Arc<Worker>, peer: PeerInfo, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    w: Arc<Worker>,
+    peer: Arc<PeerInfo>,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
     let start = Instant::now();
     let grpc = super::outbound::is_grpc(&req);
     let result = match enforce::check_request(&w, &peer, &req) {
-        Ok(()) => forward(&w, req).await,
+        Ok(()) => {
+            peer.set_xfcc(req.headers_mut());
+            forward(&w, req).await
+        }
         Err(denied) => Err(denied),
     };
     match result {
@@ -62,8 +69,16 @@ async fn forward(w: &Worker, mut req: Request<Incoming>) -> Result<Response<Body
     let mut up = req.map(Body::Incoming);
     strip_hop_by_hop(up.headers_mut(), upgrade);
     forward::set_target(&mut up, protocol, authority, path)?;
-    let mut resp =
-        forward::send(&w.pool, protocol, app, &w.app_upstream, &w.app_breaker, up).await?;
+    let mut resp = forward::send(
+        &w.pool,
+        protocol,
+        app,
+        None,
+        &w.app_upstream,
+        &w.app_breaker,
+        up,
+    )
+    .await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(down) = downstream_upgrade {
             let up = hyper::upgrade::on(&mut resp);

@@ -88,6 +88,7 @@ pub fn spawn(
                 &pool,
                 cluster.protocol,
                 endpoint.addr,
+                cluster.tls.for_endpoint(&endpoint.labels).map(|t| &**t),
                 &cluster.upstream,
                 &cluster.breaker,
                 req,

@@ -10,6 +10,7 @@ pub mod outbound;
 pub mod pool;
 pub mod reason;
 pub mod replay;
+pub mod rewind;
 pub mod server;
 pub mod upstream;
 

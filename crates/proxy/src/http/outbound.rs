@@ -243,6 +243,9 @@ async fn forward<'c>(
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let connection = req.extensions().get::<ConnectionGuard>().cloned();
     strip_hop_by_hop(req.headers_mut(), upgrade);
+    // An app cannot vouch for a client certificate: only the inbound
+    // proxy that verified one sets this header.
+    req.headers_mut().remove(crate::peer::XFCC);
     action.headers.request.apply(req.headers_mut());
     dest.headers.request.apply(req.headers_mut());
     forward::set_target(

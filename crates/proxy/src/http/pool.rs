@@ -26,6 +26,8 @@ use tokio::net::TcpStream;
 use super::reason::ResetKind;
 use super::{Body, ProxyError};
 use crate::resilience::breaker::{Breaker, Permit, Slot};
+use crate::tls::CredentialsRx;
+use crate::tls::origination::{Origination, UpstreamIo};
 
 /// An idle HTTP/1.1 connection.
 #[derive(Debug)]
@@ -49,12 +51,32 @@ struct H2Conn {
     streams: Arc<AtomicU32>,
 }
 
+/// Connections are pooled per endpoint and per TLS setting, so plaintext
+/// and TLS connections (or two TLS settings) are never mixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PoolKey {
+    addr: SocketAddr,
+    /// 0: plaintext; else [`Origination::key`].
+    tls: u64,
+}
+
+impl PoolKey {
+    fn new(addr: SocketAddr, tls: Option<&Origination>) -> Self {
+        PoolKey {
+            addr,
+            tls: tls.map_or(0, |t| t.key),
+        }
+    }
+}
+
 /// Connections to all endpoints, owned by one worker.
 #[derive(Debug)]
 pub struct Pool {
     max_idle_per_endpoint: usize,
-    h1_idle: Mutex<HashMap<SocketAddr, Vec<IdleH1>>>,
-    h2: Mutex<HashMap<SocketAddr, H2Slot>>,
+    h1_idle: Mutex<HashMap<PoolKey, Vec<IdleH1>>>,
+    h2: Mutex<HashMap<PoolKey, H2Slot>>,
+    /// The workload certificate, for ISTIO_MUTUAL origination.
+    credentials: Option<CredentialsRx>,
     /// Signalled when an HTTP/1.1 connection comes back idle, for requests
     /// waiting at the `maxConnections` limit.
     returned: tokio::sync::Notify,
@@ -97,9 +119,10 @@ pub struct TcpKeepalive {
 }
 
 impl Pool {
-    pub fn new(max_idle_per_endpoint: usize) -> Arc<Self> {
+    pub fn new(max_idle_per_endpoint: usize, credentials: Option<CredentialsRx>) -> Arc<Self> {
         Arc::new(Pool {
             max_idle_per_endpoint,
+            credentials,
             h1_idle: Mutex::default(),
             h2: Mutex::default(),
             returned: tokio::sync::Notify::new(),
@@ -126,9 +149,11 @@ impl Pool {
     async fn connect(
         &self,
         addr: SocketAddr,
+        tls: Option<&Origination>,
         settings: &UpstreamSettings,
-    ) -> Result<TokioIo<TcpStream>, ProxyError> {
+    ) -> Result<TokioIo<UpstreamIo>, ProxyError> {
         let timeout = settings.connect_timeout;
+        let started = Instant::now();
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| ProxyError::ConnectTimeout { addr, timeout })?
@@ -150,18 +175,29 @@ impl Pool {
                 tracing::debug!(%addr, error = %e, "could not set TCP keepalive");
             }
         }
-        Ok(TokioIo::new(stream))
+        // The handshake counts against the connect timeout: to the caller
+        // both are "could not get a connection".
+        let left = timeout.saturating_sub(started.elapsed());
+        let io = tokio::time::timeout(
+            left,
+            UpstreamIo::secure(addr, stream, tls, self.credentials.as_ref()),
+        )
+        .await
+        .map_err(|_| ProxyError::ConnectTimeout { addr, timeout })??;
+        Ok(TokioIo::new(io))
     }
 
     /// Send over HTTP/1.1. The request must already be in origin form with a Host header.
     pub async fn send_h1(
         self: &Arc<Self>,
         addr: SocketAddr,
+        tls: Option<&Origination>,
         settings: &UpstreamSettings,
         breaker: &Arc<Breaker>,
         req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
-        let (mut tx, served, reused) = self.h1_connection(addr, settings, breaker).await?;
+        let key = PoolKey::new(addr, tls);
+        let (mut tx, served, reused) = self.h1_connection(key, tls, settings, breaker).await?;
         let resp = tx.try_send_request(req).await.map_err(|e| {
             // hyper hands the request back when it never started writing
             // it. A reused connection that ends with no response at all was
@@ -187,7 +223,7 @@ impl Pool {
         Ok(resp.map(|body| {
             let giveback = (!upgraded && !retire).then(|| GiveBack {
                 pool: self.clone(),
-                addr,
+                key,
                 tx,
                 served,
                 idle_timeout,
@@ -204,19 +240,21 @@ impl Pool {
     /// at most the connect timeout.
     async fn h1_connection(
         &self,
-        addr: SocketAddr,
+        key: PoolKey,
+        tls: Option<&Origination>,
         settings: &UpstreamSettings,
         breaker: &Arc<Breaker>,
     ) -> Result<(http1::SendRequest<Body>, u32, bool), ProxyError> {
+        let addr = key.addr;
         let give_up = Instant::now() + settings.connect_timeout;
         let mut _pending: Option<Permit> = None;
         loop {
-            if let Some((tx, served)) = self.take_idle_h1(addr).await {
+            if let Some((tx, served)) = self.take_idle_h1(key).await {
                 return Ok((tx, served, true));
             }
             let overflow = match breaker.try_acquire(Slot::Connection) {
                 Ok(slot) => {
-                    let io = self.connect(addr, settings).await?;
+                    let io = self.connect(addr, tls, settings).await?;
                     let (tx, conn) = http1::Builder::new()
                         .handshake(io)
                         .await
@@ -258,9 +296,9 @@ impl Pool {
         }
     }
 
-    async fn take_idle_h1(&self, addr: SocketAddr) -> Option<(http1::SendRequest<Body>, u32)> {
+    async fn take_idle_h1(&self, key: PoolKey) -> Option<(http1::SendRequest<Body>, u32)> {
         loop {
-            let mut c = self.h1_idle.lock().ok()?.get_mut(&addr)?.pop()?;
+            let mut c = self.h1_idle.lock().ok()?.get_mut(&key)?.pop()?;
             if c.since.elapsed() >= c.idle_timeout || c.tx.is_closed() {
                 continue;
             }
@@ -278,7 +316,7 @@ impl Pool {
             return;
         }
         if let Ok(mut idle) = self.h1_idle.lock() {
-            let conns = idle.entry(g.addr).or_default();
+            let conns = idle.entry(g.key).or_default();
             if conns.len() < self.max_idle_per_endpoint {
                 conns.push(IdleH1 {
                     since: Instant::now(),
@@ -298,6 +336,7 @@ impl Pool {
     pub async fn send_h2(
         &self,
         addr: SocketAddr,
+        tls: Option<&Origination>,
         settings: &UpstreamSettings,
         _breaker: &Arc<Breaker>,
         req: Request<Body>,
@@ -308,7 +347,7 @@ impl Pool {
                 .h2
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            h2.entry(addr).or_default().clone()
+            h2.entry(PoolKey::new(addr, tls)).or_default().clone()
         };
         let conn = {
             let mut guard = slot.lock().await;
@@ -323,7 +362,7 @@ impl Pool {
                 None => {
                     // A retired connection finishes its open streams and
                     // closes when its last handle is gone.
-                    let io = self.connect(addr, settings).await?;
+                    let io = self.connect(addr, tls, settings).await?;
                     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                         .timer(TokioTimer::new())
                         .keep_alive_interval(Duration::from_secs(30))
@@ -406,7 +445,7 @@ fn reset(addr: SocketAddr, e: &hyper::Error, kind: ResetKind) -> ProxyError {
 #[derive(Debug)]
 struct GiveBack {
     pool: Arc<Pool>,
-    addr: SocketAddr,
+    key: PoolKey,
     tx: http1::SendRequest<Body>,
     served: u32,
     idle_timeout: Duration,

@@ -38,6 +38,12 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("TLS handshake with upstream {addr} failed: {detail}")]
+    UpstreamTlsHandshake { addr: SocketAddr, detail: String },
+    #[error("upstream {addr} is not allowed to serve this destination (secure naming): {detail}")]
+    UpstreamIdentityMismatch { addr: SocketAddr, detail: String },
+    #[error("cannot originate TLS to {addr}: {detail}")]
+    UpstreamTlsUnavailable { addr: SocketAddr, detail: String },
     #[error("connecting to {addr} timed out after {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
     #[error("upstream {addr} closed or reset the connection before responding ({kind}): {detail}")]
@@ -117,6 +123,9 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
             ProxyError::ConnectFailed { .. } => "upstream_connect_failure",
             ProxyError::ConnectTimeout { .. } => "upstream_connect_timeout",
+            ProxyError::UpstreamTlsHandshake { .. } => "upstream_tls_handshake",
+            ProxyError::UpstreamIdentityMismatch { .. } => "upstream_identity_mismatch",
+            ProxyError::UpstreamTlsUnavailable { .. } => "upstream_tls_unavailable",
             ProxyError::UpstreamReset { .. } => "upstream_reset",
             ProxyError::UpstreamTimeout { .. } | ProxyError::DeadlineExceeded { .. } => {
                 "upstream_timeout"
@@ -144,6 +153,9 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream { .. }
             | ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
+            | ProxyError::UpstreamTlsHandshake { .. }
+            | ProxyError::UpstreamIdentityMismatch { .. }
+            | ProxyError::UpstreamTlsUnavailable { .. }
             | ProxyError::NoApp => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamReset { .. } | ProxyError::UpgradeUnsupported { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -273,6 +285,22 @@ mod tests {
                 "upstream_timeout",
             ),
             (ProxyError::RbacDenied, 403, "rbac_denied"),
+            (
+                ProxyError::UpstreamTlsHandshake {
+                    addr,
+                    detail: "unknown CA".into(),
+                },
+                503,
+                "upstream_tls_handshake",
+            ),
+            (
+                ProxyError::UpstreamIdentityMismatch {
+                    addr,
+                    detail: "spiffe://x".into(),
+                },
+                503,
+                "upstream_identity_mismatch",
+            ),
         ];
         for (err, status, reason) in cases {
             let resp = err.to_response();

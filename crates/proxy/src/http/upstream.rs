@@ -368,6 +368,7 @@ async fn attempt_once(
         &w.pool,
         cluster.protocol,
         addr,
+        cluster.tls.for_endpoint(&endpoint.labels).map(|t| &**t),
         &cluster.upstream,
         &cluster.breaker,
         req,
@@ -429,9 +430,14 @@ fn outcome_of(result: &Result<Response<Body>, ProxyError>, idempotent: bool) -> 
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok()),
         },
-        Err(ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. }) => {
-            Outcome::ConnectFailure
-        }
+        // A failed TLS handshake is a connection that could not be made:
+        // retried (connect-failure) and counted against the endpoint.
+        Err(
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::UpstreamTlsHandshake { .. }
+            | ProxyError::UpstreamIdentityMismatch { .. },
+        ) => Outcome::ConnectFailure,
         Err(ProxyError::UpstreamReset { kind, .. }) => match kind {
             ResetKind::NotSent => Outcome::NeverSent,
             ResetKind::ClosedIdle if idempotent => Outcome::NeverSent,

@@ -12,8 +12,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::http::{Body, ProxyError};
+use crate::peer::PeerInfo;
 use crate::route::{self, PortRoutes};
 use crate::telemetry::metrics::{ConnectionGuard, Direction};
+use crate::tls::origination::UpstreamIo;
 use crate::worker::Worker;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,7 +77,9 @@ pub async fn connect_tunnel(
             .ok_or_else(|| ProxyError::NoHealthyUpstream {
                 cluster: cluster.name.to_string(),
             })?;
-    let mut upstream = connect(endpoint.addr).await?;
+    let tcp = connect(endpoint.addr).await?;
+    let tls = cluster.tls.for_endpoint(&endpoint.labels).map(|t| &**t);
+    let mut upstream = UpstreamIo::secure(endpoint.addr, tcp, tls, w.credentials.as_ref()).await?;
     let bytes = w.metrics.tcp_bytes(Direction::outbound, &cluster.name);
     let guard = endpoint.start_request();
     // Keeps the downstream connection counted (and drained) while the tunnel runs.
@@ -94,7 +98,10 @@ pub async fn connect_tunnel(
 }
 
 /// Inbound opaque connection: straight to the app.
-pub async fn to_app(w: &Worker, mut stream: TcpStream) {
+pub async fn to_app<S>(w: &Worker, peer: &PeerInfo, mut stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let Some(app) = w.app else {
         w.metrics
             .local_reply(Direction::inbound, ProxyError::NoApp.reason());
@@ -107,7 +114,7 @@ pub async fn to_app(w: &Worker, mut stream: TcpStream) {
         }
         Err(e) => {
             w.metrics.local_reply(Direction::inbound, e.reason());
-            tracing::debug!(error = %e, "inbound tcp: app unreachable");
+            tracing::debug!(peer = %peer.addr, error = %e, "inbound tcp: app unreachable");
         }
     }
 }

@@ -66,6 +66,17 @@ pub struct XdsLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    /// `mtls` or `plaintext`.
+    pub transport: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -96,6 +107,8 @@ pub struct Metrics {
     xds_updates: Family<XdsLabels, Counter>,
     pub audit_written: Counter,
     pub audit_dropped: Counter,
+    inbound_transport: Family<TransportLabels, Counter>,
+    inbound_refused: Family<RefusedLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -227,9 +240,23 @@ impl Metrics {
             "Audit log lines dropped because the writer was behind (the request was not slowed)",
             audit_dropped.clone(),
         );
+        let inbound_transport = Family::default();
+        registry.register(
+            "inbound_connections_by_transport",
+            "Inbound connections admitted, by transport (mtls, plaintext)",
+            inbound_transport.clone(),
+        );
+        let inbound_refused = Family::default();
+        registry.register(
+            "inbound_connections_refused",
+            "Inbound connections closed before reaching the app, by reason (plaintext_refused, tls_handshake, no_certificate)",
+            inbound_refused.clone(),
+        );
         Metrics {
             audit_written,
             audit_dropped,
+            inbound_transport,
+            inbound_refused,
             retries,
             retries_denied,
             overflows,
@@ -327,6 +354,20 @@ impl Metrics {
             self.connections_active.get_or_create(&labels).clone(),
             self.connections_total.get_or_create(&labels).clone(),
         )
+    }
+
+    /// An inbound connection admitted over `transport` (`mtls`, `plaintext`).
+    pub fn inbound_admitted(&self, transport: &'static str) {
+        self.inbound_transport
+            .get_or_create(&TransportLabels { transport })
+            .inc();
+    }
+
+    /// An inbound connection closed before reaching the app, and why.
+    pub fn inbound_refused(&self, reason: &'static str) {
+        self.inbound_refused
+            .get_or_create(&RefusedLabels { reason })
+            .inc();
     }
 
     pub fn reload(&self, accepted: bool) {

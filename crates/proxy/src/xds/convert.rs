@@ -1549,6 +1549,7 @@ pub fn assemble(r: &Resources, ctx: &Context) -> ProxyConfig {
             .and_then(|l| l.authz.clone())
             .unwrap_or_default(),
         source: Default::default(),
+        peer_auth: Default::default(),
     }
 }
 
@@ -1641,6 +1642,8 @@ impl Assembler<'_> {
             breaker: self.breaker(&c.name, c.limits),
             budget,
             outlier: c.outlier,
+            // Not from xDS yet (transport_socket is refused): docs/mtls.md.
+            tls: Default::default(),
             stats: self.ctx.metrics.cluster_stats(&c.name),
         }
     }
@@ -1733,6 +1736,7 @@ impl Assembler<'_> {
                 breaker: Arc::new(Breaker::new(Limits::default())),
                 budget: Arc::new(SharedBudget::new(BudgetSettings::default(), Instant::now())),
                 outlier: None,
+                tls: Default::default(),
                 stats: self.ctx.metrics.cluster_stats(name),
             })
         })

@@ -1,16 +1,8 @@
 //! AuthorizationPolicy rules on the peer's identity (principals,
 //! namespaces, `source.principal`, `source.namespace`) over real mTLS
-//! connections.
-//!
-//! GATED: this module is not in `main.rs` yet, because the inbound side
-//! only learns a peer's SPIFFE ID once inbound mTLS (issue 5, item 3, the
-//! `mtls` branch) is merged. To enable it: add `mod authz_mtls;` to
-//! `main.rs`, make `inbound_tls_args` below pass the flags the mTLS branch
-//! gives `trellis-proxy sidecar` for its inbound certificate, key and trust
-//! bundle, and set `PeerInfo::principal` from the verified certificate in
-//! `http/server.rs` (the one place the peer is taken). The decisions these
-//! requests exercise are table-tested without sockets in
-//! `crates/proxy/src/authz/tests.rs`.
+//! connections: the sidecar terminates mTLS (`--identity-dir`), and the
+//! verified SPIFFE ID is what the rules match. The decisions themselves are
+//! table-tested without sockets in `crates/proxy/src/authz/tests.rs`.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -19,18 +11,19 @@ use trellis_testing::EchoServer;
 
 use crate::support::*;
 
-/// The flags that give the sidecar its inbound certificate, key and the
-/// trust bundle client certificates are verified against. Assumed names:
-/// adjust to the mTLS branch's.
+/// The sidecar's identity: the server certificate, its key and the CA, as
+/// the `--identity-dir` layout wants them.
 fn inbound_tls_args(c: &Certs) -> Vec<String> {
-    vec![
-        "--inbound-tls-cert".into(),
-        c.file("server.pem"),
-        "--inbound-tls-key".into(),
-        c.file("server.key"),
-        "--inbound-tls-ca".into(),
-        c.file("ca.pem"),
-    ]
+    let dir = c.path().join("identity");
+    std::fs::create_dir_all(&dir).expect("identity dir");
+    for (from, to) in [
+        ("server.pem", "cert.pem"),
+        ("server.key", "key.pem"),
+        ("ca.pem", "roots.pem"),
+    ] {
+        std::fs::copy(c.path().join(from), dir.join(to)).expect("copy identity file");
+    }
+    vec!["--identity-dir".into(), dir.display().to_string()]
 }
 
 /// A CA and certificates with SPIFFE URI SANs, made with the openssl CLI.
@@ -143,7 +136,8 @@ fn get_as(certs: &Certs, client: &str, to: std::net::SocketAddr, path: &str) -> 
         .args([
             "s_client",
             "-quiet",
-            "-no_ign_eof",
+            "-alpn",
+            "http/1.1",
             "-connect",
             &to.to_string(),
             "-cert",

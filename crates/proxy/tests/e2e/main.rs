@@ -7,6 +7,7 @@ mod support;
 
 mod admin;
 mod authz;
+mod authz_mtls;
 mod bad_input;
 mod balance;
 mod circuit_breaking;
@@ -19,6 +20,7 @@ mod inbound;
 mod invalid_config;
 mod matching;
 mod mirror;
+mod mtls;
 mod names;
 mod outlier;
 mod rate_limit;

@@ -49,6 +49,7 @@ fn via_yaml(v: &Validated, ns: &str, metrics: &Metrics) -> ProxyConfig {
         metrics,
         previous: None,
         resolve: &fake_dns,
+        has_certificate: false,
     };
     compile::compile(v.clone(), &ctx).unwrap_or_else(|e| panic!("compile: {e}"))
 }
