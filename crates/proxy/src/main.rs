@@ -103,6 +103,35 @@ struct SidecarArgs {
     /// and outbound originates mTLS to meshed destinations.
     #[arg(long, value_name = "DIR")]
     identity_dir: Option<PathBuf>,
+    /// With --xds: a file holding the bootstrap token (`trellis token
+    /// create`). The proxy then makes its own key, gets its certificate from
+    /// the control plane's CA (renewed at half-life) and the trust bundle
+    /// over SDS. Keep the file 0600; the token is never logged.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// With --token-file: the certificate lifetime to ask for, e.g. 1h
+    /// [default: the CA's, 24h].
+    #[arg(long, value_parser = parse_duration)]
+    cert_lifetime: Option<Duration>,
+}
+
+/// The bootstrap token from its file: one line, whitespace trimmed. The
+/// error names the file, never its content.
+fn read_token(path: &std::path::Path) -> Result<std::sync::Arc<str>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "cannot read the bootstrap token file {}: {e}",
+            path.display()
+        )
+    })?;
+    let token = text.trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(format!(
+            "{}: expected one bootstrap token (from `trellis token create`) on one line",
+            path.display()
+        ));
+    }
+    Ok(std::sync::Arc::from(token))
 }
 
 fn parse_labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
@@ -131,11 +160,14 @@ fn main() -> ExitCode {
     };
     match cli.mode {
         Mode::Sidecar(a) => {
-            let xds_only = a.address.is_some() || a.service_account.is_some();
+            let xds_only = a.address.is_some()
+                || a.service_account.is_some()
+                || a.token_file.is_some()
+                || a.cert_lifetime.is_some();
             let config = match (a.config_dir, a.xds) {
                 (Some(_), None) if xds_only => {
                     eprintln!(
-                        "trellis-proxy: --address and --service-account describe the workload to a control plane: use them with --xds HOST:PORT"
+                        "trellis-proxy: --address, --service-account, --token-file and --cert-lifetime concern a control plane: use them with --xds HOST:PORT"
                     );
                     return ExitCode::from(2);
                 }
@@ -153,12 +185,24 @@ fn main() -> ExitCode {
                         eprintln!("trellis-proxy: --xds needs --workload NAME");
                         return ExitCode::from(2);
                     };
+                    let token = match &a.token_file {
+                        Some(path) => match read_token(path) {
+                            Ok(t) => Some(t),
+                            Err(e) => {
+                                eprintln!("trellis-proxy: {e}");
+                                return ExitCode::from(2);
+                            }
+                        },
+                        None => None,
+                    };
                     ConfigSource::Xds(XdsSettings {
                         server,
                         workload,
                         service_account: a.service_account.unwrap_or_else(|| "default".to_string()),
                         labels: a.labels.clone().unwrap_or_default(),
                         address: a.address,
+                        token,
+                        cert_lifetime: a.cert_lifetime,
                     })
                 }
                 _ => {

@@ -50,6 +50,13 @@ pub struct XdsSettings {
     pub labels: std::collections::BTreeMap<String, String>,
     /// The workload's address (default: the outbound listener's IP).
     pub address: Option<std::net::IpAddr>,
+    /// The bootstrap token (`--token-file`): the certificate then comes
+    /// from the control plane's CA, renewed at half-life, and the trust
+    /// bundle over SDS. Never logged.
+    pub token: Option<Arc<str>>,
+    /// The certificate lifetime to ask for (`--cert-lifetime`); None: the
+    /// CA's default (24 h).
+    pub cert_lifetime: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +155,39 @@ pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError
             Some(rx)
         }
         None => None,
+    };
+    // Over xDS with a bootstrap token: the certificate comes from the
+    // control plane's CA. Until the first one arrives the inbound side
+    // refuses mTLS (no certificate) and `/ready` says so through xDS.
+    let (credentials, bundle) = match (&settings.config, credentials) {
+        (ConfigSource::Xds(x), None) if x.token.is_some() => {
+            let (creds_tx, creds_rx) = watch::channel(None);
+            let (bundle_tx, bundle_rx) = watch::channel(None);
+            let ca = crate::tls::ca_source::CaSettings {
+                endpoint: format!("http://{}", x.server),
+                token: x.token.clone().unwrap_or_else(|| Arc::from("")),
+                lifetime: x.cert_lifetime,
+            };
+            let provider = crate::tls::provider();
+            std::thread::Builder::new()
+                .name("trellis-identity".into())
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt.block_on(crate::tls::ca_source::run(
+                            ca, provider, bundle_rx, creds_tx,
+                        )),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot start the certificate renewer")
+                        }
+                    }
+                })
+                .map_err(StartError::Runtime)?;
+            (Some(creds_rx), Some(bundle_tx))
+        }
+        (_, credentials) => (credentials, None),
     };
     let loader = match &settings.config {
         ConfigSource::Dir(dir) => {
@@ -266,8 +306,8 @@ pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError
                 metrics: metrics.clone(),
                 status: status.clone(),
                 resolve: Box::new(system_resolve),
-                bundle: None,
-                token: None,
+                bundle,
+                token: x.token.clone(),
             };
             std::thread::Builder::new()
                 .name("trellis-xds".into())

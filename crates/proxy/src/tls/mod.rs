@@ -1,6 +1,7 @@
 //! Mutual TLS between sidecars: the workload's credentials and where they
 //! come from, SPIFFE identities, and the rustls configs of both sides.
 
+pub mod ca_source;
 pub mod client;
 pub mod credentials;
 pub mod identity_dir;
