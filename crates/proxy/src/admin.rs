@@ -27,6 +27,8 @@ pub struct Admin {
     pub xds: Option<Arc<crate::xds::XdsStatus>>,
     /// Static facts for `/config_dump` (listeners, namespace, ...).
     pub info: serde_json::Value,
+    /// The workload certificate in use, when the proxy has one.
+    pub credentials: Option<crate::tls::CredentialsRx>,
 }
 
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
@@ -93,6 +95,12 @@ fn handle(admin: &Admin, req: Request<Incoming>) -> Response<Body> {
                 "config": config.dump(),
                 "last_rejected": rejected,
                 "xds": admin.xds.as_ref().map(|x| x.snapshot()),
+                "identity": admin.credentials.as_ref().map(|c| {
+                    c.borrow().as_ref().map_or_else(
+                        || json!({"status": "waiting for a certificate"}),
+                        |c| c.summary(),
+                    )
+                }),
             }))
         }
         "/stats/prometheus" | "/metrics" => {

@@ -338,6 +338,7 @@ pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError
             "app": settings.app.map(|a| a.to_string()),
             "listeners": addrs.iter().map(|(k, v)| (k.to_string(), json!(v.to_string()))).collect::<serde_json::Map<_, _>>(),
         }),
+        credentials: credentials.clone(),
     });
 
     let rt = tokio::runtime::Builder::new_current_thread()

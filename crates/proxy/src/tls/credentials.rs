@@ -87,6 +87,30 @@ impl Credentials {
         Ok(identity)
     }
 
+    /// What `/config_dump` shows: the identity, the leaf's validity and
+    /// serial, and how many roots are trusted. Never the key.
+    pub fn summary(&self) -> serde_json::Value {
+        let leaf = self
+            .chain
+            .first()
+            .and_then(|c| x509_parser::parse_x509_certificate(c.as_ref()).ok())
+            .map(|(_, cert)| {
+                serde_json::json!({
+                    "serial": cert.raw_serial_as_string(),
+                    "not_before": cert.validity().not_before.to_rfc2822().ok(),
+                    "not_after": cert.validity().not_after.to_rfc2822().ok(),
+                    "not_after_unix": cert.validity().not_after.timestamp(),
+                    "issuer": cert.issuer().to_string(),
+                })
+            });
+        serde_json::json!({
+            "spiffe_id": self.identity().ok().map(|id| id.to_string()),
+            "certificate": leaf,
+            "chain_length": self.chain.len(),
+            "trusted_roots": self.roots.len(),
+        })
+    }
+
     pub fn root_store(&self) -> rustls::RootCertStore {
         let mut store = rustls::RootCertStore::empty();
         // Checked by `check` before publication; a root that is refused
