@@ -11,7 +11,9 @@
 //! [`run`] serves ADS on the xDS address with it.
 
 pub mod api;
+pub mod ca_service;
 pub mod health;
+pub mod identity;
 pub mod kind;
 pub mod metrics;
 pub mod reach;
@@ -40,6 +42,8 @@ pub struct ControlPlane {
     snapshots: channel::Receiver<Arc<Snapshot>>,
     /// Registry and per-proxy snapshots; the ADS server's source and hooks.
     pub mesh: Arc<xds::Mesh>,
+    /// The CA, the trust bundle and the bootstrap-token key.
+    pub identity: Arc<identity::Identity>,
     /// Set once the ADS server is built (it needs a running Tokio runtime).
     xds: OnceLock<trellis_xds::XdsServer>,
 }
@@ -60,6 +64,7 @@ impl ControlPlane {
         store: Store,
         metrics: Arc<Metrics>,
         registration_grace: Duration,
+        identity: Arc<identity::Identity>,
     ) -> Arc<ControlPlane> {
         let snapshots = store.subscribe();
         let mesh = xds::Mesh::new(snapshots.borrow().clone(), registration_grace);
@@ -68,6 +73,7 @@ impl ControlPlane {
             metrics,
             snapshots,
             mesh,
+            identity,
             xds: OnceLock::new(),
         })
     }

@@ -47,6 +47,13 @@ pub enum BundleError {
 }
 
 impl Root {
+    /// `not_after` as RFC 3339 (UTC), for people and JSON.
+    pub fn not_after_rfc3339(&self) -> String {
+        time::OffsetDateTime::from(self.not_after)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    }
+
     /// A self-signed CA certificate; `what` names it in errors.
     pub fn from_der(der: Vec<u8>, what: &str) -> Result<Root, BundleError> {
         let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).map_err(|e| {

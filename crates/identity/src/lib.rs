@@ -10,6 +10,7 @@
 pub mod bundle;
 pub mod ca;
 pub mod files;
+pub mod proto;
 pub mod spiffe;
 pub mod token;
 

@@ -228,15 +228,58 @@ impl XdsServer {
             shutdown.await;
             this.close_streams();
         };
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(self.inner.options.keepalive_interval)
-            .http2_keepalive_timeout(Some(self.inner.options.keepalive_timeout))
+        self.transport()
             .add_service(crate::framed::FramedAds {
                 server: self.clone(),
             })
             .serve_with_incoming_shutdown(incoming, signal)
             .await?;
         Ok(())
+    }
+
+    /// [`XdsServer::serve`] with one more gRPC service on the same listener
+    /// (the control plane's CA: proxies reach one address for both).
+    ///
+    /// # Errors
+    /// [`XdsError::Transport`] if the transport fails.
+    pub async fn serve_with<S>(
+        &self,
+        listener: TcpListener,
+        extra: S,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), XdsError>
+    where
+        S: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let this = self.clone();
+        let signal = async move {
+            shutdown.await;
+            this.close_streams();
+        };
+        self.transport()
+            .add_service(crate::framed::FramedAds {
+                server: self.clone(),
+            })
+            .add_service(extra)
+            .serve_with_incoming_shutdown(incoming, signal)
+            .await?;
+        Ok(())
+    }
+
+    fn transport(&self) -> tonic::transport::Server {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(self.inner.options.keepalive_interval)
+            .http2_keepalive_timeout(Some(self.inner.options.keepalive_timeout))
     }
 
     /// Ends every stream (now and any that opens later), as [`XdsServer::serve`]

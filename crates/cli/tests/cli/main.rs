@@ -2,6 +2,7 @@
 //! with port 0, each test in its own temp dirs.
 
 mod envoy;
+mod identity;
 mod outage;
 mod proxyless;
 mod support;
