@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod reach;
 pub mod registry;
 mod run;
+pub mod sds;
 pub mod store;
 pub mod watch;
 pub mod xds;

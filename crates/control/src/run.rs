@@ -183,6 +183,10 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
                 .await
         });
         tokio::spawn(plane.mesh.clone().follow_store(plane.subscribe()));
+        tokio::spawn(crate::sds::follow_bundle(
+            plane.mesh.clone(),
+            identity.bundle(),
+        ));
         // Before the first stream: whoever reconnects first already gets
         // every workload's endpoints.
         let restored = plane.mesh.restore(stored_registrations);

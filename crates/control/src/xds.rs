@@ -96,6 +96,9 @@ struct State {
     /// ones wait for a flush ([`Mesh::registry_changed`]).
     last_registry_flush: Instant,
     registry_flush_scheduled: bool,
+    /// The Secrets every proxy may ask for (`ROOTCA`: the trust bundle);
+    /// added to every class's view.
+    secrets: Arc<trellis_xds::Resources>,
 }
 
 #[derive(Debug)]
@@ -133,6 +136,7 @@ impl Mesh {
                     .checked_sub(REGISTRY_COALESCE)
                     .unwrap_or_else(Instant::now),
                 registry_flush_scheduled: false,
+                secrets: Arc::default(),
             }),
             generations: watch::Sender::new(1),
             grace,
@@ -153,6 +157,13 @@ impl Mesh {
             st.store = snap;
             self.bump(&mut st);
         }
+    }
+
+    /// Replaces the Secrets served to every proxy (SDS); a new generation.
+    pub fn set_secrets(&self, secrets: Arc<trellis_xds::Resources>) {
+        let mut st = self.lock();
+        st.secrets = secrets;
+        self.bump(&mut st);
     }
 
     /// The current generation.
@@ -475,6 +486,9 @@ impl State {
                 });
             cached.used = cached.used.max(generation);
             out.set_type(type_url, cached.resources.clone());
+        }
+        if !self.secrets.is_empty() {
+            out.set_type(trellis_xds::type_url::SECRET, self.secrets.clone());
         }
         out
     }

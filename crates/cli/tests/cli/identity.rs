@@ -374,3 +374,98 @@ fn a_readable_ca_key_stops_the_start() {
     let refused = control.cli(&["ca", "rotate"]);
     assert!(refused.stderr.contains("the operator's"), "{refused:?}");
 }
+
+/// The PEM inside a `ROOTCA` Secret of an SDS response.
+fn rootca_pem(resp: &envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse) -> String {
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
+    use prost::Message;
+    assert_eq!(resp.resources.len(), 1, "{resp:?}");
+    let s = Secret::decode(resp.resources[0].value.as_slice()).unwrap();
+    assert_eq!(s.name, "ROOTCA");
+    let Some(secret::Type::ValidationContext(v)) = s.r#type else {
+        panic!("ROOTCA is not a validation context: {s:?}")
+    };
+    let Some(Specifier::InlineBytes(pem)) = v.trusted_ca.and_then(|d| d.specifier) else {
+        panic!("ROOTCA has no inline trusted_ca")
+    };
+    String::from_utf8(pem).unwrap()
+}
+
+async fn next_response<T>(responses: &mut tonic::Streaming<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), responses.message())
+        .await
+        .expect("an SDS response in time")
+        .expect("stream open")
+        .expect("a response")
+}
+
+#[test]
+fn the_trust_bundle_is_served_and_pushed_over_sds() {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+
+    const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+    let data = tempfile::tempdir().unwrap();
+    let control = Control::start(data.path(), &[]);
+    let bundle_file = data.path().join("ca/trust-bundle.pem");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client =
+            AggregatedDiscoveryServiceClient::connect(format!("http://{}", control.xds))
+                .await
+                .expect("connect");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let requests =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+            );
+        let request = |version: &str, nonce: &str| DiscoveryRequest {
+            version_info: version.into(),
+            node: Some(Node {
+                id: "sds-test".into(),
+                ..Default::default()
+            }),
+            type_url: SECRET.into(),
+            resource_names: vec!["ROOTCA".into()],
+            response_nonce: nonce.into(),
+            ..Default::default()
+        };
+        tx.send(request("", "")).await.unwrap();
+        let mut responses = client
+            .stream_aggregated_resources(requests)
+            .await
+            .unwrap()
+            .into_inner();
+        let first = next_response(&mut responses).await;
+        assert_eq!(
+            rootca_pem(&first),
+            std::fs::read_to_string(&bundle_file).unwrap()
+        );
+        tx.send(request(&first.version_info, &first.nonce))
+            .await
+            .unwrap();
+
+        let rotated = tokio::task::spawn_blocking({
+            let api = control.api.clone();
+            move || crate::support::trellis(&["ca", "rotate", "--server", &api])
+        })
+        .await
+        .unwrap();
+        assert_eq!(rotated.code, 0, "{rotated:?}");
+        let second = next_response(&mut responses).await;
+        let pem = rootca_pem(&second);
+        assert_eq!(pem, std::fs::read_to_string(&bundle_file).unwrap());
+        assert_eq!(
+            pem.matches("BEGIN CERTIFICATE").count(),
+            2,
+            "old and new root"
+        );
+        assert!(pem.starts_with(&rootca_pem(&first)), "the old root stays");
+    });
+}
