@@ -469,3 +469,77 @@ fn the_trust_bundle_is_served_and_pushed_over_sds() {
         assert!(pem.starts_with(&rootca_pem(&first)), "the old root stays");
     });
 }
+
+/// Run a shell command in `dir`; panics with its output on failure.
+fn sh(dir: &Path, script: &str) {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "{script}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_operator_intermediate_made_with_openssl_signs() {
+    let data = tempfile::tempdir().unwrap();
+    let pki = tempfile::tempdir().unwrap();
+    // What an operator does with openssl: a root, and an intermediate for the mesh.
+    sh(
+        pki.path(),
+        "umask 077
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out root-key.pem 2>/dev/null
+        openssl req -x509 -new -key root-key.pem -subj '/O=corp/CN=Corp root' -days 30 \
+          -addext basicConstraints=critical,CA:true -addext keyUsage=critical,keyCertSign,cRLSign \
+          -out root-cert.pem
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca-key.pem 2>/dev/null
+        openssl req -new -key ca-key.pem -subj '/O=corp/CN=Mesh intermediate' -out ca.csr
+        printf 'basicConstraints=critical,CA:true,pathlen:0\\nkeyUsage=critical,keyCertSign,cRLSign\\n' > ext.cnf
+        openssl x509 -req -in ca.csr -CA root-cert.pem -CAkey root-key.pem -CAcreateserial \
+          -days 10 -extfile ext.cnf -out ca-cert.pem 2>/dev/null",
+    );
+    let p = |n: &str| pki.path().join(n).to_str().unwrap().to_owned();
+    let args = [
+        "--trust-domain",
+        "corp.example",
+        "--ca-cert",
+        &p("ca-cert.pem"),
+        "--ca-key",
+        &p("ca-key.pem"),
+    ];
+    // Without its chain the intermediate cannot be used: the error says what to add.
+    let err = Control::try_start(data.path(), &args)
+        .err()
+        .expect("refused");
+    assert!(err.contains("--ca-chain"), "{err}");
+
+    let chain_arg = p("root-cert.pem");
+    let control = Control::start(
+        data.path(),
+        &[&args[..], &["--ca-chain", &chain_arg]].concat(),
+    );
+    let token = control
+        .cli(&["token", "create", "-n", "pay", "--service-account", "api"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let chain = create_certificate(&control.xds, Some(&token), &greedy_csr(), 600).unwrap();
+    assert_eq!(chain.len(), 3, "leaf, intermediate, root");
+    assert_eq!(spiffe_id(&chain[0]), "spiffe://corp.example/ns/pay/sa/api");
+    let root = std::fs::read_to_string(pki.path().join("root-cert.pem")).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let (ok, text) = openssl_verify(scratch.path(), &chain, &root);
+    assert!(ok, "{text}");
+    // The bundle holds the operator's root, not the intermediate.
+    let bundle = std::fs::read_to_string(data.path().join("ca/trust-bundle.pem")).unwrap();
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 1);
+    let (ok, text) = openssl_verify(scratch.path(), &chain, &bundle);
+    assert!(ok, "{text}");
+}
