@@ -150,6 +150,11 @@ struct EnvoyBootstrapArgs {
     /// Use delta (incremental) ADS instead of state of the world.
     #[arg(long)]
     delta: bool,
+    /// A bootstrap token (`trellis token create`): Envoy sends it on the ADS
+    /// stream and gets the `default` Secret (certificate and key). The
+    /// bootstrap then holds a secret: keep the file 0600.
+    #[arg(long)]
+    token: Option<bootstrap::Token>,
 }
 
 #[derive(Args, Debug)]
@@ -363,6 +368,7 @@ fn bootstrap_envoy(a: EnvoyBootstrapArgs) -> Result<(), Failure> {
         xds: a.xds,
         admin: a.admin,
         delta: a.delta,
+        token: a.token,
     };
     print_json(&b.to_json())
 }

@@ -89,14 +89,11 @@ impl NamedService for CaService {
     const NAME: &'static str = trellis_identity::proto::SERVICE;
 }
 
-/// The token from `authorization: Bearer <token>`, if any.
-fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
+/// The token from `authorization: Bearer <token>`, if any (the same
+/// parsing as the ADS streams').
+fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<trellis_xds::Bearer> {
     let value = metadata.get("authorization")?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    trellis_xds::Bearer::from_header(value)
 }
 
 struct Create(CaService);
@@ -111,7 +108,9 @@ impl UnaryService<IstioCertificateRequest> for Create {
         let result = self
             .0
             .create_certificate(
-                bearer(request.metadata()),
+                bearer(request.metadata())
+                    .as_ref()
+                    .map(trellis_xds::Bearer::token),
                 request.get_ref(),
                 SystemTime::now(),
             )
@@ -166,7 +165,14 @@ mod tests {
             if let Some(h) = header {
                 m.insert("authorization", h.parse().unwrap());
             }
-            assert_eq!(bearer(&m), want, "{header:?}");
+            assert_eq!(
+                bearer(&m).as_ref().map(trellis_xds::Bearer::token),
+                want,
+                "{header:?}"
+            );
+            if let Some(b) = bearer(&m) {
+                assert_eq!(format!("{b:?}"), "Bearer(<redacted>)");
+            }
         }
     }
 }

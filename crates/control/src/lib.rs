@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod ca_service;
+pub mod envoy_certs;
 pub mod health;
 pub mod identity;
 pub mod kind;
@@ -69,6 +70,7 @@ impl ControlPlane {
     ) -> Arc<ControlPlane> {
         let snapshots = store.subscribe();
         let mesh = xds::Mesh::new(snapshots.borrow().clone(), registration_grace);
+        mesh.envoy_certs.set_identity(identity.clone());
         Arc::new(ControlPlane {
             store: Mutex::new(store),
             metrics,

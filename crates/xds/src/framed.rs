@@ -58,6 +58,11 @@ impl Service<HttpRequest> for FramedAds {
             .extensions()
             .get::<TcpConnectInfo>()
             .and_then(TcpConnectInfo::remote_addr);
+        let bearer = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::server::Bearer::from_header);
         let path = req.uri().path().to_string();
         let response = match path.as_str() {
             SOTW => {
@@ -67,7 +72,7 @@ impl Service<HttpRequest> for FramedAds {
                     None,
                     Some(MAX_REQUEST),
                 );
-                respond(self.server.start_sotw(requests, peer))
+                respond(self.server.start_sotw(requests, peer, bearer))
             }
             DELTA => {
                 let requests = Streaming::new_request(
@@ -76,7 +81,7 @@ impl Service<HttpRequest> for FramedAds {
                     None,
                     Some(MAX_REQUEST),
                 );
-                respond(self.server.start_delta(requests, peer))
+                respond(self.server.start_delta(requests, peer, bearer))
             }
             other => Status::unimplemented(format!("no method {other}")).into_http(),
         };

@@ -66,6 +66,34 @@ impl Default for XdsOptions {
     }
 }
 
+/// A bearer token a stream presented (`authorization: Bearer <token>` in
+/// its request metadata; Envoy sends it from `grpc_service.initial_metadata`).
+/// A secret: its Debug output is redacted, so a logged [`Connection`] never
+/// shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Bearer(String);
+
+impl Bearer {
+    /// The token of an `authorization` header value, if it is `Bearer <token>`.
+    pub fn from_header(value: &str) -> Option<Bearer> {
+        let (scheme, token) = value.split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty())
+            .then(|| Bearer(token.to_owned()))
+    }
+
+    /// The token itself: for verifying it, never for logging.
+    pub fn token(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer(<redacted>)")
+    }
+}
+
 /// One ADS stream: who is on it.
 #[derive(Debug, Clone)]
 pub struct Connection {
@@ -79,6 +107,9 @@ pub struct Connection {
     pub peer: Option<SocketAddr>,
     /// When the first request arrived.
     pub connected_at: SystemTime,
+    /// The stream's bearer token, if it sent one; the server does not check
+    /// it (the hooks and snapshots decide what it grants).
+    pub bearer: Option<Bearer>,
 }
 
 /// A stream and the state of each of its types.
@@ -334,8 +365,13 @@ impl AggregatedDiscoveryService for XdsServer {
 impl XdsServer {
     fn start<P: Protocol>(&self, request: Request<Streaming<P::Req>>) -> ResponseStream<P::Resp> {
         let peer = request.remote_addr();
+        let bearer = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(Bearer::from_header);
         ResponseStream {
-            rx: self.spawn::<P>(request.into_inner(), peer),
+            rx: self.spawn::<P>(request.into_inner(), peer, bearer),
         }
     }
 
@@ -343,16 +379,18 @@ impl XdsServer {
         &self,
         requests: Streaming<DiscoveryRequest>,
         peer: Option<SocketAddr>,
+        bearer: Option<Bearer>,
     ) -> mpsc::Receiver<Result<DiscoveryResponse, Status>> {
-        self.spawn::<SotwStream>(requests, peer)
+        self.spawn::<SotwStream>(requests, peer, bearer)
     }
 
     pub(crate) fn start_delta(
         &self,
         requests: Streaming<DeltaDiscoveryRequest>,
         peer: Option<SocketAddr>,
+        bearer: Option<Bearer>,
     ) -> mpsc::Receiver<Result<DeltaDiscoveryResponse, Status>> {
-        self.spawn::<DeltaStream>(requests, peer)
+        self.spawn::<DeltaStream>(requests, peer, bearer)
     }
 
     /// Starts a stream's task; its responses come out of the receiver.
@@ -360,10 +398,11 @@ impl XdsServer {
         &self,
         requests: Streaming<P::Req>,
         peer: Option<SocketAddr>,
+        bearer: Option<Bearer>,
     ) -> mpsc::Receiver<Result<P::Resp, Status>> {
         let (tx, rx) = mpsc::channel(self.inner.options.response_buffer.max(1));
         let span = tracing::debug_span!("xds", mode = P::MODE.as_str(), peer = ?peer);
-        tokio::spawn(drive::<P>(self.inner.clone(), requests, tx, peer).instrument(span));
+        tokio::spawn(drive::<P>(self.inner.clone(), requests, tx, peer, bearer).instrument(span));
         rx
     }
 }
@@ -499,6 +538,7 @@ async fn drive<P: Protocol>(
     mut requests: Streaming<P::Req>,
     tx: Tx<P::Resp>,
     peer: Option<SocketAddr>,
+    bearer: Option<Bearer>,
 ) {
     let first = match requests.next().await {
         Some(Ok(req)) => req,
@@ -520,6 +560,7 @@ async fn drive<P: Protocol>(
         node,
         peer,
         connected_at: SystemTime::now(),
+        bearer,
     };
     // Watch generations from before the first snapshot is taken, so none
     // made in between is missed.

@@ -755,3 +755,110 @@ fn stock_envoy_trusts_the_rootca_bundle_and_follows_rotation() {
         (envoy_ca_serials(&envoy, &rt) == want).then_some(())
     });
 }
+
+/// The SPIFFE IDs of the certificates Envoy serves (admin `/certs`).
+fn envoy_cert_ids(envoy: &Envoy, rt: &tokio::runtime::Runtime) -> Vec<String> {
+    let v: Value = serde_json::from_str(&envoy.admin_get(rt, "/certs")).unwrap_or(Value::Null);
+    v["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["cert_chain"].as_array().cloned().unwrap_or_default())
+        .flat_map(|c| {
+            c["subject_alt_names"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|san| san["uri"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn stock_envoy_with_a_token_gets_its_certificate_as_the_default_secret() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let control = Control::start(data.path(), &[]);
+    let token = control
+        .cli(&[
+            "token",
+            "create",
+            "-n",
+            "default",
+            "--service-account",
+            "productpage",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let bootstrap = trellis(&[
+        "bootstrap",
+        "envoy",
+        "--workload",
+        "productpage",
+        "--namespace",
+        "default",
+        "--service-account",
+        "productpage",
+        "--address",
+        "127.0.0.1",
+        "--outbound-port",
+        "0",
+        "--inbound-port",
+        "0",
+        "--xds",
+        &control.xds,
+        "--admin",
+        "127.0.0.1:0",
+        "--token",
+        &token,
+    ])
+    .ok()
+    .stdout;
+    let mut b: Value = serde_json::from_str(&bootstrap).unwrap();
+    // Until the mTLS listeners come from the control plane, a static one
+    // asks for the Secrets the way they will: `default` and `ROOTCA` over ADS.
+    b["static_resources"]["listeners"] = serde_json::json!([{
+        "name": "mtls",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{
+            "filters": [{
+                "name": "envoy.filters.network.tcp_proxy",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": "mtls",
+                    "cluster": "xds_cluster"
+                }
+            }],
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": true,
+                    "common_tls_context": {
+                        "tls_certificate_sds_secret_configs": [{
+                            "name": "default",
+                            "sds_config": {"ads": {}, "resource_api_version": "V3"}
+                        }],
+                        "validation_context_sds_secret_config": {
+                            "name": "ROOTCA",
+                            "sds_config": {"ads": {}, "resource_api_version": "V3"}
+                        }
+                    }
+                }
+            }
+        }]
+    }]);
+    let envoy = Envoy::start(&b.to_string());
+    let ids = eventually("Envoy to load its `default` certificate", || {
+        Some(envoy_cert_ids(&envoy, &rt)).filter(|ids| !ids.is_empty())
+    });
+    assert_eq!(ids, ["spiffe://cluster.local/ns/default/sa/productpage"]);
+    let logs = control.logs();
+    assert!(logs.contains("xDS stream authenticated"), "{logs}");
+    assert!(!logs.contains(&token), "the token in the logs");
+}

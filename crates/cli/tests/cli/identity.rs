@@ -543,3 +543,127 @@ fn an_operator_intermediate_made_with_openssl_signs() {
     let (ok, text) = openssl_verify(scratch.path(), &chain, &bundle);
     assert!(ok, "{text}");
 }
+
+/// The Secrets (name -> decoded) one ADS stream gets when it asks for
+/// `default` and `ROOTCA`, with or without a bearer token.
+fn secrets_for(
+    xds: &str,
+    token: Option<&str>,
+) -> std::collections::BTreeMap<
+    String,
+    envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+> {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use prost::Message;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
+            .await
+            .expect("connect");
+        let first = DiscoveryRequest {
+            node: Some(Node {
+                id: format!("secrets-{}", token.map_or(0, str::len)),
+                ..Default::default()
+            }),
+            type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret".into(),
+            resource_names: vec!["default".into(), "ROOTCA".into()],
+            ..Default::default()
+        };
+        // The first request, then silence: the stream stays open.
+        let requests = futures_util::StreamExt::chain(
+            futures_util::stream::iter(vec![first]),
+            futures_util::stream::pending(),
+        );
+        let mut req = tonic::Request::new(requests);
+        if let Some(t) = token {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let mut responses = client
+            .stream_aggregated_resources(req)
+            .await
+            .unwrap()
+            .into_inner();
+        let resp = next_response(&mut responses).await;
+        resp.resources
+            .iter()
+            .map(|a| {
+                let s = Secret::decode(a.value.as_slice()).unwrap();
+                (s.name.clone(), s)
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn only_a_stream_with_a_valid_token_gets_the_default_secret() {
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret;
+    let data = tempfile::tempdir().unwrap();
+    let control = Control::start(data.path(), &[]);
+    let token = control
+        .cli(&["token", "create", "-n", "shop", "--service-account", "cart"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+
+    let got = secrets_for(&control.xds, Some(&token));
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["ROOTCA", "default"]);
+    let Some(secret::Type::TlsCertificate(tls)) = &got["default"].r#type else {
+        panic!("default is not a TLS certificate: {:?}", got["default"]);
+    };
+    let bytes = |d: &Option<envoy_types::pb::envoy::config::core::v3::DataSource>| match d
+        .as_ref()
+        .and_then(|d| d.specifier.clone())
+    {
+        Some(Specifier::InlineBytes(b)) => String::from_utf8(b).unwrap(),
+        other => panic!("not inline bytes: {other:?}"),
+    };
+    let chain = bytes(&tls.certificate_chain);
+    let key = bytes(&tls.private_key);
+    assert_eq!(spiffe_id(&chain), "spiffe://cluster.local/ns/shop/sa/cart");
+    // The key is the certificate's, and the chain verifies to the root.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &chain).unwrap();
+    let pubkey = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    assert_eq!(
+        pubkey(&["pkey", "-in", "key.pem", "-pubout"]),
+        pubkey(&["x509", "-in", "cert.pem", "-noout", "-pubkey"])
+    );
+    let root = std::fs::read_to_string(data.path().join("ca/root-cert.pem")).unwrap();
+    let (ok, text) = openssl_verify(dir.path(), &[chain.clone(), root.clone()], &root);
+    assert!(ok, "{text}");
+
+    // No token, or one that does not verify: the trust bundle only.
+    for t in [None, Some("tbt1.e30.AAAA")] {
+        let got = secrets_for(&control.xds, t);
+        assert_eq!(got.keys().collect::<Vec<_>>(), ["ROOTCA"], "{t:?}");
+    }
+    let logs = control.logs();
+    assert!(logs.contains("token refused"), "{logs}");
+    assert!(!logs.contains(&token), "the token in the logs");
+    assert!(
+        !logs.contains(key.lines().nth(1).unwrap()),
+        "the key in the logs"
+    );
+}
