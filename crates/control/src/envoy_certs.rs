@@ -17,13 +17,14 @@ use trellis_xds::envoy_types::pb::envoy::extensions::transport_sockets::tls::v3:
 };
 
 use crate::identity::Identity;
+use crate::metrics::Metrics;
 
 /// The certificate Secret's name (Istio's).
 pub const DEFAULT: &str = "default";
 
 #[derive(Debug, Default)]
 pub struct EnvoyCerts {
-    identity: OnceLock<Arc<Identity>>,
+    identity: OnceLock<(Arc<Identity>, Arc<Metrics>)>,
     by_node: Mutex<HashMap<String, Authenticated>>,
 }
 
@@ -35,15 +36,16 @@ struct Authenticated {
 }
 
 impl EnvoyCerts {
-    /// Set once at start (the first one wins).
-    pub fn set_identity(&self, identity: Arc<Identity>) {
-        let _ = self.identity.set(identity);
+    /// Set once at start (the first one wins). Issuances and refusals count
+    /// in `trellis_control_certificates_total` like CreateCertificate's.
+    pub fn set_identity(&self, identity: Arc<Identity>, metrics: Arc<Metrics>) {
+        let _ = self.identity.set((identity, metrics));
     }
 
     /// A stream started: if it presented a token that verifies, its node
     /// gets certificates for the token's identity.
     pub fn connect(&self, conn: &Connection, now: SystemTime) {
-        let (Some(bearer), Some(identity)) = (&conn.bearer, self.identity.get()) else {
+        let (Some(bearer), Some((identity, metrics))) = (&conn.bearer, self.identity.get()) else {
             return;
         };
         match identity.authenticate(bearer.token(), now) {
@@ -58,13 +60,16 @@ impl EnvoyCerts {
                     },
                 );
             }
-            Err(e) => tracing::warn!(
-                node = %conn.node.id,
-                connection = conn.id,
-                reason = e.reason(),
-                error = %e,
-                "xDS stream's bootstrap token refused; it gets no `default` Secret"
-            ),
+            Err(e) => {
+                metrics.certificate(Some(e.reason()));
+                tracing::warn!(
+                    node = %conn.node.id,
+                    connection = conn.id,
+                    reason = e.reason(),
+                    error = %e,
+                    "xDS stream's bootstrap token refused; it gets no `default` Secret"
+                );
+            }
         }
     }
 
@@ -86,7 +91,7 @@ impl EnvoyCerts {
         node_id: &str,
         now: SystemTime,
     ) -> Option<(trellis_xds::Resource, Option<SystemTime>)> {
-        let identity = self.identity.get()?;
+        let (identity, metrics) = self.identity.get()?;
         let mut by_node = self.lock();
         let a = by_node.get_mut(node_id)?;
         if let Some((secret, renew_at)) = &a.issued
@@ -96,10 +101,12 @@ impl EnvoyCerts {
         }
         match issue(identity, &a.id, now) {
             Ok((secret, renew_at)) => {
+                metrics.certificate(None);
                 a.issued = Some((secret.clone(), renew_at));
                 Some((secret, Some(renew_at)))
             }
             Err(e) => {
+                metrics.certificate(Some("ca_error"));
                 tracing::error!(node = %node_id, spiffe_id = %a.id, error = %e, "cannot issue the `default` Secret");
                 a.issued.as_ref().map(|(s, _)| (s.clone(), None))
             }

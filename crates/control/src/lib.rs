@@ -70,7 +70,8 @@ impl ControlPlane {
     ) -> Arc<ControlPlane> {
         let snapshots = store.subscribe();
         let mesh = xds::Mesh::new(snapshots.borrow().clone(), registration_grace);
-        mesh.envoy_certs.set_identity(identity.clone());
+        mesh.envoy_certs
+            .set_identity(identity.clone(), metrics.clone());
         Arc::new(ControlPlane {
             store: Mutex::new(store),
             metrics,

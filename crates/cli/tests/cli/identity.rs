@@ -659,6 +659,13 @@ fn only_a_stream_with_a_valid_token_gets_the_default_secret() {
         let got = secrets_for(&control.xds, t);
         assert_eq!(got.keys().collect::<Vec<_>>(), ["ROOTCA"], "{t:?}");
     }
+    let (_, _, metrics) = http(&control.api, "GET", "/metrics", "text/plain", "");
+    for line in [
+        r#"trellis_control_certificates_total{result="issued",reason=""} 1"#,
+        r#"trellis_control_certificates_total{result="refused",reason="token_bad_signature"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
     let logs = control.logs();
     assert!(logs.contains("token refused"), "{logs}");
     assert!(!logs.contains(&token), "the token in the logs");
