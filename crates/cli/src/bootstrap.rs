@@ -52,6 +52,30 @@ pub struct EnvoyBootstrap {
     pub admin: SocketAddr,
     /// Delta (incremental) ADS instead of state of the world.
     pub delta: bool,
+    /// A bootstrap token, sent as `authorization: Bearer` on the ADS stream:
+    /// the control plane then serves the `default` Secret (docs/identity.md).
+    pub token: Option<Token>,
+}
+
+/// A bootstrap token: a secret, so Debug shows none of it.
+#[derive(Clone)]
+pub struct Token(pub String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Token {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Token, String> {
+        let s = s.trim();
+        if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("a token is one word, as `trellis token create` prints it".into());
+        }
+        Ok(Token(s.to_owned()))
+    }
 }
 
 /// What a proxyless gRPC client's bootstrap describes (gRFC A27's format,
@@ -144,6 +168,12 @@ impl EnvoyBootstrap {
             md["INBOUND_PORT"] = json!(p);
         }
         let socket = |a: SocketAddr| json!({"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}});
+        let mut grpc_service = json!({"envoy_grpc": {"cluster_name": "xds_cluster"}});
+        if let Some(t) = &self.token {
+            // The bootstrap then holds a secret: write it 0600.
+            grpc_service["initial_metadata"] =
+                json!([{"key": "authorization", "value": format!("Bearer {}", t.0)}]);
+        }
         json!({
             "node": {
                 "id": self.workload.node_id(),
@@ -155,7 +185,7 @@ impl EnvoyBootstrap {
                 "ads_config": {
                     "api_type": if self.delta { "DELTA_GRPC" } else { "GRPC" },
                     "transport_api_version": "V3",
-                    "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}],
+                    "grpc_services": [grpc_service],
                     // The control plane reads the node from a stream's
                     // first request only; later requests need not repeat it.
                     "set_node_on_first_message_only": true,
@@ -249,6 +279,7 @@ mod tests {
             xds: "127.0.0.1:15010".parse().unwrap(),
             admin: "127.0.0.1:15000".parse().unwrap(),
             delta: false,
+            token: None,
         }
         .to_json();
         assert_eq!(b["node"]["id"], "productpage.default");

@@ -7,6 +7,7 @@
 mod bootstrap;
 mod client;
 mod files;
+mod identity;
 mod output;
 
 use std::net::{IpAddr, SocketAddr};
@@ -54,6 +55,12 @@ enum Command {
     /// Print a bootstrap that points a proxy at the control plane.
     #[command(subcommand)]
     Bootstrap(BootstrapCommand),
+    /// Bootstrap tokens: what a proxy shows to get its certificate.
+    #[command(subcommand)]
+    Token(identity::TokenCommand),
+    /// The certificate authority's roots: list, rotate, remove.
+    #[command(subcommand)]
+    Ca(identity::CaCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,6 +150,11 @@ struct EnvoyBootstrapArgs {
     /// Use delta (incremental) ADS instead of state of the world.
     #[arg(long)]
     delta: bool,
+    /// A bootstrap token (`trellis token create`): Envoy sends it on the ADS
+    /// stream and gets the `default` Secret (certificate and key). The
+    /// bootstrap then holds a secret: keep the file 0600.
+    #[arg(long)]
+    token: Option<bootstrap::Token>,
 }
 
 #[derive(Args, Debug)]
@@ -171,6 +183,18 @@ struct ControlArgs {
     /// How long a workload stays registered after its proxy disconnected (e.g. 30s, 1m).
     #[arg(long, default_value = "30s", value_parser = trellis_model::duration::parse)]
     registration_grace: Duration,
+    /// The trust domain of workload identities (spiffe://<trust-domain>/ns/<ns>/sa/<sa>).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// The operator's CA certificate (PEM), a root or an intermediate; otherwise a root is made in the data dir.
+    #[arg(long, requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The private key of --ca-cert (PKCS#8 PEM, mode 0600).
+    #[arg(long, requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// The issuers of --ca-cert up to the root (PEM, nearest first), when --ca-cert is an intermediate.
+    #[arg(long, requires = "ca_cert")]
+    ca_chain: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -275,6 +299,8 @@ fn main() -> ExitCode {
         Command::Check(a) => check(a),
         Command::Bootstrap(BootstrapCommand::Envoy(a)) => bootstrap_envoy(a),
         Command::Bootstrap(BootstrapCommand::Grpc(a)) => bootstrap_grpc(a),
+        Command::Token(c) => identity::token(c),
+        Command::Ca(c) => identity::ca(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -311,6 +337,16 @@ fn control(a: ControlArgs) -> Result<(), Failure> {
         addr_file: a.addr_file,
         poll: Duration::from_millis(200),
         registration_grace: a.registration_grace,
+        identity: trellis_control::identity::IdentitySettings {
+            trust_domain: a.trust_domain,
+            operator_ca: a.ca_cert.zip(a.ca_key).map(|(cert, key)| {
+                trellis_control::identity::OperatorCa {
+                    cert,
+                    key,
+                    chain: a.ca_chain,
+                }
+            }),
+        },
     };
     trellis_control::run(settings).map_err(|e| match e {
         trellis_control::StartError::Config { summary, errors } => Failure {
@@ -332,6 +368,7 @@ fn bootstrap_envoy(a: EnvoyBootstrapArgs) -> Result<(), Failure> {
         xds: a.xds,
         admin: a.admin,
         delta: a.delta,
+        token: a.token,
     };
     print_json(&b.to_json())
 }

@@ -11,12 +11,16 @@
 //! [`run`] serves ADS on the xDS address with it.
 
 pub mod api;
+pub mod ca_service;
+pub mod envoy_certs;
 pub mod health;
+pub mod identity;
 pub mod kind;
 pub mod metrics;
 pub mod reach;
 pub mod registry;
 mod run;
+pub mod sds;
 pub mod store;
 pub mod watch;
 pub mod xds;
@@ -40,6 +44,8 @@ pub struct ControlPlane {
     snapshots: channel::Receiver<Arc<Snapshot>>,
     /// Registry and per-proxy snapshots; the ADS server's source and hooks.
     pub mesh: Arc<xds::Mesh>,
+    /// The CA, the trust bundle and the bootstrap-token key.
+    pub identity: Arc<identity::Identity>,
     /// Set once the ADS server is built (it needs a running Tokio runtime).
     xds: OnceLock<trellis_xds::XdsServer>,
 }
@@ -60,14 +66,18 @@ impl ControlPlane {
         store: Store,
         metrics: Arc<Metrics>,
         registration_grace: Duration,
+        identity: Arc<identity::Identity>,
     ) -> Arc<ControlPlane> {
         let snapshots = store.subscribe();
         let mesh = xds::Mesh::new(snapshots.borrow().clone(), registration_grace);
+        mesh.envoy_certs
+            .set_identity(identity.clone(), metrics.clone());
         Arc::new(ControlPlane {
             store: Mutex::new(store),
             metrics,
             snapshots,
             mesh,
+            identity,
             xds: OnceLock::new(),
         })
     }

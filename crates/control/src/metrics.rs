@@ -25,6 +25,14 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// `issued` or `refused`.
+    pub result: &'static str,
+    /// Why refused (`identity::Refused::reason`); empty when issued.
+    pub reason: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -33,6 +41,8 @@ pub struct Metrics {
     deletes: Family<ResultLabels, Counter>,
     config_dir_reloads: Family<ResultLabels, Counter>,
     generation: Gauge<u64, AtomicU64>,
+    certificates: Family<CertificateLabels, Counter>,
+    tokens_created: Counter,
     /// The ADS server's counters, registered as `trellis_control_xds_*`.
     pub xds: trellis_xds::XdsMetrics,
 }
@@ -82,6 +92,18 @@ impl Metrics {
             "Generation of the effective config; bumped by every accepted change",
             generation.clone(),
         );
+        let certificates = Family::<CertificateLabels, Counter>::default();
+        registry.register(
+            "certificates",
+            "Workload certificate requests (CreateCertificate), by result and refusal reason",
+            certificates.clone(),
+        );
+        let tokens_created = Counter::default();
+        registry.register(
+            "tokens_created",
+            "Bootstrap tokens created through the API",
+            tokens_created.clone(),
+        );
         let xds = trellis_xds::XdsMetrics::new();
         xds.register(&mut registry);
         // Every kind shows up from the start, at 0.
@@ -102,12 +124,32 @@ impl Metrics {
             deletes,
             config_dir_reloads,
             generation,
+            certificates,
+            tokens_created,
             xds,
         }
     }
 
     pub fn apply(&self, ok: bool) {
         self.applies.get_or_create(&result(ok)).inc();
+    }
+
+    pub fn certificate(&self, refused: Option<&'static str>) {
+        let labels = match refused {
+            None => CertificateLabels {
+                result: "issued",
+                reason: "",
+            },
+            Some(reason) => CertificateLabels {
+                result: "refused",
+                reason,
+            },
+        };
+        self.certificates.get_or_create(&labels).inc();
+    }
+
+    pub fn token_created(&self) {
+        self.tokens_created.inc();
     }
 
     pub fn delete(&self, ok: bool) {

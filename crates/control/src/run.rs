@@ -12,6 +12,7 @@ use std::time::Duration;
 use trellis_model::ConfigErrors;
 
 use crate::ControlPlane;
+use crate::identity::{Identity, IdentityError, IdentitySettings};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
@@ -39,6 +40,8 @@ pub struct Settings {
     pub poll: Duration,
     /// How long a workload stays registered after its proxy disconnected.
     pub registration_grace: Duration,
+    /// The trust domain and where the CA comes from.
+    pub identity: IdentitySettings,
 }
 
 /// The per-user state directory: `$XDG_STATE_HOME/trellis`, else
@@ -82,6 +85,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     #[error("cannot start the runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }
@@ -124,7 +129,19 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
         tracing::warn!(error = %e, "cannot read the stored registrations; the registry starts empty");
         Vec::new()
     });
-    let plane = ControlPlane::new(store, metrics, settings.registration_grace);
+    let started = std::time::Instant::now();
+    let identity = Arc::new(Identity::open(
+        &settings.data_dir,
+        &settings.identity,
+        std::time::SystemTime::now(),
+    )?);
+    tracing::debug!(elapsed = ?started.elapsed(), "identity loaded");
+    let plane = ControlPlane::new(
+        store,
+        metrics,
+        settings.registration_grace,
+        identity.clone(),
+    );
 
     let bind = |what, addr| listen(addr).map_err(|source| StartError::Bind { what, addr, source });
     let api_listener = bind("HTTP API", settings.api)?;
@@ -166,6 +183,10 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
                 .await
         });
         tokio::spawn(plane.mesh.clone().follow_store(plane.subscribe()));
+        tokio::spawn(crate::sds::follow_bundle(
+            plane.mesh.clone(),
+            identity.bundle(),
+        ));
         // Before the first stream: whoever reconnects first already gets
         // every workload's endpoints.
         let restored = plane.mesh.restore(stored_registrations);
@@ -183,12 +204,13 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
             .metrics(plane.metrics.xds.clone())
             .build();
         plane.set_xds_server(xds_server.clone());
+        let ca_service = crate::ca_service::CaService::new(identity, plane.metrics.clone());
         let mut xds_shutdown = shutdown_tx.subscribe();
         let xds_task = tokio::spawn(async move {
             let stop = async move {
                 let _ = xds_shutdown.wait_for(|s| *s).await;
             };
-            if let Err(e) = xds_server.serve(xds, stop).await {
+            if let Err(e) = xds_server.serve_with(xds, ca_service, stop).await {
                 tracing::error!(error = %e, "the xDS server stopped");
             }
         });

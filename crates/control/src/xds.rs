@@ -68,6 +68,9 @@ pub struct Mesh {
     /// Woken when registrations have changes to persist
     /// ([`Mesh::unsaved_registrations`]).
     saves: tokio::sync::Notify,
+    /// Streams authenticated by a bootstrap token, and the `default`
+    /// Secret (certificate and key) each gets.
+    pub envoy_certs: crate::envoy_certs::EnvoyCerts,
 }
 
 #[derive(Debug)]
@@ -96,6 +99,9 @@ struct State {
     /// ones wait for a flush ([`Mesh::registry_changed`]).
     last_registry_flush: Instant,
     registry_flush_scheduled: bool,
+    /// The Secrets every proxy may ask for (`ROOTCA`: the trust bundle);
+    /// added to every class's view.
+    secrets: Arc<trellis_xds::Resources>,
 }
 
 #[derive(Debug)]
@@ -133,11 +139,13 @@ impl Mesh {
                     .checked_sub(REGISTRY_COALESCE)
                     .unwrap_or_else(Instant::now),
                 registry_flush_scheduled: false,
+                secrets: Arc::default(),
             }),
             generations: watch::Sender::new(1),
             grace,
             me: me.clone(),
             saves: tokio::sync::Notify::new(),
+            envoy_certs: Default::default(),
         })
     }
 
@@ -153,6 +161,29 @@ impl Mesh {
             st.store = snap;
             self.bump(&mut st);
         }
+    }
+
+    /// A new generation at `at`, so streams ask for their snapshot again and
+    /// a `default` certificate past half its life is renewed.
+    fn renew_at(&self, at: std::time::SystemTime) {
+        let (Some(me), Ok(rt)) = (self.me.upgrade(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let wait = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        rt.spawn(async move {
+            tokio::time::sleep(wait).await;
+            let mut st = me.lock();
+            me.bump(&mut st);
+        });
+    }
+
+    /// Replaces the Secrets served to every proxy (SDS); a new generation.
+    pub fn set_secrets(&self, secrets: Arc<trellis_xds::Resources>) {
+        let mut st = self.lock();
+        st.secrets = secrets;
+        self.bump(&mut st);
     }
 
     /// The current generation.
@@ -487,6 +518,9 @@ impl State {
             cached.used = cached.used.max(generation);
             out.set_type(type_url, cached.resources.clone());
         }
+        if !self.secrets.is_empty() {
+            out.set_type(trellis_xds::type_url::SECRET, self.secrets.clone());
+        }
         out
     }
 }
@@ -587,8 +621,7 @@ impl Snapshots for Mesh {
             out.set_type(LISTENER_TYPE, Arc::new(listeners));
             Arc::new(out)
         };
-        let mut st = self.lock();
-        st.served.insert(
+        self.lock().served.insert(
             node.id.clone(),
             Served {
                 generation,
@@ -596,7 +629,26 @@ impl Snapshots for Mesh {
                 viewer,
             },
         );
-        out
+        match self
+            .envoy_certs
+            .secret(&node.id, std::time::SystemTime::now())
+        {
+            None => out,
+            Some((secret, renew_at)) => {
+                if let Some(at) = renew_at {
+                    self.renew_at(at);
+                }
+                let mut with = (*out).clone();
+                let mut secrets = with
+                    .resources
+                    .get(trellis_xds::type_url::SECRET)
+                    .map(|m| (**m).clone())
+                    .unwrap_or_default();
+                secrets.insert(crate::envoy_certs::DEFAULT.to_owned(), secret);
+                with.set_type(trellis_xds::type_url::SECRET, Arc::new(secrets));
+                Arc::new(with)
+            }
+        }
     }
 
     fn generations(&self) -> watch::Receiver<u64> {
@@ -606,6 +658,7 @@ impl Snapshots for Mesh {
 
 impl XdsHooks for Mesh {
     fn on_connect(&self, conn: &Connection) {
+        self.envoy_certs.connect(conn, std::time::SystemTime::now());
         let mut st = self.lock();
         let changed = st.registrations.connect(conn.id, &conn.node);
         match st.registrations.get(&conn.node.id).map(|r| &r.info) {
@@ -633,6 +686,7 @@ impl XdsHooks for Mesh {
     }
 
     fn on_disconnect(&self, conn: &Connection) {
+        self.envoy_certs.disconnect(conn);
         let gone = {
             let mut st = self.lock();
             st.registrations

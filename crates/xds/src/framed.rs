@@ -68,12 +68,20 @@ impl Service<HttpRequest> for FramedAds {
             .extensions()
             .get::<TcpConnectInfo>()
             .and_then(TcpConnectInfo::remote_addr);
+        let bearer = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::server::Bearer::from_header);
         let path = req.uri().path().to_string();
         let response = match path.as_str() {
-            SOTW => respond(self.server.start_sotw(Requests::new(req.into_body()), peer)),
+            SOTW => respond(
+                self.server
+                    .start_sotw(Requests::new(req.into_body()), peer, bearer),
+            ),
             DELTA => respond(
                 self.server
-                    .start_delta(Requests::new(req.into_body()), peer),
+                    .start_delta(Requests::new(req.into_body()), peer, bearer),
             ),
             other => Status::unimplemented(format!("no method {other}")).into_http(),
         };

@@ -35,7 +35,7 @@ pub use metrics::{Mode, XdsMetrics};
 pub use protocol::{Event, Nack, Output, ProtocolError, TypeStatus};
 pub use resource::{Resource, Resources, Snapshot, TypeUrl, type_url};
 pub use server::{
-    Connection, ConnectionStatus, NoHooks, XdsError, XdsHooks, XdsOptions, XdsServer,
+    Bearer, Connection, ConnectionStatus, NoHooks, XdsError, XdsHooks, XdsOptions, XdsServer,
     XdsServerBuilder,
 };
 pub use snapshots::{MemorySnapshots, Snapshots};

@@ -66,12 +66,25 @@ pub mod type_url {
 /// One resource as served: its body and a version that changes whenever the
 /// body does. Two resources with equal versions are taken to be equal, which
 /// is what lets the server skip pushes that would change nothing.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Debug shows the type, version and size, not the bytes: a Secret's body
+/// holds a private key.
+#[derive(Clone, PartialEq)]
 pub struct Resource {
     /// Opaque to clients; a content hash by default ([`Resource::new`]).
     pub version: String,
     /// The encoded resource (`type_url` inside must match its type's).
     pub body: Any,
+}
+
+impl std::fmt::Debug for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resource")
+            .field("version", &self.version)
+            .field("type_url", &self.body.type_url)
+            .field("bytes", &self.body.value.len())
+            .finish()
+    }
 }
 
 impl Resource {

@@ -69,6 +69,34 @@ impl Default for XdsOptions {
     }
 }
 
+/// A bearer token a stream presented (`authorization: Bearer <token>` in
+/// its request metadata; Envoy sends it from `grpc_service.initial_metadata`).
+/// A secret: its Debug output is redacted, so a logged [`Connection`] never
+/// shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Bearer(String);
+
+impl Bearer {
+    /// The token of an `authorization` header value, if it is `Bearer <token>`.
+    pub fn from_header(value: &str) -> Option<Bearer> {
+        let (scheme, token) = value.split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty())
+            .then(|| Bearer(token.to_owned()))
+    }
+
+    /// The token itself: for verifying it, never for logging.
+    pub fn token(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer(<redacted>)")
+    }
+}
+
 /// One ADS stream: who is on it.
 #[derive(Debug, Clone)]
 pub struct Connection {
@@ -82,6 +110,9 @@ pub struct Connection {
     pub peer: Option<SocketAddr>,
     /// When the first request arrived.
     pub connected_at: SystemTime,
+    /// The stream's bearer token, if it sent one; the server does not check
+    /// it (the hooks and snapshots decide what it grants).
+    pub bearer: Option<Bearer>,
 }
 
 /// A stream and the state of each of its types.
@@ -223,15 +254,58 @@ impl XdsServer {
             shutdown.await;
             this.close_streams();
         };
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(self.inner.options.keepalive_interval)
-            .http2_keepalive_timeout(Some(self.inner.options.keepalive_timeout))
+        self.transport()
             .add_service(crate::framed::FramedAds {
                 server: self.clone(),
             })
             .serve_with_incoming_shutdown(incoming, signal)
             .await?;
         Ok(())
+    }
+
+    /// [`XdsServer::serve`] with one more gRPC service on the same listener
+    /// (the control plane's CA: proxies reach one address for both).
+    ///
+    /// # Errors
+    /// [`XdsError::Transport`] if the transport fails.
+    pub async fn serve_with<S>(
+        &self,
+        listener: TcpListener,
+        extra: S,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), XdsError>
+    where
+        S: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let this = self.clone();
+        let signal = async move {
+            shutdown.await;
+            this.close_streams();
+        };
+        self.transport()
+            .add_service(crate::framed::FramedAds {
+                server: self.clone(),
+            })
+            .add_service(extra)
+            .serve_with_incoming_shutdown(incoming, signal)
+            .await?;
+        Ok(())
+    }
+
+    fn transport(&self) -> tonic::transport::Server {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(self.inner.options.keepalive_interval)
+            .http2_keepalive_timeout(Some(self.inner.options.keepalive_timeout))
     }
 
     /// Ends every stream (now and any that opens later), as [`XdsServer::serve`]
@@ -268,16 +342,18 @@ impl XdsServer {
         &self,
         requests: Requests<DiscoveryRequest>,
         peer: Option<SocketAddr>,
+        bearer: Option<Bearer>,
     ) -> mpsc::Receiver<Result<SotwResponse, Status>> {
-        self.spawn::<SotwStream>(requests, peer)
+        self.spawn::<SotwStream>(requests, peer, bearer)
     }
 
     pub(crate) fn start_delta(
         &self,
         requests: Requests<DeltaDiscoveryRequest>,
         peer: Option<SocketAddr>,
+        bearer: Option<Bearer>,
     ) -> mpsc::Receiver<Result<DeltaDiscoveryResponse, Status>> {
-        self.spawn::<DeltaStream>(requests, peer)
+        self.spawn::<DeltaStream>(requests, peer, bearer)
     }
 
     /// Starts a stream's task; its responses come out of the receiver.
@@ -285,10 +361,11 @@ impl XdsServer {
         &self,
         requests: Requests<P::Req>,
         peer: Option<SocketAddr>,
+        bearer: Option<Bearer>,
     ) -> mpsc::Receiver<Result<P::Resp, Status>> {
         let (tx, rx) = mpsc::channel(self.inner.options.response_buffer.max(1));
         let span = tracing::debug_span!("xds", mode = P::MODE.as_str(), peer = ?peer);
-        tokio::spawn(drive::<P>(self.inner.clone(), requests, tx, peer).instrument(span));
+        tokio::spawn(drive::<P>(self.inner.clone(), requests, tx, peer, bearer).instrument(span));
         rx
     }
 }
@@ -411,6 +488,7 @@ async fn drive<P: Protocol>(
     mut requests: Requests<P::Req>,
     tx: Tx<P::Resp>,
     peer: Option<SocketAddr>,
+    bearer: Option<Bearer>,
 ) {
     let first = match requests.next().await {
         Some(Ok(req)) => req,
@@ -432,6 +510,7 @@ async fn drive<P: Protocol>(
         node,
         peer,
         connected_at: SystemTime::now(),
+        bearer,
     };
     // Watch generations from before the first snapshot is taken, so none
     // made in between is missed.

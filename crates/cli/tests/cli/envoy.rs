@@ -625,3 +625,240 @@ fn a_health_check_marks_the_workload_unhealthy_and_back() {
     drop(app);
     drop(envoy);
 }
+
+/// The serial numbers of the CA certificates Envoy loaded (admin `/certs`).
+fn envoy_ca_serials(envoy: &Envoy, rt: &tokio::runtime::Runtime) -> Vec<String> {
+    let v: Value = serde_json::from_str(&envoy.admin_get(rt, "/certs")).unwrap_or(Value::Null);
+    let mut serials: Vec<String> = v["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["ca_cert"].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c["serial_number"].as_str().map(str::to_ascii_lowercase))
+        .collect();
+    serials.sort();
+    serials
+}
+
+/// The serial numbers of the roots in a PEM bundle, as openssl prints them.
+fn bundle_serials(pem: &str) -> Vec<String> {
+    let mut serials: Vec<String> = pem
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .filter(|c| c.contains("BEGIN CERTIFICATE"))
+        .map(|cert| {
+            let mut child = Command::new("openssl")
+                .args(["x509", "-noout", "-serial"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("run openssl");
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(cert.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .trim_start_matches("serial=")
+                .to_ascii_lowercase()
+        })
+        .collect();
+    serials.sort();
+    serials
+}
+
+#[test]
+fn stock_envoy_trusts_the_rootca_bundle_and_follows_rotation() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let control = Control::start(data.path(), &[]);
+    let (ip, port) = control.xds.rsplit_once(':').unwrap();
+    // A listener that validates its clients with ROOTCA from ADS: Envoy asks
+    // for the Secret as soon as it loads the listener. (A static cluster
+    // doing the same crashes Envoy 1.40 at start: ADS is not up yet then.)
+    let serving = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let bootstrap = serde_json::json!({
+        "node": {"id": "rootca-test", "cluster": "test"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]
+            }
+        },
+        "static_resources": {"clusters": [
+            {
+                "name": "xds",
+                "type": "STATIC",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}}
+                    }
+                },
+                "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": ip, "port_value": port.parse::<u16>().unwrap()}}}}
+                ]}]}
+            }
+        ],
+        "listeners": [{
+            "name": "meshed",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+            "filter_chains": [{
+                "filters": [{
+                    "name": "envoy.filters.network.tcp_proxy",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                        "stat_prefix": "meshed",
+                        "cluster": "xds"
+                    }
+                }],
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                        "require_client_certificate": true,
+                        "common_tls_context": {
+                            "tls_certificates": [{
+                                "certificate_chain": {"inline_string": serving.cert.pem()},
+                                "private_key": {"inline_string": serving.signing_key.serialize_pem()}
+                            }],
+                            "validation_context_sds_secret_config": {
+                                "name": "ROOTCA",
+                                "sds_config": {"ads": {}, "resource_api_version": "V3"}
+                            }
+                        }
+                    }
+                }
+            }]
+        }]}
+    });
+    let envoy = Envoy::start(&bootstrap.to_string());
+    let bundle_file = data.path().join("ca/trust-bundle.pem");
+    let want = bundle_serials(&std::fs::read_to_string(&bundle_file).unwrap());
+    assert_eq!(want.len(), 1);
+    eventually("Envoy to load ROOTCA", || {
+        (envoy_ca_serials(&envoy, &rt) == want).then_some(())
+    });
+
+    trellis(&["ca", "rotate", "--server", &control.api]).ok();
+    let want = bundle_serials(&std::fs::read_to_string(&bundle_file).unwrap());
+    assert_eq!(want.len(), 2);
+    eventually("Envoy to load both roots after the rotation", || {
+        (envoy_ca_serials(&envoy, &rt) == want).then_some(())
+    });
+}
+
+/// The SPIFFE IDs of the certificates Envoy serves (admin `/certs`).
+fn envoy_cert_ids(envoy: &Envoy, rt: &tokio::runtime::Runtime) -> Vec<String> {
+    let v: Value = serde_json::from_str(&envoy.admin_get(rt, "/certs")).unwrap_or(Value::Null);
+    v["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["cert_chain"].as_array().cloned().unwrap_or_default())
+        .flat_map(|c| {
+            c["subject_alt_names"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|san| san["uri"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn stock_envoy_with_a_token_gets_its_certificate_as_the_default_secret() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let control = Control::start(data.path(), &[]);
+    let token = control
+        .cli(&[
+            "token",
+            "create",
+            "-n",
+            "default",
+            "--service-account",
+            "productpage",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let bootstrap = trellis(&[
+        "bootstrap",
+        "envoy",
+        "--workload",
+        "productpage",
+        "--namespace",
+        "default",
+        "--service-account",
+        "productpage",
+        "--address",
+        "127.0.0.1",
+        "--outbound-port",
+        "0",
+        "--inbound-port",
+        "0",
+        "--xds",
+        &control.xds,
+        "--admin",
+        "127.0.0.1:0",
+        "--token",
+        &token,
+    ])
+    .ok()
+    .stdout;
+    let mut b: Value = serde_json::from_str(&bootstrap).unwrap();
+    // Until the mTLS listeners come from the control plane, a static one
+    // asks for the Secrets the way they will: `default` and `ROOTCA` over ADS.
+    b["static_resources"]["listeners"] = serde_json::json!([{
+        "name": "mtls",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{
+            "filters": [{
+                "name": "envoy.filters.network.tcp_proxy",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": "mtls",
+                    "cluster": "xds_cluster"
+                }
+            }],
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": true,
+                    "common_tls_context": {
+                        "tls_certificate_sds_secret_configs": [{
+                            "name": "default",
+                            "sds_config": {"ads": {}, "resource_api_version": "V3"}
+                        }],
+                        "validation_context_sds_secret_config": {
+                            "name": "ROOTCA",
+                            "sds_config": {"ads": {}, "resource_api_version": "V3"}
+                        }
+                    }
+                }
+            }
+        }]
+    }]);
+    let envoy = Envoy::start(&b.to_string());
+    let ids = eventually("Envoy to load its `default` certificate", || {
+        Some(envoy_cert_ids(&envoy, &rt)).filter(|ids| !ids.is_empty())
+    });
+    assert_eq!(ids, ["spiffe://cluster.local/ns/default/sa/productpage"]);
+    let logs = control.logs();
+    assert!(logs.contains("xDS stream authenticated"), "{logs}");
+    assert!(!logs.contains(&token), "the token in the logs");
+}

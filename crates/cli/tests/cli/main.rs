@@ -2,7 +2,9 @@
 //! with port 0, each test in its own temp dirs.
 
 mod authz;
+mod ca_proxy;
 mod envoy;
+mod identity;
 mod outage;
 mod proxyless;
 mod support;

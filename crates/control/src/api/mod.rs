@@ -6,6 +6,7 @@
 //! tokio's blocking pool, never on a runtime worker.
 
 mod error;
+pub mod identity;
 pub mod proxies;
 pub mod view;
 
@@ -37,6 +38,18 @@ pub fn router(plane: Arc<ControlPlane>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/apply", axum::routing::post(apply))
         .route("/api/v1/proxies", get(list_proxies))
+        .route(
+            "/api/v1/tokens",
+            axum::routing::post(identity::create_token),
+        )
+        .route(
+            "/api/v1/ca/roots",
+            get(identity::list_roots).post(identity::rotate),
+        )
+        .route(
+            "/api/v1/ca/roots/{fingerprint}",
+            axum::routing::delete(identity::remove_root),
+        )
         .route("/api/v1/workloads", get(list_workloads))
         .route("/api/v1/resources", get(list_all))
         .route("/api/v1/resources/{kind}", get(list_kind))

@@ -14,35 +14,12 @@ use rustls::crypto::CryptoProvider;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::watch;
 use tonic::transport::Channel;
+use trellis_identity::proto::{
+    CREATE_CERTIFICATE, IstioCertificateRequest, IstioCertificateResponse,
+};
 
 use super::credentials::{Credentials, CredentialsError, CredentialsTx};
 use super::spiffe::SpiffeId;
-
-/// Istio's CA protocol (istio/api `security/v1alpha1/ca.proto`), the two
-/// messages written out so the proxy needs no protoc and links no
-/// control-plane crate.
-mod proto {
-    pub const CREATE_CERTIFICATE: &str = "/istio.v1.auth.IstioCertificateService/CreateCertificate";
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct IstioCertificateRequest {
-        /// PEM PKCS#10 CSR; the CA takes only its public key.
-        #[prost(string, tag = "1")]
-        pub csr: String,
-        /// Requested lifetime in seconds; 0: the CA's default.
-        #[prost(int64, tag = "3")]
-        pub validity_duration: i64,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct IstioCertificateResponse {
-        /// PEM certificates, the leaf first, the root last.
-        #[prost(string, repeated, tag = "1")]
-        pub cert_chain: Vec<String>,
-    }
-}
-
-use proto::{CREATE_CERTIFICATE, IstioCertificateRequest, IstioCertificateResponse};
 
 /// Why a certificate could not be had (each retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -106,14 +83,18 @@ pub fn key_and_csr() -> Result<(PrivateKeyDer<'static>, String), rcgen::Error> {
     Ok((PrivateKeyDer::Pkcs8(der), csr.pem()?))
 }
 
-/// When to renew a certificate valid from `not_before` to `not_after`: at
-/// half its lifetime, and never sooner than a second from `now` (a clock
-/// far off must not make the proxy hammer its CA).
+/// When to renew a certificate valid until `not_after`, received `now`:
+/// halfway through what is left of it, and never sooner than a second from
+/// now (a clock far off must not make the proxy hammer its CA). What is
+/// left, not its whole validity: the CA backdates `not_before` a minute
+/// for clock skew, which would otherwise pull renewal a minute early for
+/// every certificate, and make a short-lived one renew at once.
 pub fn renew_at(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> SystemTime {
     let soonest = now + Duration::from_secs(1);
-    match not_after.duration_since(not_before) {
-        Ok(life) if !life.is_zero() => (not_before + life / 2).max(soonest),
-        // No lifetime at all: the certificate is useless, ask again.
+    let start = not_before.max(now);
+    match not_after.duration_since(start) {
+        Ok(left) if !left.is_zero() => (start + left / 2).max(soonest),
+        // Expired or no lifetime at all: ask again.
         _ => soonest,
     }
 }
@@ -144,6 +125,7 @@ pub async fn obtain(settings: &CaSettings, provider: &CryptoProvider) -> Result<
         validity_duration: settings
             .lifetime
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+        metadata: None,
     });
     let bearer = format!("Bearer {}", settings.token)
         .parse()
@@ -313,13 +295,20 @@ mod tests {
     #[test]
     fn renewal_at_half_life_never_in_the_past() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let day = Duration::from_secs(86_400);
+        let (s, min, day) = (
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            Duration::from_secs(86_400),
+        );
         assert_eq!(renew_at(t0, t0 + day, t0), t0 + day / 2);
+        // Backdated a minute for skew: half of what is left, not of the whole.
+        assert_eq!(renew_at(t0 - min, t0 + day, t0), t0 + day / 2);
+        assert_eq!(renew_at(t0 - min, t0 + 4 * s, t0), t0 + 2 * s);
         // Half-life already past (a late start, a clock jump): a second from now.
-        let now = t0 + day;
-        assert_eq!(renew_at(t0, t0 + day, now), now + Duration::from_secs(1));
+        assert_eq!(renew_at(t0, t0 + day, t0 + day), t0 + day + s);
         // Nonsense validity: still a second from now, not a loop.
-        assert_eq!(renew_at(t0 + day, t0, t0), t0 + Duration::from_secs(1));
+        assert_eq!(renew_at(t0 + day, t0, t0), t0 + s);
+        assert_eq!(renew_at(t0, t0 + s / 2, t0), t0 + s);
     }
 
     #[test]

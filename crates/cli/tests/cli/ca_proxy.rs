@@ -1,0 +1,124 @@
+//! trellis-proxy's certificate from the control plane's CA, through the real
+//! binaries: `trellis token create`, then a sidecar with `--token-file`
+//! makes its own key, gets a certificate for the token's identity, renews
+//! it at half-life, and trusts the bundle the control plane pushes over SDS
+//! (two roots during a rotation).
+
+use std::os::unix::fs::PermissionsExt;
+
+use serde_json::Value;
+use trellis_testing::ProxyProcess;
+
+use crate::outage::proxy_binary;
+use crate::support::{Control, eventually};
+
+/// A sidecar over xDS whose certificate comes from the CA.
+fn sidecar_with_token(
+    rt: &tokio::runtime::Runtime,
+    xds: &str,
+    token_file: &std::path::Path,
+    lifetime: &str,
+) -> ProxyProcess {
+    let any = "127.0.0.1:0".to_string();
+    let args: Vec<String> = [
+        "sidecar",
+        "--xds",
+        xds,
+        "--workload",
+        "ratings-1",
+        "--namespace",
+        "shop",
+        "--service-account",
+        "ignored-by-the-ca",
+        "--labels",
+        "app=ratings",
+        "--token-file",
+        &token_file.display().to_string(),
+        "--cert-lifetime",
+        lifetime,
+        "--outbound",
+        &any,
+        "--inbound",
+        &any,
+        "--admin",
+        &any,
+        "--workers",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    rt.block_on(ProxyProcess::command(&proxy_binary()).args(args).start())
+        .unwrap_or_else(|e| panic!("starting trellis-proxy: {e}"))
+}
+
+fn identity(rt: &tokio::runtime::Runtime, proxy: &ProxyProcess) -> Value {
+    let (status, body) = rt.block_on(proxy.admin_get("/config_dump"));
+    assert_eq!(status, 200, "{body}");
+    let dump: Value = serde_json::from_str(&body).unwrap();
+    dump["identity"].clone()
+}
+
+#[test]
+fn a_sidecar_gets_renews_and_rotates_its_certificate_from_the_ca() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let control = Control::start(&dir.path().join("data"), &[]);
+    let token = control
+        .cli(&[
+            "token",
+            "create",
+            "--namespace",
+            "shop",
+            "--service-account",
+            "ratings",
+            "--ttl",
+            "1h",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    assert!(!token.is_empty());
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // A 4 s certificate: renewed every ~2 s.
+    let proxy = sidecar_with_token(&rt, &control.xds, &token_file, "4s");
+    let first = eventually("a certificate from the CA", || {
+        let id = identity(&rt, &proxy);
+        id["spiffe_id"].is_string().then_some(id)
+    });
+    assert_eq!(
+        first["spiffe_id"], "spiffe://cluster.local/ns/shop/sa/ratings",
+        "the token's identity, not the --service-account the node claims: {first}"
+    );
+    let serial = first["certificate"]["serial"].clone();
+    assert!(serial.is_string(), "{first}");
+    let renewed = eventually("a renewed certificate", || {
+        let id = identity(&rt, &proxy);
+        (id["certificate"]["serial"] != serial && id["spiffe_id"].is_string()).then_some(id)
+    });
+    assert_eq!(renewed["spiffe_id"], first["spiffe_id"]);
+    assert!(
+        renewed["certificate"]["not_after_unix"].as_i64()
+            > first["certificate"]["not_after_unix"].as_i64(),
+        "later expiry: {first} -> {renewed}"
+    );
+
+    // A root rotation reaches the proxy over SDS: both roots trusted.
+    assert_eq!(renewed["trusted_roots"], 1, "{renewed}");
+    control.cli(&["ca", "rotate"]).ok();
+    eventually("the rotated bundle (two roots)", || {
+        (identity(&rt, &proxy)["trusted_roots"] == 2).then_some(())
+    });
+
+    // The token never reaches the logs.
+    let logs = proxy.logs();
+    assert!(!logs.contains(&token), "the token was logged");
+    assert!(
+        !control.logs().contains(&token),
+        "the token was logged by control"
+    );
+}
