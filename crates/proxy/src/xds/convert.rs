@@ -1549,7 +1549,14 @@ pub fn assemble(r: &Resources, ctx: &Context) -> ProxyConfig {
             .and_then(|l| l.authz.clone())
             .unwrap_or_default(),
         source: Default::default(),
-        peer_auth: Default::default(),
+        // The inbound listener trellis control sends has no TLS filter
+        // chain yet: serve it as sent, plaintext. (Left to the default, a
+        // proxy with a certificate from --token-file would be STRICT while
+        // its peers' clusters from xDS speak plaintext.)
+        peer_auth: trellis_model::peer_authentication::Effective {
+            mode: trellis_model::peer_authentication::MtlsMode::Disable,
+            from: Some("trellis control (no TLS on the inbound listener)".into()),
+        },
     }
 }
 
