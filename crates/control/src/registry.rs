@@ -47,6 +47,10 @@ pub mod keys {
     pub const HEALTH_CHECK: &str = "HEALTH_CHECK";
     /// `grpc`: a proxyless gRPC client (Istio's key and value).
     pub const GENERATOR: &str = "GENERATOR";
+    /// `istio`: the workload has a certificate and its sidecar terminates
+    /// mTLS (Istio's `security.istio.io/tlsMode` label); `disabled` or
+    /// absent: plaintext.
+    pub const TLS_MODE: &str = "TLS_MODE";
 }
 
 /// Where the inbound listener forwards when the node does not say (`APP`).
@@ -112,7 +116,21 @@ pub fn parse_node(node: &Node) -> Result<NodeInfo, MetadataError> {
         None => DEFAULT_APP,
     };
     let locality = opt_string(md, keys::LOCALITY)?.filter(|l| !l.is_empty());
-    let labels = string_map(md, keys::LABELS)?;
+    let mut labels = string_map(md, keys::LABELS)?;
+    match opt_string(md, keys::TLS_MODE)?.as_deref() {
+        None | Some("" | "disabled") => {}
+        // As a label, like Istio's injected pods: endpoints carry it to
+        // callers (auto mTLS) and the proxy's own listeners read it.
+        Some("istio") => {
+            labels.insert(
+                trellis_translate::tls::TLS_MODE_LABEL.to_string(),
+                "istio".to_string(),
+            );
+        }
+        Some(other) => {
+            return Err(invalid(keys::TLS_MODE, other, "expected istio or disabled"));
+        }
+    }
     let ports: BTreeMap<String, u16> = string_map(md, keys::PORTS)?
         .into_iter()
         .map(|(k, v)| {
