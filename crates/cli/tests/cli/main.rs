@@ -3,6 +3,7 @@
 
 mod authz;
 mod envoy;
+mod mtls;
 mod outage;
 mod proxyless;
 mod support;
