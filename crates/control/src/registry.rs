@@ -741,6 +741,32 @@ mod tests {
     }
 
     #[test]
+    fn tls_mode_becomes_istios_label() {
+        let label = |v: Option<&str>| {
+            let mut md = vec![("ADDRESS", s("10.0.0.1"))];
+            if let Some(v) = v {
+                md.push(("TLS_MODE", s(v)));
+            }
+            parse_node(&node("w", &md)).map(|i| {
+                let (w, id) = (
+                    i.workload.labels.get("security.istio.io/tlsMode").cloned(),
+                    i.identity.labels.get("security.istio.io/tlsMode").cloned(),
+                );
+                assert_eq!(w, id, "the registry and the proxy's own listeners agree");
+                w
+            })
+        };
+        assert_eq!(label(Some("istio")), Ok(Some("istio".to_string())));
+        assert_eq!(label(Some("disabled")), Ok(None));
+        assert_eq!(label(None), Ok(None));
+        let err = label(Some("mutual")).unwrap_err().to_string();
+        assert!(
+            err.contains("TLS_MODE") && err.contains("istio or disabled"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn health_check() {
         let with = |hc: Value| {
             parse_node(&node(

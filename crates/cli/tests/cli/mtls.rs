@@ -71,7 +71,10 @@ fn sidecars_from_the_control_plane_speak_mtls() {
     let data = tempfile::tempdir().unwrap();
     let files = tempfile::tempdir().unwrap();
     let ca = TestCa::new("mesh");
-    let (server_dir, client_dir) = (files.path().join("server-id"), files.path().join("client-id"));
+    let (server_dir, client_dir) = (
+        files.path().join("server-id"),
+        files.path().join("client-id"),
+    );
     ca.write_identity_dir(&server_dir, SERVER_ID, Validity::Current, &[]);
     ca.write_identity_dir(&client_dir, CLIENT_ID, Validity::Current, &[]);
 
@@ -94,7 +97,11 @@ fn sidecars_from_the_control_plane_speak_mtls() {
         &client_dir,
         None,
     );
-    let mesh = write(files.path(), "mesh.yaml", &mesh_yaml(server.inbound().port()));
+    let mesh = write(
+        files.path(),
+        "mesh.yaml",
+        &mesh_yaml(server.inbound().port()),
+    );
     control.cli(&["apply", "-f", mesh.to_str().unwrap()]).ok();
 
     // Through both sidecars: mTLS, and the app learns who called.
@@ -119,7 +126,10 @@ fn sidecars_from_the_control_plane_speak_mtls() {
     let direct = http1_client_to(server.inbound());
     let plaintext = || {
         let req = Request::get("http://reviews:9080/direct")
-            .header("x-forwarded-client-cert", "URI=spiffe://cluster.local/ns/default/sa/admin")
+            .header(
+                "x-forwarded-client-cert",
+                "URI=spiffe://cluster.local/ns/default/sa/admin",
+            )
             .body(Full::new(Bytes::new()))
             .unwrap();
         rt.block_on(try_send(&direct, req))
@@ -127,7 +137,11 @@ fn sidecars_from_the_control_plane_speak_mtls() {
     let before = app.requests();
     let refused = plaintext();
     assert!(refused.is_err(), "STRICT answered plaintext: {refused:?}");
-    assert_eq!(app.requests(), before, "a refused call never reaches the app");
+    assert_eq!(
+        app.requests(),
+        before,
+        "a refused call never reaches the app"
+    );
 
     // PERMISSIVE through the API: plaintext is let in (and its claimed
     // identity removed); mTLS still works.
@@ -144,7 +158,9 @@ spec:
     );
     control.cli(&["apply", "-f", pa.to_str().unwrap()]).ok();
     let body = eventually("plaintext let in by PERMISSIVE", || {
-        plaintext().ok().and_then(|(s, _, b)| (s == 200).then_some(b))
+        plaintext()
+            .ok()
+            .and_then(|(s, _, b)| (s == 200).then_some(b))
     });
     let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert!(
