@@ -345,7 +345,8 @@ pub fn build(
 }
 
 /// The cluster's TLS: DestinationRule `tls` (the subset's, port-level
-/// settings first), else Istio's auto mTLS.
+/// settings first), else Istio's auto mTLS when one of its endpoints has a
+/// sidecar with mTLS.
 fn upstream_tls(spec: &ClusterSpec, endpoints: &[EndpointInfo]) -> crate::tls::Upstream {
     use crate::tls::{self, Upstream};
     let (base, own, port) = (spec.rule_policy, spec.own_policy(), spec.port.number);
@@ -377,7 +378,17 @@ fn upstream_tls(spec: &ClusterSpec, endpoints: &[EndpointInfo]) -> crate::tls::U
         tls::upstream_mesh(sni, &sans, alpn.clone())
     };
     match setting.map(|t| t.mode) {
-        None => Upstream::Auto(mesh(&[])),
+        // Auto mTLS only where an endpoint can take it: a cluster of
+        // plaintext workloads (or external hosts) stays as it was, with no
+        // dependency on SDS secrets a proxy without identity never gets.
+        // Endpoint changes re-translate the service, so this follows them.
+        None if endpoint::in_subset(endpoints, spec.subset.map(|s| &s.labels))
+            .iter()
+            .any(|e| tls::is_istio(&e.labels)) =>
+        {
+            Upstream::Auto(mesh(&[]))
+        }
+        None => Upstream::Plaintext,
         Some(TlsMode::Disable) => Upstream::Plaintext,
         Some(TlsMode::IstioMutual) => Upstream::All(mesh(
             &setting

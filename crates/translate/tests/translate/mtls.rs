@@ -176,6 +176,17 @@ fn auto_mtls_matches_endpoints_of_workloads_with_a_sidecar() {
         .collect();
     assert!(eps.contains(&("a".into(), true)), "{eps:?}");
     assert!(eps.contains(&("legacy".into(), false)), "{eps:?}");
+
+    // No endpoint with a sidecar: the cluster stays plaintext (no SDS).
+    let plain = Registry::new(vec![mesh_workload(
+        "legacy",
+        &[("app", "ratings")],
+        false,
+        "10.0.0.2",
+    )]);
+    let snap = translate(&validated(SERVICE), &plain, &proxy("default"));
+    let cl = cluster(&snap, &c(9080, "", RATINGS));
+    assert!(cl.transport_socket.is_none() && cl.transport_socket_matches.is_empty());
 }
 
 #[test]
