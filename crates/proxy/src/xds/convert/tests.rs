@@ -1090,7 +1090,7 @@ fn tls_shapes_it_cannot_serve_are_nacked() {
         CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, UpstreamTlsContext,
     };
     let v = validated(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {hosts: [s], resolution: STATIC, ports: [{number: 80, name: http}]}\n",
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {hosts: [s], resolution: STATIC, ports: [{number: 80, name: http}], endpoints: [{address: 127.0.1.1, labels: {security.istio.io/tlsMode: istio}}]}\n",
     );
     let snap = snapshot(&v, "default");
     let name = "outbound|80||s.default.svc.cluster.local";
