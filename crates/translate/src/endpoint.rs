@@ -252,7 +252,6 @@ fn lb_endpoint(ep: &EndpointInfo) -> LbEndpoint {
         } as i32,
         load_balancing_weight: Some(u32v(ep.weight)),
         metadata: crate::tls::endpoint_metadata(&ep.labels),
-        ..Default::default()
     }
 }
 

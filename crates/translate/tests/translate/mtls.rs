@@ -301,10 +301,12 @@ fn pa(name: &str, selector: Option<&str>, mode: &str, port: Option<(u16, &str)>)
     )
 }
 
+/// (what, policies, identity, chains, default chain, decided by)
+type InboundCase<'a> = (&'a str, String, bool, Vec<&'a str>, bool, Option<&'a str>);
+
 #[test]
 fn inbound_chains_follow_peer_authentication() {
-    // (what, policies, identity, chains, default chain, decided by)
-    let cases: Vec<(&str, String, bool, Vec<&str>, bool, Option<&str>)> = vec![
+    let cases: Vec<InboundCase> = vec![
         (
             "no identity: plaintext",
             String::new(),

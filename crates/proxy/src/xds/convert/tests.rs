@@ -862,11 +862,12 @@ fn round_trip_hash_keys_per_subset() {
 
 // ----------------------------------------------------------------- mTLS
 
-/// The TLS parts of a config: per cluster, its `describe()` and, per
-/// endpoint address, whether it gets TLS and which mode.
-fn tls_parts(
-    cfg: &ProxyConfig,
-) -> BTreeMap<String, (serde_json::Value, Vec<(String, Option<&'static str>)>)> {
+/// Per cluster: its TLS `describe()`, and per endpoint address the TLS
+/// mode it gets (None: plaintext).
+type TlsParts = BTreeMap<String, (serde_json::Value, Vec<(String, Option<&'static str>)>)>;
+
+/// The TLS parts of a config.
+fn tls_parts(cfg: &ProxyConfig) -> TlsParts {
     cfg.clusters
         .iter()
         .map(|(name, c)| {
