@@ -73,6 +73,15 @@ impl EnvoyCerts {
         }
     }
 
+    /// The identity a stream's token proved, if it presented one that
+    /// verified (see [`EnvoyCerts::connect`]).
+    pub fn authenticated(&self, conn: &Connection) -> Option<SpiffeId> {
+        self.lock()
+            .get(&conn.node.id)
+            .filter(|a| a.connection == conn.id)
+            .map(|a| a.id.clone())
+    }
+
     pub fn disconnect(&self, conn: &Connection) {
         let mut by_node = self.lock();
         if by_node

@@ -47,6 +47,10 @@ pub mod keys {
     pub const HEALTH_CHECK: &str = "HEALTH_CHECK";
     /// `grpc`: a proxyless gRPC client (Istio's key and value).
     pub const GENERATOR: &str = "GENERATOR";
+    /// `istio`: the workload has a certificate and its sidecar terminates
+    /// mTLS (Istio's `security.istio.io/tlsMode` label); `disabled` or
+    /// absent: plaintext.
+    pub const TLS_MODE: &str = "TLS_MODE";
 }
 
 /// Where the inbound listener forwards when the node does not say (`APP`).
@@ -112,7 +116,21 @@ pub fn parse_node(node: &Node) -> Result<NodeInfo, MetadataError> {
         None => DEFAULT_APP,
     };
     let locality = opt_string(md, keys::LOCALITY)?.filter(|l| !l.is_empty());
-    let labels = string_map(md, keys::LABELS)?;
+    let mut labels = string_map(md, keys::LABELS)?;
+    match opt_string(md, keys::TLS_MODE)?.as_deref() {
+        None | Some("" | "disabled") => {}
+        // As a label, like Istio's injected pods: endpoints carry it to
+        // callers (auto mTLS) and the proxy's own listeners read it.
+        Some("istio") => {
+            labels.insert(
+                trellis_translate::tls::TLS_MODE_LABEL.to_string(),
+                "istio".to_string(),
+            );
+        }
+        Some(other) => {
+            return Err(invalid(keys::TLS_MODE, other, "expected istio or disabled"));
+        }
+    }
     let ports: BTreeMap<String, u16> = string_map(md, keys::PORTS)?
         .into_iter()
         .map(|(k, v)| {
@@ -600,6 +618,43 @@ fn json_to_value(v: serde_json::Value) -> Value {
     Value { kind: Some(kind) }
 }
 
+/// `node` with its metadata's `NAMESPACE` and `SERVICE_ACCOUNT` set to an
+/// identity its stream proved (a bootstrap token). A claim that differs is
+/// overridden, with a warning: metadata is what a proxy says, the token
+/// what the CA vouches for.
+pub fn with_identity(node: &Node, namespace: &str, service_account: &str) -> Node {
+    use envoy_types::pb::google::protobuf::{Value, value::Kind};
+    let mut node = node.clone();
+    let md = node.metadata.get_or_insert_with(Default::default);
+    for (key, proved) in [
+        (keys::NAMESPACE, namespace),
+        (keys::SERVICE_ACCOUNT, service_account),
+    ] {
+        let claimed = md.fields.get(key).and_then(|v| match &v.kind {
+            Some(Kind::StringValue(s)) => Some(s.as_str()),
+            _ => None,
+        });
+        if let Some(claimed) = claimed
+            && claimed != proved
+        {
+            tracing::warn!(
+                node = %node.id,
+                key,
+                claimed,
+                proved,
+                "node metadata differs from the identity its bootstrap token proves; registering the token's"
+            );
+        }
+        md.fields.insert(
+            key.to_string(),
+            Value {
+                kind: Some(Kind::StringValue(proved.to_string())),
+            },
+        );
+    }
+    node
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -637,6 +692,32 @@ mod tests {
             metadata: Some(md),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_proved_identity_replaces_the_claimed_one() {
+        let claimed = node(
+            "reviews-1.prod",
+            &[
+                ("NAME", s("reviews-1")),
+                ("NAMESPACE", s("prod")),
+                ("SERVICE_ACCOUNT", s("admin")),
+                ("ADDRESS", s("10.0.0.1")),
+            ],
+        );
+        let info = parse_node(&with_identity(&claimed, "prod", "reviews")).unwrap();
+        assert_eq!(info.workload.service_account, "reviews");
+        assert_eq!(info.identity.namespace, "prod");
+        // Nothing claimed: the proof fills it in.
+        let bare = node("x.default", &[("NAME", s("x")), ("ADDRESS", s("10.0.0.2"))]);
+        let info = parse_node(&with_identity(&bare, "shop", "cart")).unwrap();
+        assert_eq!(
+            (
+                info.identity.namespace.as_str(),
+                info.workload.service_account.as_str()
+            ),
+            ("shop", "cart")
+        );
     }
 
     #[test]
@@ -720,6 +801,32 @@ mod tests {
             let err = parse_node(&node).unwrap_err().to_string();
             assert!(err.starts_with(want), "{err:?} should start with {want:?}");
         }
+    }
+
+    #[test]
+    fn tls_mode_becomes_istios_label() {
+        let label = |v: Option<&str>| {
+            let mut md = vec![("ADDRESS", s("10.0.0.1"))];
+            if let Some(v) = v {
+                md.push(("TLS_MODE", s(v)));
+            }
+            parse_node(&node("w", &md)).map(|i| {
+                let (w, id) = (
+                    i.workload.labels.get("security.istio.io/tlsMode").cloned(),
+                    i.identity.labels.get("security.istio.io/tlsMode").cloned(),
+                );
+                assert_eq!(w, id, "the registry and the proxy's own listeners agree");
+                w
+            })
+        };
+        assert_eq!(label(Some("istio")), Ok(Some("istio".to_string())));
+        assert_eq!(label(Some("disabled")), Ok(None));
+        assert_eq!(label(None), Ok(None));
+        let err = label(Some("mutual")).unwrap_err().to_string();
+        assert!(
+            err.contains("TLS_MODE") && err.contains("istio or disabled"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -659,8 +659,18 @@ impl Snapshots for Mesh {
 impl XdsHooks for Mesh {
     fn on_connect(&self, conn: &Connection) {
         self.envoy_certs.connect(conn, std::time::SystemTime::now());
+        // A stream that proved an identity with its token is registered as
+        // that identity, whatever its metadata claims: callers' secure
+        // naming lists the service accounts of the registered workloads,
+        // and the certificate the proxy shows names the token's.
+        let node = match self.envoy_certs.authenticated(conn) {
+            Some(id) => {
+                crate::registry::with_identity(&conn.node, id.namespace(), id.service_account())
+            }
+            None => conn.node.clone(),
+        };
         let mut st = self.lock();
-        let changed = st.registrations.connect(conn.id, &conn.node);
+        let changed = st.registrations.connect(conn.id, &node);
         match st.registrations.get(&conn.node.id).map(|r| &r.info) {
             Some(Ok(i)) => tracing::info!(
                 node = %conn.node.id,

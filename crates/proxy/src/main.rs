@@ -172,14 +172,6 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
                 (Some(dir), None) => ConfigSource::Dir(dir),
-                (None, Some(_)) if a.identity_dir.is_some() => {
-                    // Clusters from xDS carry no TLS yet: inbound would be
-                    // STRICT while outbound stays plaintext (docs/mtls.md).
-                    eprintln!(
-                        "trellis-proxy: --identity-dir works with --config-dir only for now; mTLS over --xds is not implemented yet (see docs/mtls.md)"
-                    );
-                    return ExitCode::from(2);
-                }
                 (None, Some(server)) => {
                     let Some(workload) = a.workload.clone() else {
                         eprintln!("trellis-proxy: --xds needs --workload NAME");

@@ -308,6 +308,7 @@ pub fn run(settings: Settings, log: Option<LogControl>) -> Result<(), StartError
                 resolve: Box::new(system_resolve),
                 bundle,
                 token: x.token.clone(),
+                has_certificate: credentials.is_some(),
             };
             std::thread::Builder::new()
                 .name("trellis-xds".into())
@@ -484,6 +485,11 @@ fn node(
     }
     if !settings.locality.is_empty() {
         fields.insert("LOCALITY", s(&settings.locality.to_string()));
+    }
+    if settings.identity_dir.is_some() || x.token.is_some() {
+        // The control plane gives this workload mTLS listeners and tells
+        // its callers to use TLS (Istio's `security.istio.io/tlsMode`).
+        fields.insert("TLS_MODE", s("istio"));
     }
     fields.insert("OUTBOUND_PORT", n(outbound.port()));
     fields.insert("INBOUND_PORT", n(inbound.port()));

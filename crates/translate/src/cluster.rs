@@ -39,7 +39,7 @@ use envoy_types::pb::google::protobuf::Value;
 use prost::Message;
 use trellis_model::networking::{
     ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, PortTrafficPolicy, SimpleLb,
-    Subset, TrafficPolicy,
+    Subset, TlsMode, TrafficPolicy,
 };
 use trellis_model::networking::{Protocol, Resolution};
 use trellis_model::trellis::RetryBudgetSpec;
@@ -328,6 +328,8 @@ pub fn build(
         ));
     }
 
+    crate::tls::apply(&mut c, upstream_tls(spec, endpoints));
+
     c.metadata = Some(Metadata {
         filter_metadata: HashMap::from([(
             names::TRELLIS_METADATA.to_string(),
@@ -340,6 +342,64 @@ pub fn build(
         locality,
         eds,
     })
+}
+
+/// The cluster's TLS: DestinationRule `tls` (the subset's, port-level
+/// settings first), else Istio's auto mTLS when one of its endpoints has a
+/// sidecar with mTLS.
+fn upstream_tls(spec: &ClusterSpec, endpoints: &[EndpointInfo]) -> crate::tls::Upstream {
+    use crate::tls::{self, Upstream};
+    let (base, own, port) = (spec.rule_policy, spec.own_policy(), spec.port.number);
+    let setting = effective(base, own, port, |t| t.tls.as_ref(), |p| p.tls.as_ref());
+    let alpn = tls::alpn(spec.port.protocol);
+    let host = &spec.service.host;
+    let mesh = |rule_names: &[String]| {
+        // Who may serve: the rule's names, else the ServiceEntry's plus the
+        // service accounts of its workloads (Istio's secure naming).
+        let mut sans: Vec<String> = if rule_names.is_empty() {
+            let mut accounts: Vec<String> = endpoints
+                .iter()
+                .filter_map(|e| e.service_account.as_deref())
+                .map(|sa| tls::spiffe_id(&spec.service.namespace, sa))
+                .collect();
+            accounts.sort();
+            accounts.dedup();
+            spec.service
+                .subject_alt_names
+                .iter()
+                .cloned()
+                .chain(accounts)
+                .collect()
+        } else {
+            rule_names.to_vec()
+        };
+        sans.dedup();
+        let sni = tls::mesh_sni(port, spec.subset.map(|s| s.name.as_str()), host);
+        tls::upstream_mesh(sni, &sans, alpn.clone())
+    };
+    match setting.map(|t| t.mode) {
+        // Auto mTLS only where an endpoint can take it: a cluster of
+        // plaintext workloads (or external hosts) stays as it was, with no
+        // dependency on SDS secrets a proxy without identity never gets.
+        // Endpoint changes re-translate the service, so this follows them.
+        None if endpoint::in_subset(endpoints, spec.subset.map(|s| &s.labels))
+            .iter()
+            .any(|e| tls::is_istio(&e.labels)) =>
+        {
+            Upstream::Auto(mesh(&[]))
+        }
+        None => Upstream::Plaintext,
+        Some(TlsMode::Disable) => Upstream::Plaintext,
+        Some(TlsMode::IstioMutual) => Upstream::All(mesh(
+            &setting
+                .map(|t| t.subject_alt_names.clone())
+                .unwrap_or_default(),
+        )),
+        Some(TlsMode::Simple | TlsMode::Mutual) => {
+            let t = setting.expect("matched Some");
+            Upstream::All(tls::upstream_external(t, host, alpn.clone()))
+        }
+    }
 }
 
 /// The cluster behind the inbound listener: the local app, spoken to in the
@@ -368,6 +428,7 @@ pub fn inbound_app(app: std::net::SocketAddr) -> Cluster {
         locality: String::new(),
         labels: BTreeMap::new(),
         health: endpoint::Health::Unknown,
+        service_account: None,
     };
     Cluster {
         name: names::INBOUND_APP_CLUSTER.to_string(),

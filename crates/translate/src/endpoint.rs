@@ -48,6 +48,8 @@ pub struct EndpointInfo {
     pub locality: String,
     pub labels: BTreeMap<String, String>,
     pub health: Health,
+    /// The workload's service account: who may serve it over mTLS.
+    pub service_account: Option<String>,
 }
 
 /// Istio's `localityLbSetting` as priorities use it: enabled by default,
@@ -122,6 +124,7 @@ pub fn service_endpoints(service: &Service, port: &Port, registry: &Registry) ->
             locality: String::new(),
             labels: BTreeMap::new(),
             health: Health::Unknown,
+            service_account: None,
         });
     }
     out
@@ -140,6 +143,7 @@ fn entry_endpoint(ep: &WorkloadEntry, port: &Port) -> EndpointInfo {
         locality: ep.locality.clone().unwrap_or_default(),
         labels: ep.labels.clone(),
         health: Health::Unknown,
+        service_account: ep.service_account.clone(),
     }
 }
 
@@ -166,6 +170,7 @@ pub fn workload_endpoints(
                 } else {
                     Health::Unhealthy
                 },
+                service_account: (!w.service_account.is_empty()).then(|| w.service_account.clone()),
             })
         })
         .collect()
@@ -246,7 +251,7 @@ fn lb_endpoint(ep: &EndpointInfo) -> LbEndpoint {
             Health::Unhealthy => HealthStatus::Unhealthy,
         } as i32,
         load_balancing_weight: Some(u32v(ep.weight)),
-        ..Default::default()
+        metadata: crate::tls::endpoint_metadata(&ep.labels),
     }
 }
 

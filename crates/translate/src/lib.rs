@@ -32,6 +32,7 @@ pub mod proxyless;
 pub mod rbac;
 pub mod registry;
 pub mod route;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -39,6 +40,7 @@ use std::sync::Arc;
 
 use trellis_model::authorization::AuthorizationPolicySpec;
 use trellis_model::host;
+use trellis_model::peer_authentication::PeerAuthenticationSpec;
 use trellis_model::resource::Object;
 use trellis_model::validate::Validated;
 
@@ -79,8 +81,9 @@ pub struct ProxyIdentity {
     /// named `api_listener`s per service port instead of the sidecar's
     /// two listeners ([`proxyless`]).
     pub proxyless: bool,
-    /// The workload's labels: which AuthorizationPolicies apply to it
-    /// (their RBAC filters are on its inbound listener).
+    /// The workload's labels: which AuthorizationPolicies and
+    /// PeerAuthentications apply to it. `security.istio.io/tlsMode: istio`
+    /// says it has a workload certificate (mTLS on its inbound listener).
     pub labels: BTreeMap<String, String>,
 }
 
@@ -231,6 +234,9 @@ pub struct SharedResources {
     /// Every AuthorizationPolicy; [`own_listeners`] picks those that apply
     /// to the proxy's workload.
     authorization_policies: Arc<Vec<Object<AuthorizationPolicySpec>>>,
+    /// Every PeerAuthentication, in precedence order; [`own_listeners`]
+    /// picks the one that applies to the proxy's workload.
+    peer_authentications: Arc<Vec<Object<PeerAuthenticationSpec>>>,
 }
 
 impl SharedResources {
@@ -294,12 +300,19 @@ pub fn shared_since(
         }
         _ => Arc::new(v.authorization_policies.clone()),
     };
+    let peer_authentications = match prev {
+        Some(p) if *p.peer_authentications == v.peer_authentications => {
+            p.peer_authentications.clone()
+        }
+        _ => Arc::new(v.peer_authentications.clone()),
+    };
     SharedResources {
         services,
         hosts,
         localities,
         errors,
         authorization_policies,
+        peer_authentications,
     }
 }
 
@@ -623,9 +636,18 @@ pub fn own_listeners(shared: &SharedResources, proxy: &ProxyIdentity) -> Vec<Arc
         .filter(|p| trellis_model::authorization::applies(p, &proxy.namespace, &proxy.labels))
         .collect();
     let outbound = listener::outbound(SocketAddr::new(proxy.address, proxy.outbound_port));
+    // The app's port is the one `portLevelMtls` names (Istio: the
+    // workload's port).
+    let peer_auth = trellis_model::peer_authentication::effective(
+        &shared.peer_authentications,
+        &proxy.namespace,
+        &proxy.labels,
+        Some(proxy.app.port()),
+    );
     let inbound = listener::inbound(
         SocketAddr::new(proxy.address, proxy.inbound_port),
         &rbac::inbound(&policies),
+        &listener::InboundTls::of(&peer_auth, tls::is_istio(&proxy.labels)),
     );
     vec![
         Arc::new(Resource::new(

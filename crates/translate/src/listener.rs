@@ -20,9 +20,13 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, LocalReplyConfig, Rds, ResponseMapper,
-    http_connection_manager::{CodecType, RouteSpecifier, UpgradeConfig},
+    http_connection_manager::{
+        CodecType, ForwardClientCertDetails, RouteSpecifier, SetCurrentClientCertDetails,
+        UpgradeConfig,
+    },
     http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
@@ -41,6 +45,9 @@ pub const MAX_REQUEST_HEADERS_KB: u32 = 64;
 /// treats the connection as a server-first protocol and proxies it as
 /// opaque TCP (trellis-proxy's `--inbound-detect-timeout`).
 pub const INBOUND_DETECT_TIMEOUT: Duration = Duration::from_millis(100);
+/// Key of the inbound listener's `trellis` metadata naming the
+/// PeerAuthentication that set its mode.
+pub const PEER_AUTHENTICATION_KEY: &str = "peer_authentication";
 
 pub(crate) fn http_filter(name: &str, config: Any) -> HttpFilter {
     HttpFilter {
@@ -173,13 +180,64 @@ pub fn outbound(address: SocketAddr) -> Listener {
     }
 }
 
+/// What the inbound listener accepts (PeerAuthentication, and whether the
+/// workload has an identity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundTls {
+    pub mode: InboundMode,
+    /// The PeerAuthentication that decided (`namespace/name`), if one did:
+    /// put in the listener's `trellis` metadata for `/config_dump`.
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundMode {
+    /// As without a mesh (DISABLE, or no identity).
+    Plaintext,
+    /// mTLS when the client starts TLS, plaintext otherwise.
+    Permissive,
+    /// mTLS only: the listener has no plaintext chain.
+    Strict,
+}
+
+impl InboundTls {
+    pub const PLAINTEXT: InboundTls = InboundTls {
+        mode: InboundMode::Plaintext,
+        from: None,
+    };
+
+    /// The mode for the effective PeerAuthentication; with no policy,
+    /// STRICT for a workload with an identity (zero trust by default) and
+    /// plaintext for one without (trellis-proxy's `tls::mode`).
+    pub fn of(
+        policy: &trellis_model::peer_authentication::Effective,
+        has_identity: bool,
+    ) -> InboundTls {
+        use trellis_model::peer_authentication::MtlsMode;
+        let mode = match (policy.mode, has_identity) {
+            (_, false) | (MtlsMode::Disable, _) => InboundMode::Plaintext,
+            (MtlsMode::Permissive, true) => InboundMode::Permissive,
+            (MtlsMode::Strict | MtlsMode::Unset, true) => InboundMode::Strict,
+        };
+        InboundTls {
+            mode,
+            from: policy.from.clone(),
+        }
+    }
+}
+
 /// The inbound listener of a proxy at `address`: HTTP (either version) is
 /// forwarded to the `inbound|app` cluster in the caller's protocol; a
 /// connection that sends something else, or nothing within 100 ms (a
 /// server-first protocol), is proxied as opaque TCP, as trellis-proxy does.
 ///
 /// `rbac` (AuthorizationPolicy) goes before the router and before tcp_proxy.
-pub fn inbound(address: SocketAddr, rbac: &crate::rbac::InboundRbac) -> Listener {
+///
+/// With mTLS (`tls`), connections starting with a TLS ClientHello are
+/// terminated with the workload certificate (SDS `default`, clients
+/// verified against `ROOTCA`) and then served the same way; STRICT has no
+/// plaintext chain, so Envoy closes anything else.
+pub fn inbound(address: SocketAddr, rbac: &crate::rbac::InboundRbac, tls: &InboundTls) -> Listener {
     let route_config = RouteConfiguration {
         name: names::INBOUND.to_string(),
         virtual_hosts: vec![VirtualHost {
@@ -233,22 +291,74 @@ pub fn inbound(address: SocketAddr, rbac: &crate::rbac::InboundRbac) -> Listener
         )),
         ..Default::default()
     };
-    Listener {
-        name: names::INBOUND.to_string(),
-        address: Some(socket_address(&address.ip().to_string(), address.port())),
-        traffic_direction: TrafficDirection::Inbound as i32,
-        listener_filters: vec![ListenerFilter {
-            name: f::HTTP_INSPECTOR.to_string(),
+    let tcp_filters: Vec<Filter> = rbac
+        .network
+        .iter()
+        .cloned()
+        .chain([Filter {
+            name: f::TCP_PROXY.to_string(),
+            config_type: Some(filter::ConfigType::TypedConfig(encode::any(&tcp))),
+        }])
+        .collect();
+    let plain_protocol = |mode: InboundMode| match mode {
+        InboundMode::Permissive => "raw_buffer".to_string(),
+        _ => String::new(),
+    };
+    let mut listener_filters = Vec::new();
+    let mut chains = Vec::new();
+    if tls.mode != InboundMode::Plaintext {
+        listener_filters.push(ListenerFilter {
+            name: f::TLS_INSPECTOR.to_string(),
             config_type: Some(listener_filter::ConfigType::TypedConfig(encode::any(
-                &HttpInspector {},
+                &TlsInspector::default(),
             ))),
             ..Default::default()
-        }],
-        listener_filters_timeout: Some(duration(INBOUND_DETECT_TIMEOUT)),
-        continue_on_listener_filters_timeout: true,
-        filter_chains: vec![FilterChain {
+        });
+        let socket = crate::tls::tls_socket(&crate::tls::downstream_mesh());
+        let mtls_hcm = HttpConnectionManager {
+            // The app learns who called: `By=<us>;Hash=..;URI=<caller>`.
+            forward_client_cert_details: ForwardClientCertDetails::SanitizeSet as i32,
+            set_current_client_cert_details: Some(SetCurrentClientCertDetails {
+                uri: true,
+                ..Default::default()
+            }),
+            ..hcm.clone()
+        };
+        chains.push(FilterChain {
+            name: "mtls-http".to_string(),
+            filter_chain_match: Some(FilterChainMatch {
+                transport_protocol: "tls".to_string(),
+                application_protocols: vec!["h2".to_string(), "http/1.1".to_string()],
+                ..Default::default()
+            }),
+            filters: vec![hcm_filter(&mtls_hcm)],
+            transport_socket: Some(socket.clone()),
+            ..Default::default()
+        });
+        chains.push(FilterChain {
+            name: "mtls-tcp".to_string(),
+            filter_chain_match: Some(FilterChainMatch {
+                transport_protocol: "tls".to_string(),
+                ..Default::default()
+            }),
+            filters: tcp_filters.clone(),
+            transport_socket: Some(socket),
+            ..Default::default()
+        });
+    }
+    listener_filters.push(ListenerFilter {
+        name: f::HTTP_INSPECTOR.to_string(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(encode::any(
+            &HttpInspector {},
+        ))),
+        ..Default::default()
+    });
+    let plaintext = tls.mode != InboundMode::Strict;
+    if plaintext {
+        chains.push(FilterChain {
             name: "http".to_string(),
             filter_chain_match: Some(FilterChainMatch {
+                transport_protocol: plain_protocol(tls.mode),
                 application_protocols: vec![
                     "http/1.0".to_string(),
                     "http/1.1".to_string(),
@@ -258,19 +368,32 @@ pub fn inbound(address: SocketAddr, rbac: &crate::rbac::InboundRbac) -> Listener
             }),
             filters: vec![hcm_filter(&hcm)],
             ..Default::default()
-        }],
-        default_filter_chain: Some(FilterChain {
+        });
+    }
+    Listener {
+        name: names::INBOUND.to_string(),
+        address: Some(socket_address(&address.ip().to_string(), address.port())),
+        traffic_direction: TrafficDirection::Inbound as i32,
+        listener_filters,
+        listener_filters_timeout: Some(duration(INBOUND_DETECT_TIMEOUT)),
+        continue_on_listener_filters_timeout: true,
+        filter_chains: chains,
+        default_filter_chain: plaintext.then(|| FilterChain {
             name: "tcp".to_string(),
-            filters: rbac
-                .network
-                .iter()
-                .cloned()
-                .chain([Filter {
-                    name: f::TCP_PROXY.to_string(),
-                    config_type: Some(filter::ConfigType::TypedConfig(encode::any(&tcp))),
-                }])
-                .collect(),
+            filters: tcp_filters,
             ..Default::default()
+        }),
+        metadata: tls.from.as_ref().map(|from| {
+            envoy_types::pb::envoy::config::core::v3::Metadata {
+                filter_metadata: std::collections::HashMap::from([(
+                    names::TRELLIS_METADATA.to_string(),
+                    encode::make_struct(vec![(
+                        PEER_AUTHENTICATION_KEY,
+                        encode::string_value(from.clone()),
+                    )]),
+                )]),
+                ..Default::default()
+            }
         }),
         ..Default::default()
     }

@@ -55,6 +55,7 @@ pub mod filter {
     pub const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
     /// `envoy.extensions.filters.listener.http_inspector.v3.HttpInspector`.
     pub const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
+    pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 }
 
 /// `outbound|<port>|<subset>|<host>`, as trellis-proxy and Istio name clusters.

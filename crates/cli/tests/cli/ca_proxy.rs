@@ -1,13 +1,15 @@
-//! trellis-proxy's certificate from the control plane's CA, through the real
-//! binaries: `trellis token create`, then a sidecar with `--token-file`
-//! makes its own key, gets a certificate for the token's identity, renews
-//! it at half-life, and trusts the bundle the control plane pushes over SDS
-//! (two roots during a rotation). Its traffic keeps flowing meanwhile: the
-//! inbound listener trellis control sends carries no TLS yet, so having a
-//! certificate must not make the sidecar refuse its plaintext peers.
+//! Certificates from the control plane's CA, through the real binaries:
+//! `trellis token create`, then sidecars with `--token-file` make their own
+//! keys, get certificates for their tokens' identities, renew them at
+//! half-life, trust the bundle pushed over SDS (two roots during a
+//! rotation), and speak mTLS to each other over xDS config: the app sees
+//! the caller's SPIFFE ID, and short certificates renewed every ~2 s and a
+//! root rotation under continuous load fail no request.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
@@ -15,36 +17,59 @@ use http_body_util::Full;
 use serde_json::Value;
 use trellis_testing::{EchoServer, ProxyProcess, http1_client_to, try_send};
 
-use crate::outage::{mesh_yaml, proxy_binary, sidecar};
+use crate::outage::{mesh_yaml, proxy_binary};
 use crate::support::{Control, eventually, write};
 
-/// A sidecar over xDS whose certificate comes from the CA.
+/// A token for `default/<sa>`, in a 0600 file.
+fn token_file(control: &Control, dir: &Path, sa: &str) -> (String, PathBuf) {
+    let run = control
+        .cli(&[
+            "token",
+            "create",
+            "--namespace",
+            "default",
+            "--service-account",
+            sa,
+            "--ttl",
+            "1h",
+        ])
+        .ok();
+    let token = run.stdout.trim().to_string();
+    assert!(!token.is_empty(), "{run:?}");
+    let path = dir.join(format!("{sa}.token"));
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (token, path)
+}
+
+/// A sidecar over xDS whose certificate comes from the CA (4 s ones,
+/// renewed every ~2 s), on its own loopback address.
 fn sidecar_with_token(
     rt: &tokio::runtime::Runtime,
     xds: &str,
-    token_file: &std::path::Path,
-    lifetime: &str,
-    app: SocketAddr,
+    workload: &str,
+    token_file: &Path,
+    ip: &str,
+    app: Option<SocketAddr>,
 ) -> ProxyProcess {
-    let any = "127.0.0.14:0".to_string();
-    let args: Vec<String> = [
+    let any = format!("{ip}:0");
+    let mut args: Vec<String> = [
         "sidecar",
         "--xds",
         xds,
         "--workload",
-        "reviews-1",
+        workload,
         "--namespace",
         "default",
+        // What the node claims; the certificate says what the token says.
         "--service-account",
         "ignored-by-the-ca",
         "--labels",
-        "app=reviews",
-        "--app",
-        &app.to_string(),
+        &format!("app={workload}"),
         "--token-file",
         &token_file.display().to_string(),
         "--cert-lifetime",
-        lifetime,
+        "4s",
         "--outbound",
         &any,
         "--inbound",
@@ -57,8 +82,11 @@ fn sidecar_with_token(
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if let Some(app) = app {
+        args.extend(["--app".into(), app.to_string()]);
+    }
     rt.block_on(ProxyProcess::command(&proxy_binary()).args(args).start())
-        .unwrap_or_else(|e| panic!("starting trellis-proxy: {e}"))
+        .unwrap_or_else(|e| panic!("starting trellis-proxy {workload}: {e}"))
 }
 
 fn identity(rt: &tokio::runtime::Runtime, proxy: &ProxyProcess) -> Value {
@@ -68,89 +96,111 @@ fn identity(rt: &tokio::runtime::Runtime, proxy: &ProxyProcess) -> Value {
     dump["identity"].clone()
 }
 
+fn has_identity(rt: &tokio::runtime::Runtime, proxy: &ProxyProcess) -> Option<Value> {
+    let id = identity(rt, proxy);
+    id["spiffe_id"].is_string().then_some(id)
+}
+
 #[test]
-fn a_sidecar_gets_renews_and_rotates_its_certificate_from_the_ca() {
+fn sidecars_get_renew_and_rotate_ca_certificates_and_speak_mtls_throughout() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let app = rt.block_on(EchoServer::start("reviews"));
     let dir = tempfile::tempdir().unwrap();
     let control = Control::start(&dir.path().join("data"), &[]);
-    let token = control
-        .cli(&[
-            "token",
-            "create",
-            "--namespace",
-            "default",
-            "--service-account",
-            "reviews",
-            "--ttl",
-            "1h",
-        ])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
-    assert!(!token.is_empty());
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (server_token, server_file) = token_file(&control, dir.path(), "reviews");
+    let (client_token, client_file) = token_file(&control, dir.path(), "productpage");
 
-    // A 4 s certificate: renewed every ~2 s.
-    let proxy = sidecar_with_token(&rt, &control.xds, &token_file, "4s", app.addr());
-    let first = eventually("a certificate from the CA", || {
-        let id = identity(&rt, &proxy);
-        id["spiffe_id"].is_string().then_some(id)
-    });
-    assert_eq!(
-        first["spiffe_id"], "spiffe://cluster.local/ns/default/sa/reviews",
-        "the token's identity, not the --service-account the node claims: {first}"
+    let server = sidecar_with_token(
+        &rt,
+        &control.xds,
+        "reviews",
+        &server_file,
+        "127.0.0.14",
+        Some(app.addr()),
     );
-    let serial = first["certificate"]["serial"].clone();
-    assert!(serial.is_string(), "{first}");
-    let renewed = eventually("a renewed certificate", || {
-        let id = identity(&rt, &proxy);
-        (id["certificate"]["serial"] != serial && id["spiffe_id"].is_string()).then_some(id)
-    });
-    assert_eq!(renewed["spiffe_id"], first["spiffe_id"]);
-    assert!(
-        renewed["certificate"]["not_after_unix"].as_i64()
-            > first["certificate"]["not_after_unix"].as_i64(),
-        "later expiry: {first} -> {renewed}"
-    );
-
-    // A root rotation reaches the proxy over SDS: both roots trusted.
-    assert_eq!(renewed["trusted_roots"], 1, "{renewed}");
-    control.cli(&["ca", "rotate"]).ok();
-    eventually("the rotated bundle (two roots)", || {
-        (identity(&rt, &proxy)["trusted_roots"] == 2).then_some(())
-    });
-
-    // A plaintext peer still reaches it through trellis control's config.
-    let client = sidecar(
+    let client = sidecar_with_token(
         &rt,
         &control.xds,
         "productpage",
-        "app=productpage",
+        &client_file,
         "127.0.0.13",
         None,
     );
-    let mesh = write(dir.path(), "mesh.yaml", &mesh_yaml(proxy.inbound().port()));
+    let first = eventually("a certificate from the CA", || has_identity(&rt, &server));
+    assert_eq!(
+        first["spiffe_id"], "spiffe://cluster.local/ns/default/sa/reviews",
+        "the token's identity, not the service account the node claims: {first}"
+    );
+    eventually("the client's certificate", || has_identity(&rt, &client));
+
+    let mesh = write(dir.path(), "mesh.yaml", &mesh_yaml(server.inbound().port()));
     control.cli(&["apply", "-f", mesh.to_str().unwrap()]).ok();
-    let outbound = client.outbound();
-    eventually("a request through both sidecars", || {
-        let req = Request::get("http://reviews:9080/ok")
+    let outbound = http1_client_to(client.outbound());
+    let call = || {
+        let req = Request::get("http://reviews:9080/hello")
             .body(Full::new(Bytes::new()))
             .unwrap();
-        let r = rt
-            .block_on(try_send(&http1_client_to(outbound), req))
-            .ok()?;
-        (r.0 == 200).then_some(())
+        rt.block_on(try_send(&outbound, req)).ok()
+    };
+    let body = eventually("a call through both sidecars", || {
+        call().and_then(|(s, _, b)| (s == 200).then_some(b))
     });
-
-    // The token never reaches the logs.
-    let logs = proxy.logs();
-    assert!(!logs.contains(&token), "the token was logged");
-    assert!(
-        !control.logs().contains(&token),
-        "the token was logged by control"
+    let echoed: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        echoed["headers"]["x-forwarded-client-cert"],
+        "By=spiffe://cluster.local/ns/default/sa/reviews;URI=spiffe://cluster.local/ns/default/sa/productpage",
+        "mTLS with the CA's certificates: {echoed}"
     );
+
+    // Continuous calls while both certificates are renewed (every ~2 s)
+    // and the CA's root is rotated: not one fails.
+    let serial = identity(&rt, &server)["certificate"]["serial"].clone();
+    let (mut ok, mut failed) = (0u32, Vec::new());
+    let mut rotated = false;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(7) {
+        if !rotated && start.elapsed() > Duration::from_secs(2) {
+            control.cli(&["ca", "rotate"]).ok();
+            rotated = true;
+        }
+        match call() {
+            Some((s, _, _)) if s == 200 => ok += 1,
+            other => failed.push(format!("{other:?}")),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    assert!(ok > 50, "only {ok} calls");
+    let now = identity(&rt, &server);
+    assert_ne!(
+        now["certificate"]["serial"], serial,
+        "renewed during the calls: {now}"
+    );
+    assert_eq!(now["spiffe_id"], first["spiffe_id"]);
+    eventually("the rotated bundle (two roots) on both sides", || {
+        (identity(&rt, &server)["trusted_roots"] == 2
+            && identity(&rt, &client)["trusted_roots"] == 2)
+            .then_some(())
+    });
+    eprintln!("{ok} calls through mTLS while certificates renewed and the root rotated, 0 failed");
+
+    // The tokens never reach the logs.
+    for token in [&server_token, &client_token] {
+        assert!(
+            !server.logs().contains(token.as_str()),
+            "a token was logged"
+        );
+        assert!(
+            !client.logs().contains(token.as_str()),
+            "a token was logged"
+        );
+        assert!(
+            !control.logs().contains(token.as_str()),
+            "control logged a token"
+        );
+    }
 }

@@ -5,6 +5,7 @@ mod authz;
 mod ca_proxy;
 mod envoy;
 mod identity;
+mod mtls;
 mod outage;
 mod proxyless;
 mod support;

@@ -45,6 +45,7 @@ fn policies_via_xds(docs: &[String]) -> Policies {
     let listener = trellis_translate::listener::inbound(
         "127.0.0.1:15006".parse().unwrap(),
         &trellis_translate::rbac::inbound(&applying),
+        &trellis_translate::listener::InboundTls::PLAINTEXT,
     );
     crate::xds::rbac::inbound(&listener).unwrap_or_else(|e| panic!("{e}"))
 }

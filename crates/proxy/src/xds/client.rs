@@ -394,6 +394,8 @@ pub struct Client {
     /// The bootstrap token, sent as `authorization: Bearer` on the stream
     /// (never logged).
     pub token: Option<Arc<str>>,
+    /// Whether the proxy has a workload certificate (auto mTLS needs one).
+    pub has_certificate: bool,
 }
 
 /// Runs the client on the current thread until the process exits.
@@ -616,6 +618,7 @@ impl Client {
             metrics: &self.metrics,
             previous: Some(&previous),
             resolve: &*self.resolve,
+            has_certificate: self.has_certificate,
         };
         let config = convert::assemble(&ads.resources, &ctx);
         let generation = config.generation;

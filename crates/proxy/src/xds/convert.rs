@@ -68,6 +68,7 @@ use crate::route::{
     RouteAction, RouteTable, StringMatcher, TcpRoute, UriRewrite, VirtualHost, WeightedDestination,
 };
 use crate::telemetry::metrics::{Direction, Metrics};
+use crate::tls::origination::{ClusterTls, TLS_MODE_LABEL};
 
 /// Names that are part of the contract with the control plane (docs/xds.md).
 pub mod names {
@@ -172,6 +173,8 @@ pub struct ListenerSpec {
     pub rds: Option<String>,
     /// The AuthorizationPolicies of its RBAC filters, for `inbound`.
     pub authz: Option<crate::authz::Policies>,
+    /// The PeerAuthentication mode its filter chains express, for `inbound`.
+    pub peer_auth: Option<trellis_model::peer_authentication::Effective>,
 }
 
 /// `outbound` is configured from xDS (RDS-routed HTTP); of `inbound` only
@@ -184,6 +187,7 @@ pub fn listener(l: &Listener) -> Result<ListenerSpec, ConvertError> {
             name: l.name.clone(),
             rds: None,
             authz: Some(super::rbac::inbound(l)?),
+            peer_auth: Some(super::tls::inbound(l).map_err(|(f, r)| at.field(&f).err(r))?),
         }),
         names::OUTBOUND => {
             if l.filter_chains.len() != 1 || l.default_filter_chain.is_some() {
@@ -234,6 +238,7 @@ pub fn listener(l: &Listener) -> Result<ListenerSpec, ConvertError> {
                     name: l.name.clone(),
                     rds: Some(rds.route_config_name.clone()),
                     authz: None,
+                    peer_auth: None,
                 }),
                 _ => Err(at
                     .field("route_specifier")
@@ -1080,6 +1085,9 @@ pub struct ClusterSpec {
     pub min_health_percent: u32,
     pub budget: BudgetSettings,
     pub discovery: Discovery,
+    /// `transport_socket` (every endpoint) or auto mTLS's
+    /// `transport_socket_matches` (endpoints whose metadata says `tlsMode: istio`).
+    pub tls: super::tls::XdsTls,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1092,6 +1100,9 @@ pub struct EndpointSpec {
     /// 0 is best.
     pub priority: u8,
     pub healthy: bool,
+    /// Metadata `envoy.transport_socket_match: {tlsMode: istio}`: the
+    /// workload has a sidecar, auto mTLS applies.
+    pub tls_mode_istio: bool,
 }
 
 /// Envoy's circuit-breaker defaults, for thresholds a cluster leaves unset.
@@ -1143,11 +1154,6 @@ fn budget(trellis: Option<&Struct>, at: &At) -> Result<BudgetSettings, ConvertEr
 
 pub fn cluster(c: &EnvoyCluster) -> Result<ClusterSpec, ConvertError> {
     let at = At::new("Cluster", &c.name);
-    if c.transport_socket.is_some() || !c.transport_socket_matches.is_empty() {
-        return Err(at
-            .field("transport_socket")
-            .err("TLS to upstreams is not supported yet"));
-    }
     if !c.health_checks.is_empty() {
         return Err(at
             .field("health_checks")
@@ -1382,8 +1388,10 @@ pub fn cluster(c: &EnvoyCluster) -> Result<ClusterSpec, ConvertError> {
             )));
         }
     };
+    let tls = super::tls::cluster(c, protocol).map_err(|(f, r)| at.field(&f).err(r))?;
     Ok(ClusterSpec {
         name: c.name.clone(),
+        tls,
         protocol,
         lb,
         upstream,
@@ -1467,6 +1475,7 @@ fn endpoints(
                 locality: locality.clone(),
                 priority,
                 healthy,
+                tls_mode_istio: super::tls::endpoint_is_istio(lb.metadata.as_ref()),
             });
         }
     }
@@ -1491,12 +1500,25 @@ pub struct Context<'a> {
     pub previous: Option<&'a ProxyConfig>,
     /// For inline endpoints that are names (DNS clusters).
     pub resolve: Resolve<'a>,
+    /// Whether the proxy has a workload certificate: without one, auto
+    /// mTLS is plaintext (as with `--config-dir`).
+    pub has_certificate: bool,
 }
 
 struct Assembler<'a> {
     ctx: &'a Context<'a>,
     budgets: BTreeMap<String, Arc<SharedBudget>>,
     rate_limits: BTreeMap<String, Arc<SharedBucket>>,
+}
+
+/// The labels auto mTLS reads ([`ClusterTls::for_endpoint`]); xDS
+/// endpoints carry no others (subsets are clusters of their own).
+fn labels(ep: &EndpointSpec) -> BTreeMap<String, String> {
+    if ep.tls_mode_istio {
+        BTreeMap::from([(TLS_MODE_LABEL.to_string(), "istio".to_string())])
+    } else {
+        BTreeMap::new()
+    }
 }
 
 /// The destination host of `outbound|port|subset|host` (budgets are per host).
@@ -1549,14 +1571,12 @@ pub fn assemble(r: &Resources, ctx: &Context) -> ProxyConfig {
             .and_then(|l| l.authz.clone())
             .unwrap_or_default(),
         source: Default::default(),
-        // The inbound listener trellis control sends has no TLS filter
-        // chain yet: serve it as sent, plaintext. (Left to the default, a
-        // proxy with a certificate from --token-file would be STRICT while
-        // its peers' clusters from xDS speak plaintext.)
-        peer_auth: trellis_model::peer_authentication::Effective {
-            mode: trellis_model::peer_authentication::MtlsMode::Disable,
-            from: Some("trellis control (no TLS on the inbound listener)".into()),
-        },
+        // No inbound listener yet: the proxy's default (STRICT with a certificate).
+        peer_auth: r
+            .listeners
+            .get(names::INBOUND)
+            .and_then(|l| l.peer_auth.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -1649,8 +1669,10 @@ impl Assembler<'_> {
             breaker: self.breaker(&c.name, c.limits),
             budget,
             outlier: c.outlier,
-            // Not from xDS yet (transport_socket is refused): docs/mtls.md.
-            tls: Default::default(),
+            tls: match &c.tls.0 {
+                ClusterTls::Auto(_) if !self.ctx.has_certificate => ClusterTls::Plaintext,
+                t => t.clone(),
+            },
             stats: self.ctx.metrics.cluster_stats(&c.name),
         }
     }
@@ -1667,7 +1689,12 @@ impl Assembler<'_> {
                 prev.balancer
                     .endpoints()
                     .iter()
-                    .find(|e| e.addr == addr && e.weight == ep.weight && e.locality == ep.locality)
+                    .find(|e| {
+                        e.addr == addr
+                            && e.weight == ep.weight
+                            && e.locality == ep.locality
+                            && e.labels == labels(ep)
+                    })
                     .cloned()
             })
             .unwrap_or_else(|| {
@@ -1675,7 +1702,7 @@ impl Assembler<'_> {
                     addr,
                     ep.weight,
                     ep.locality.clone(),
-                    BTreeMap::new(),
+                    labels(ep),
                 ))
             });
         e.set_healthy(ep.healthy);

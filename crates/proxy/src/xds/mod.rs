@@ -14,6 +14,7 @@
 pub mod client;
 pub mod convert;
 pub mod rbac;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -599,6 +599,7 @@ mod tests {
         trellis_translate::listener::inbound(
             "127.0.0.1:15006".parse().unwrap(),
             &trellis_translate::rbac::inbound(&all),
+            &trellis_translate::listener::InboundTls::PLAINTEXT,
         )
     }
 

@@ -388,7 +388,7 @@ async fn routes_updates_nacks_and_survives_an_outage() {
 
 #[test]
 fn xds_and_config_dir_are_exclusive() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 4] = [
         (
             &[
                 "sidecar",
@@ -405,18 +405,6 @@ fn xds_and_config_dir_are_exclusive() {
         (
             &["sidecar", "--xds", "127.0.0.1:1"],
             "--xds needs --workload NAME",
-        ),
-        (
-            &[
-                "sidecar",
-                "--xds",
-                "127.0.0.1:1",
-                "--workload",
-                "a",
-                "--identity-dir",
-                "/tmp",
-            ],
-            "--identity-dir works with --config-dir only",
         ),
         (
             &["sidecar", "--config-dir", "/tmp", "--service-account", "a"],

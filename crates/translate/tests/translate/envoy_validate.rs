@@ -11,6 +11,7 @@
 use std::process::Command;
 
 use prost::Message;
+use trellis_translate::tls::TLS_MODE_LABEL;
 use trellis_translate::{Registry, Workload, inline, shared, view};
 
 use crate::support::*;
@@ -190,7 +191,6 @@ spec:
 
 #[test]
 fn stock_envoy_accepts_the_translation() {
-    let envoy = trellis_testing::envoy_binary();
     let v = validated(EVERYTHING);
     let registry = Registry::new(vec![Workload {
         name: "client".into(),
@@ -216,7 +216,21 @@ fn stock_envoy_accepts_the_translation() {
     let cla = assignment(&snap, &c(9080, "", REVIEWS));
     assert!(cla.endpoints.iter().any(|l| l.priority > 0));
 
-    let bootstrap = inline::static_bootstrap(&snap, "client").expect("inline");
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets.yaml");
+    std::fs::write(&secrets, "resources: []\n").unwrap();
+    envoy_validates(&snap, |b| sds_from_file(b, &secrets));
+}
+
+/// Inlines the snapshot, lets `edit` adjust the bootstrap, and runs
+/// `envoy --mode validate` on it.
+fn envoy_validates(
+    snap: &trellis_translate::Snapshot,
+    edit: impl FnOnce(&mut envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap),
+) {
+    let envoy = trellis_testing::envoy_binary();
+    let mut bootstrap = inline::static_bootstrap(snap, "client").expect("inline");
+    edit(&mut bootstrap);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bootstrap.pb");
     std::fs::write(&file, bootstrap.encode_to_vec()).unwrap();
@@ -248,4 +262,220 @@ fn stock_envoy_accepts_the_translation() {
         !stderr.to_ascii_lowercase().contains("deprecated"),
         "envoy warns about deprecated fields:\n{stderr}"
     );
+}
+
+/// mTLS as Istio expresses it: auto mTLS (`transport_socket_matches`),
+/// DestinationRule ISTIO_MUTUAL / SIMPLE / MUTUAL / DISABLE, and the
+/// inbound listener's STRICT and PERMISSIVE filter chains. The SDS secrets
+/// `default` and `ROOTCA` come over ADS, so the bootstrap gets an ADS
+/// source (validate mode does not connect to it).
+#[test]
+fn stock_envoy_accepts_the_mtls_translation() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = trellis_testing::TestCa::new("validate");
+    let issued = ca.issue_dns("api.example.com");
+    let (roots, cert, key) = (
+        dir.path().join("roots.pem"),
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+    );
+    std::fs::write(&roots, ca.root_pem()).unwrap();
+    std::fs::write(&cert, &issued.cert_pem).unwrap();
+    std::fs::write(&key, &issued.key_pem).unwrap();
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  resolution: STATIC
+  subjectAltNames: [spiffe://cluster.local/ns/default/sa/reviews]
+  ports: [{{number: 9080, name: http}}, {{number: 9090, name: grpc}}]
+  workloadSelector: {{labels: {{app: reviews}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews}}
+spec:
+  host: reviews
+  subsets:
+  - {{name: v1, labels: {{version: v1}}, trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/default/sa/v1]}}}}}}
+  - {{name: v2, labels: {{version: v2}}, trafficPolicy: {{tls: {{mode: DISABLE}}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ext}}
+spec:
+  hosts: [api.example.com]
+  resolution: DNS
+  ports: [{{number: 443, name: tls}}, {{number: 8443, name: https-m}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: ext}}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {roots}, subjectAltNames: [api.example.com]}}
+    portLevelSettings:
+    - port: {{number: 8443}}
+      tls: {{mode: MUTUAL, caCertificates: {roots}, clientCertificate: {cert}, privateKey: {key}, sni: m.example.com}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: permissive}}
+spec:
+  selector: {{matchLabels: {{app: permissive}}}}
+  mtls: {{mode: PERMISSIVE}}
+"#,
+        roots = roots.display(),
+        cert = cert.display(),
+        key = key.display(),
+    );
+    let v = validated(&yaml);
+    let mesh = |name: &str, labels: &[(&str, &str)]| Workload {
+        name: name.into(),
+        namespace: "default".into(),
+        service_account: name.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain([(TLS_MODE_LABEL.to_string(), "istio".to_string())])
+            .collect(),
+        addresses: vec!["127.0.3.1".parse().unwrap()],
+        healthy: true,
+        ..Default::default()
+    };
+    let registry = Registry::new(vec![
+        mesh("reviews", &[("app", "reviews"), ("version", "v1")]),
+        Workload {
+            name: "legacy".into(),
+            namespace: "default".into(),
+            labels: [("app".to_string(), "reviews".to_string())].into(),
+            addresses: vec!["127.0.3.2".parse().unwrap()],
+            healthy: true,
+            ..Default::default()
+        },
+    ]);
+    let s = shared(&v, &registry);
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    // Validate mode has no ADS stream for static clusters: the SDS
+    // references read the same secrets from a file instead.
+    let secrets = dir.path().join("secrets.yaml");
+    let leaf = ca.issue(
+        "spiffe://cluster.local/ns/default/sa/client",
+        trellis_testing::Validity::Current,
+    );
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("          {l}\n"))
+            .collect::<String>()
+    };
+    std::fs::write(
+        &secrets,
+        format!(
+            "resources:\n\
+             - \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: default\n  tls_certificate:\n    certificate_chain:\n      inline_string: |\n{}    private_key:\n      inline_string: |\n{}\
+             - \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  name: ROOTCA\n  validation_context:\n    trusted_ca:\n      inline_string: |\n{}",
+            indent(&leaf.cert_pem).replace("          ", "        "),
+            indent(&leaf.key_pem).replace("          ", "        "),
+            indent(&ca.root_pem()).replace("          ", "        "),
+        ),
+    )
+    .unwrap();
+    let from_file = |b: &mut envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap| {
+        sds_from_file(b, &secrets)
+    };
+    for (labels, chains) in [
+        (
+            vec![("app", "strict")],
+            ["mtls-http", "mtls-tcp"].as_slice(),
+        ),
+        (
+            vec![("app", "permissive")],
+            ["mtls-http", "mtls-tcp", "http"].as_slice(),
+        ),
+    ] {
+        let mut p = proxy("default");
+        p.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain([(TLS_MODE_LABEL.to_string(), "istio".to_string())])
+            .collect();
+        let snap = view(&s, &p);
+        let inbound = listener(&snap, "inbound");
+        let names: Vec<&str> = inbound
+            .filter_chains
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, chains);
+        envoy_validates(&snap, from_file);
+    }
+}
+
+/// Points every SDS reference of the bootstrap's transport sockets at
+/// `path` (a file of `Secret`s) instead of ADS.
+fn sds_from_file(
+    b: &mut envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap,
+    path: &std::path::Path,
+) {
+    use envoy_types::pb::envoy::config::core::v3::{
+        ConfigSource, PathConfigSource, TransportSocket, config_source::ConfigSourceSpecifier,
+        transport_socket::ConfigType,
+    };
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CommonTlsContext, DownstreamTlsContext, UpstreamTlsContext,
+        common_tls_context::ValidationContextType,
+    };
+    let source = ConfigSource {
+        resource_api_version: 2,
+        config_source_specifier: Some(ConfigSourceSpecifier::PathConfigSource(PathConfigSource {
+            path: path.display().to_string(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let fix_common = |c: &mut CommonTlsContext| {
+        for s in &mut c.tls_certificate_sds_secret_configs {
+            s.sds_config = Some(source.clone());
+        }
+        if let Some(ValidationContextType::CombinedValidationContext(v)) =
+            &mut c.validation_context_type
+            && let Some(s) = &mut v.validation_context_sds_secret_config
+        {
+            s.sds_config = Some(source.clone());
+        }
+    };
+    let fix = |t: &mut TransportSocket| {
+        let Some(ConfigType::TypedConfig(any)) = &mut t.config_type else {
+            return;
+        };
+        if any.type_url.ends_with("UpstreamTlsContext") {
+            let mut u = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+            u.common_tls_context.as_mut().map(&fix_common);
+            any.value = u.encode_to_vec();
+        } else if any.type_url.ends_with("DownstreamTlsContext") {
+            let mut d = DownstreamTlsContext::decode(any.value.as_slice()).unwrap();
+            d.common_tls_context.as_mut().map(&fix_common);
+            any.value = d.encode_to_vec();
+        }
+    };
+    let statics = b.static_resources.as_mut().unwrap();
+    for c in &mut statics.clusters {
+        c.transport_socket.as_mut().map(&fix);
+        for m in &mut c.transport_socket_matches {
+            m.transport_socket.as_mut().map(&fix);
+        }
+    }
+    for l in &mut statics.listeners {
+        for chain in l
+            .filter_chains
+            .iter_mut()
+            .chain(l.default_filter_chain.as_mut())
+        {
+            chain.transport_socket.as_mut().map(&fix);
+        }
+    }
 }

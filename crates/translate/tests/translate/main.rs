@@ -6,6 +6,7 @@ mod clusters;
 mod endpoints;
 mod envoy_validate;
 mod listeners;
+mod mtls;
 mod routes;
 mod support;
 mod views;

@@ -104,6 +104,7 @@ fn via_xds(v: &Validated, ns: &str, metrics: &Metrics) -> ProxyConfig {
         metrics,
         previous: None,
         resolve: &fake_dns,
+        has_certificate: false,
     };
     assemble(&r, &ctx)
 }
@@ -562,6 +563,7 @@ fn unsupported_fields_are_named() {
     let mut maglev = base_cluster(name);
     maglev.lb_policy = EnvoyLb::Maglev as i32;
     let mut tls = base_cluster(name);
+    tls.transport_socket_matches.clear();
     tls.transport_socket = Some(TransportSocket::default());
     let mut success_rate = base_cluster(name);
     if let Some(od) = success_rate.outlier_detection.as_mut() {
@@ -577,7 +579,7 @@ fn unsupported_fields_are_named() {
         (maglev, "lb_policy: MAGLEV is not supported"),
         (
             tls,
-            "transport_socket: TLS to upstreams is not supported yet",
+            "transport_socket.name: \"\" is not supported (only envoy.transport_sockets.tls)",
         ),
         (
             success_rate,
@@ -764,6 +766,7 @@ fn assemble_keeps_state_across_updates() {
         metrics: &metrics,
         previous: None,
         resolve: &fake_dns,
+        has_certificate: false,
     };
     let first = assemble(&r, &ctx);
     let name = "outbound|80|v1|reviews.default.svc.cluster.local";
@@ -776,6 +779,7 @@ fn assemble_keeps_state_across_updates() {
         metrics: &metrics,
         previous: Some(&first),
         resolve: &fake_dns,
+        has_certificate: false,
     };
     let second = assemble(&r, &ctx);
     assert_eq!(second.generation, first.generation + 1);
@@ -808,6 +812,7 @@ fn assemble_keeps_state_across_updates() {
             metrics: &metrics,
             previous: Some(&second),
             resolve: &fake_dns,
+            has_certificate: false,
         },
     );
     assert!(!Arc::ptr_eq(
@@ -853,4 +858,331 @@ spec:
 #[test]
 fn round_trip_hash_keys_per_subset() {
     assert_round_trip("hash keys", &validated(HASH_KEYS), "default");
+}
+
+// ----------------------------------------------------------------- mTLS
+
+/// Per cluster: its TLS `describe()`, and per endpoint address the TLS
+/// mode it gets (None: plaintext).
+type TlsParts = BTreeMap<String, (serde_json::Value, Vec<(String, Option<&'static str>)>)>;
+
+/// The TLS parts of a config.
+fn tls_parts(cfg: &ProxyConfig) -> TlsParts {
+    cfg.clusters
+        .iter()
+        .map(|(name, c)| {
+            let mut eps: Vec<(String, Option<&'static str>)> = c
+                .balancer
+                .endpoints()
+                .iter()
+                .map(|e| {
+                    (
+                        e.addr.to_string(),
+                        c.tls.for_endpoint(&e.labels).map(|o| o.mode),
+                    )
+                })
+                .collect();
+            eps.sort();
+            (name.clone(), (c.tls.describe(), eps))
+        })
+        .collect()
+}
+
+#[test]
+fn tls_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = trellis_testing::TestCa::new("rt");
+    let issued = ca.issue_dns("api.example.com");
+    let (roots, cert, key) = (
+        dir.path().join("roots.pem"),
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+    );
+    std::fs::write(&roots, ca.root_pem()).unwrap();
+    std::fs::write(&cert, &issued.cert_pem).unwrap();
+    std::fs::write(&key, &issued.key_pem).unwrap();
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  resolution: STATIC
+  subjectAltNames: [spiffe://cluster.local/ns/default/sa/reviews]
+  ports: [{{number: 9080, name: http}}, {{number: 9090, name: grpc}}, {{number: 5432, name: tcp}}]
+  endpoints:
+  - {{address: 127.0.1.1, labels: {{version: v1, security.istio.io/tlsMode: istio}}}}
+  - {{address: 127.0.1.2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews}}
+spec:
+  host: reviews
+  subsets:
+  - {{name: v1, labels: {{version: v1}}, trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/default/sa/v1]}}}}}}
+  - {{name: v2, labels: {{version: v2}}, trafficPolicy: {{tls: {{mode: DISABLE}}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ext}}
+spec:
+  hosts: [api.example.com]
+  resolution: DNS
+  ports: [{{number: 443, name: tls}}, {{number: 8443, name: http-m}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: ext}}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {roots}, subjectAltNames: [api.example.com]}}
+    portLevelSettings:
+    - port: {{number: 8443}}
+      tls: {{mode: MUTUAL, caCertificates: {roots}, clientCertificate: {cert}, privateKey: {key}, sni: m.example.com}}
+"#,
+        roots = roots.display(),
+        cert = cert.display(),
+        key = key.display(),
+    );
+    let v = validated(&yaml);
+    for has_certificate in [true, false] {
+        let metrics = Metrics::new();
+        let locality = Locality::default();
+        let yaml_cfg = compile::compile(
+            v.clone(),
+            &compile::Context {
+                namespace: "default",
+                locality: &locality,
+                metrics: &metrics,
+                previous: None,
+                resolve: &fake_dns,
+                has_certificate,
+            },
+        )
+        .map(|c| tls_parts(&c));
+        let r = resources(&snapshot(&v, "default")).unwrap_or_else(|e| panic!("convert: {e}"));
+        let xds_cfg = assemble(
+            &r,
+            &Context {
+                metrics: &metrics,
+                previous: None,
+                resolve: &fake_dns,
+                has_certificate,
+            },
+        );
+        let xds = tls_parts(&xds_cfg);
+        match yaml_cfg {
+            Ok(yaml) => {
+                assert_eq!(yaml, xds, "has_certificate={has_certificate}");
+            }
+            // ISTIO_MUTUAL needs a certificate with --config-dir: over xDS
+            // the same cluster fails its handshakes instead (the control
+            // plane cannot know). Everything else is as with a certificate.
+            Err(e) => {
+                assert!(!has_certificate, "{e}");
+                assert!(e.to_string().contains("ISTIO_MUTUAL"), "{e}");
+                let auto = &xds[&format!("outbound|9080||{}", "reviews.default.svc.cluster.local")];
+                assert_eq!(
+                    auto.0["mode"], "DISABLE",
+                    "no certificate: auto mTLS is plaintext"
+                );
+            }
+        }
+        if has_certificate {
+            // The data really is there: auto picks the labelled endpoint only.
+            let auto = &xds["outbound|9080||reviews.default.svc.cluster.local"];
+            assert_eq!(auto.0["mode"], "AUTO");
+            assert_eq!(
+                auto.1,
+                [
+                    ("127.0.1.1:9080".to_string(), Some("ISTIO_MUTUAL")),
+                    ("127.0.1.2:9080".to_string(), None)
+                ]
+            );
+            assert_eq!(xds["outbound|443||api.example.com"].0["mode"], "SIMPLE");
+            assert_eq!(xds["outbound|8443||api.example.com"].0["mode"], "MUTUAL");
+            assert_eq!(
+                xds["outbound|8443||api.example.com"].0["sni"],
+                "m.example.com"
+            );
+        }
+    }
+}
+
+#[test]
+fn inbound_mode_round_trip() {
+    use crate::tls::mode::{InboundMode, inbound_mode};
+    use trellis_model::peer_authentication::effective;
+    let pa = |name: &str, selector: &str, mode: &str| {
+        format!(
+            "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}}}\nspec:\n{selector}  mtls: {{mode: {mode}}}\n"
+        )
+    };
+    let cases = [
+        ("no policy", String::new(), InboundMode::Strict, None),
+        (
+            "PERMISSIVE",
+            pa("ns", "", "PERMISSIVE"),
+            InboundMode::Permissive,
+            Some("default/ns"),
+        ),
+        (
+            "STRICT",
+            pa("ns", "", "STRICT"),
+            InboundMode::Strict,
+            Some("default/ns"),
+        ),
+        (
+            "DISABLE by selector",
+            pa("wl", "  selector: {matchLabels: {app: web}}\n", "DISABLE"),
+            InboundMode::Plaintext,
+            Some("default/wl"),
+        ),
+    ];
+    for (what, policies, want, from) in cases {
+        let v = validated(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: s}}\nspec: {{hosts: [s], resolution: STATIC, ports: [{{number: 80, name: http}}]}}\n{policies}"
+        ));
+        let address: IpAddr = "127.0.0.10".parse().unwrap();
+        let labels: BTreeMap<String, String> = [
+            ("app".to_string(), "web".to_string()),
+            (TLS_MODE_LABEL.to_string(), "istio".to_string()),
+        ]
+        .into();
+        let proxy = ProxyIdentity {
+            name: "web".into(),
+            namespace: "default".into(),
+            address,
+            outbound_port: 15001,
+            inbound_port: 15006,
+            app: SocketAddr::new(address, 8080),
+            locality: None,
+            egress: None,
+            proxyless: false,
+            labels: labels.clone(),
+        };
+        let snap = trellis_translate::translate(&v, &Registry::default(), &proxy);
+        let r = resources(&snap).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let metrics = Metrics::new();
+        let cfg = assemble(
+            &r,
+            &Context {
+                metrics: &metrics,
+                previous: None,
+                resolve: &fake_dns,
+                has_certificate: true,
+            },
+        );
+        // Standalone: the loader's `effective` for the app's port.
+        let standalone = effective(&v.peer_authentications, "default", &labels, Some(8080));
+        assert_eq!(inbound_mode(&cfg.peer_auth, true), want, "{what}");
+        assert_eq!(inbound_mode(&standalone, true), want, "{what}");
+        assert_eq!(cfg.peer_auth.from.as_deref(), from, "{what}");
+    }
+}
+
+#[test]
+fn tls_shapes_it_cannot_serve_are_nacked() {
+    use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, UpstreamTlsContext,
+    };
+    let v = validated(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {hosts: [s], resolution: STATIC, ports: [{number: 80, name: http}], endpoints: [{address: 127.0.1.1, labels: {security.istio.io/tlsMode: istio}}]}\n",
+    );
+    let snap = snapshot(&v, "default");
+    let name = "outbound|80||s.default.svc.cluster.local";
+    let base =
+        EnvoyCluster::decode(snap.get(CLUSTER_TYPE, name).unwrap().any.value.as_slice()).unwrap();
+    let socket = |any: Any| TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any)),
+    };
+    let any = |type_url: &str, value: Vec<u8>| Any {
+        type_url: format!("type.googleapis.com/{type_url}"),
+        value,
+    };
+    let upstream = |sds: &str| {
+        any(
+            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            UpstreamTlsContext {
+                common_tls_context: Some(CommonTlsContext {
+                    tls_certificate_sds_secret_configs: vec![SdsSecretConfig {
+                        name: sds.into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                sni: "s".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        )
+    };
+    let mut other_secret = base.clone();
+    other_secret.transport_socket_matches.clear();
+    other_secret.transport_socket = Some(socket(upstream("my-cert")));
+    let mut bad_match = base.clone();
+    bad_match.transport_socket_matches[0].r#match = Some(Struct::default());
+    let mut both = base.clone();
+    both.transport_socket = Some(socket(upstream("default")));
+    let mut not_tls = base.clone();
+    not_tls.transport_socket_matches.clear();
+    not_tls.transport_socket = Some(TransportSocket {
+        name: "envoy.transport_sockets.alts".into(),
+        config_type: None,
+    });
+    let cases = [
+        (
+            other_secret,
+            "transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].name",
+        ),
+        (bad_match, "transport_socket_matches[0].match"),
+        (both, "transport_socket_matches"),
+        (not_tls, "transport_socket.name"),
+    ];
+    for (c, field) in cases {
+        let e = cluster(&c).expect_err(field);
+        assert_eq!((e.kind, e.field.as_str()), ("Cluster", field), "{e}");
+    }
+
+    // An inbound TLS chain that does not require client certificates.
+    let mut p = ProxyIdentity {
+        name: "web".into(),
+        namespace: "default".into(),
+        address: "127.0.0.10".parse().unwrap(),
+        outbound_port: 15001,
+        inbound_port: 15006,
+        app: "127.0.0.10:8080".parse().unwrap(),
+        locality: None,
+        egress: None,
+        proxyless: false,
+        labels: Default::default(),
+    };
+    p.labels.insert(TLS_MODE_LABEL.into(), "istio".into());
+    let snap = trellis_translate::translate(&v, &Registry::default(), &p);
+    let mut l = Listener::decode(
+        snap.get(LISTENER_TYPE, "inbound")
+            .unwrap()
+            .any
+            .value
+            .as_slice(),
+    )
+    .unwrap();
+    let d = DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext::default()),
+        ..Default::default()
+    };
+    l.filter_chains[0].transport_socket = Some(socket(any(
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        d.encode_to_vec(),
+    )));
+    let e = listener(&l).expect_err("no client certificate required");
+    assert_eq!(
+        e.field,
+        "filter_chains[0].transport_socket.typed_config.require_client_certificate"
+    );
 }
