@@ -182,14 +182,14 @@ pub fn reload(loader: &Loader, store: &Store, files_changed: bool) {
                     "config reloaded"
                 );
             }
-            loader.metrics.reload(true);
             store.current.store(Arc::new(config));
             if files_changed && let Ok(mut r) = store.rejected.lock() {
                 *r = None;
             }
+            // Counted last: whoever sees the count sees the outcome.
+            loader.metrics.reload(true);
         }
         Err(errors) => {
-            loader.metrics.reload(false);
             for e in errors.iter() {
                 tracing::error!(
                     file = %e.file,
@@ -209,6 +209,9 @@ pub fn reload(loader: &Loader, store: &Store, files_changed: bool) {
                     errors,
                 });
             }
+            // Counted last: a test (or operator) that sees the count and
+            // reads `/config_dump` finds this rejection there.
+            loader.metrics.reload(false);
         }
     }
 }
