@@ -49,6 +49,7 @@ fn policies_from_the_control_plane_are_enforced_where_they_select() {
         "app=reviews,version=v1",
         "127.0.0.1",
         Some(app.addr()),
+        &[],
     );
     let client = sidecar(
         &rt,
@@ -57,6 +58,7 @@ fn policies_from_the_control_plane_are_enforced_where_they_select() {
         "app=productpage",
         "127.0.0.1",
         None,
+        &[],
     );
     write(
         cfg.path(),

@@ -17,7 +17,7 @@ use http_body_util::Full;
 use serde_json::Value;
 use trellis_testing::{EchoServer, ProxyProcess, http1_client_to, try_send};
 
-use crate::outage::{mesh_yaml, proxy_binary};
+use crate::outage::{mesh_yaml, sidecar};
 use crate::support::{Control, eventually, write};
 
 /// A token for `default/<sa>`, in a 0600 file.
@@ -52,41 +52,24 @@ fn sidecar_with_token(
     ip: &str,
     app: Option<SocketAddr>,
 ) -> ProxyProcess {
-    let any = format!("{ip}:0");
-    let mut args: Vec<String> = [
-        "sidecar",
-        "--xds",
+    let token_file = token_file.display().to_string();
+    sidecar(
+        rt,
         xds,
-        "--workload",
         workload,
-        "--namespace",
-        "default",
-        // What the node claims; the certificate says what the token says.
-        "--service-account",
-        "ignored-by-the-ca",
-        "--labels",
         &format!("app={workload}"),
-        "--token-file",
-        &token_file.display().to_string(),
-        "--cert-lifetime",
-        "4s",
-        "--outbound",
-        &any,
-        "--inbound",
-        &any,
-        "--admin",
-        &any,
-        "--workers",
-        "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    if let Some(app) = app {
-        args.extend(["--app".into(), app.to_string()]);
-    }
-    rt.block_on(ProxyProcess::command(&proxy_binary()).args(args).start())
-        .unwrap_or_else(|e| panic!("starting trellis-proxy {workload}: {e}"))
+        ip,
+        app,
+        &[
+            // What the node claims; the certificate says what the token says.
+            "--service-account",
+            "ignored-by-the-ca",
+            "--token-file",
+            &token_file,
+            "--cert-lifetime",
+            "4s",
+        ],
+    )
 }
 
 fn identity(rt: &tokio::runtime::Runtime, proxy: &ProxyProcess) -> Value {

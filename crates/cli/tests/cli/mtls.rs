@@ -11,7 +11,7 @@ use http::Request;
 use http_body_util::Full;
 use trellis_testing::{EchoServer, ProxyProcess, TestCa, Validity, http1_client_to, try_send};
 
-use crate::outage::{mesh_yaml, proxy_binary};
+use crate::outage::{mesh_yaml, sidecar};
 use crate::support::{Control, eventually, write};
 
 const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/reviews";
@@ -27,37 +27,21 @@ fn mesh_sidecar(
     identity: &std::path::Path,
     app: Option<SocketAddr>,
 ) -> ProxyProcess {
-    let any = "127.0.0.1:0".to_string();
-    let mut args: Vec<String> = [
-        "sidecar",
-        "--xds",
+    let identity = identity.display().to_string();
+    sidecar(
+        rt,
         xds,
-        "--workload",
         workload,
-        "--namespace",
-        "default",
-        "--labels",
         labels,
-        "--service-account",
-        service_account,
-        "--outbound",
-        &any,
-        "--inbound",
-        &any,
-        "--admin",
-        &any,
-        "--workers",
-        "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(["--identity-dir".into(), identity.display().to_string()]);
-    if let Some(app) = app {
-        args.extend(["--app".into(), app.to_string()]);
-    }
-    rt.block_on(ProxyProcess::command(&proxy_binary()).args(args).start())
-        .unwrap_or_else(|e| panic!("starting trellis-proxy {workload}: {e}"))
+        "127.0.0.1",
+        app,
+        &[
+            "--service-account",
+            service_account,
+            "--identity-dir",
+            &identity,
+        ],
+    )
 }
 
 #[test]

@@ -66,7 +66,7 @@ spec:
 }
 
 /// A sidecar over xDS on its own loopback address (ports 0: tests never
-/// take fixed ports).
+/// take fixed ports), with `extra` flags (an identity, say).
 pub(crate) fn sidecar(
     rt: &tokio::runtime::Runtime,
     xds: &str,
@@ -74,6 +74,7 @@ pub(crate) fn sidecar(
     labels: &str,
     ip: &str,
     app: Option<SocketAddr>,
+    extra: &[&str],
 ) -> ProxyProcess {
     let any = format!("{ip}:0");
     let mut args = vec![
@@ -98,6 +99,7 @@ pub(crate) fn sidecar(
     if let Some(app) = app {
         args.extend(["--app".into(), app.to_string()]);
     }
+    args.extend(extra.iter().map(|s| s.to_string()));
     rt.block_on(ProxyProcess::command(&proxy_binary()).args(args).start())
         .unwrap_or_else(|e| panic!("starting trellis-proxy {workload}: {e}"))
 }
@@ -276,6 +278,7 @@ fn a_minute_without_the_control_plane_under_load_fails_nothing() {
         "app=reviews,version=v1",
         "127.0.0.12",
         Some(app.addr()),
+        &[],
     );
     let client = sidecar(
         &rt,
@@ -284,6 +287,7 @@ fn a_minute_without_the_control_plane_under_load_fails_nothing() {
         "app=productpage",
         "127.0.0.11",
         None,
+        &[],
     );
     let mesh = write(
         files.path(),
@@ -413,6 +417,7 @@ fn a_restored_workload_whose_proxy_never_returns_leaves_after_the_grace() {
         "app=ratings",
         "127.0.0.13",
         None,
+        &[],
     );
     eventually("the workload to register", || {
         let w = get_json(&control, "/api/v1/workloads");
