@@ -177,6 +177,12 @@ fn main() -> ExitCode {
                         eprintln!("trellis-proxy: --xds needs --workload NAME");
                         return ExitCode::from(2);
                     };
+                    if a.identity_dir.is_some() && a.token_file.is_some() {
+                        eprintln!(
+                            "trellis-proxy: give --identity-dir (certificate files) or --token-file (a certificate from the control plane's CA), not both"
+                        );
+                        return ExitCode::from(2);
+                    }
                     let token = match &a.token_file {
                         Some(path) => match read_token(path) {
                             Ok(t) => Some(t),

@@ -388,7 +388,7 @@ async fn routes_updates_nacks_and_survives_an_outage() {
 
 #[test]
 fn xds_and_config_dir_are_exclusive() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &[
                 "sidecar",
@@ -409,6 +409,36 @@ fn xds_and_config_dir_are_exclusive() {
         (
             &["sidecar", "--config-dir", "/tmp", "--service-account", "a"],
             "use them with --xds HOST:PORT",
+        ),
+        (
+            &["sidecar", "--config-dir", "/tmp", "--token-file", "/tmp/t"],
+            "use them with --xds HOST:PORT",
+        ),
+        (
+            &[
+                "sidecar",
+                "--xds",
+                "127.0.0.1:1",
+                "--workload",
+                "a",
+                "--identity-dir",
+                "/tmp",
+                "--token-file",
+                "/tmp/t",
+            ],
+            "not both",
+        ),
+        (
+            &[
+                "sidecar",
+                "--xds",
+                "127.0.0.1:1",
+                "--workload",
+                "a",
+                "--token-file",
+                "/nonexistent/token",
+            ],
+            "cannot read the bootstrap token file /nonexistent/token",
         ),
     ];
     for (args, want) in cases {
