@@ -82,21 +82,15 @@ pub fn reaches(v: &Validated, key: &Key, viewer: &Viewer) -> bool {
                 && trellis_model::authorization::applies(p, &viewer.namespace, &viewer.labels)
         }),
         // Every policy that could decide the proxy's inbound mode reaches
-        // it (the port-level choice is the proxy's); translate does not
-        // send PeerAuthentication to proxies yet (docs/mtls.md).
+        // it (the port-level choice is made for its app port in its own
+        // inbound listener).
         Kind::PeerAuthentication => v.peer_authentications.iter().any(|pa| {
-            let ns = &pa.metadata.namespace;
-            is(ns, &pa.metadata.name)
-                && match &pa.spec.selector {
-                    None => *ns == viewer.namespace || ns == sidecar::ROOT_NAMESPACE,
-                    Some(sel) => {
-                        *ns == viewer.namespace
-                            && sel
-                                .match_labels
-                                .iter()
-                                .all(|(k, val)| viewer.labels.get(k).is_some_and(|l| l == val))
-                    }
-                }
+            is(&pa.metadata.namespace, &pa.metadata.name)
+                && trellis_model::peer_authentication::considered(
+                    pa,
+                    &viewer.namespace,
+                    &viewer.labels,
+                )
         }),
     }
 }

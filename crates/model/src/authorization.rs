@@ -95,12 +95,7 @@ pub struct AuthorizationPolicySpec {
     pub rules: Vec<Rule>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Selector {
-    #[serde(default)]
-    pub match_labels: BTreeMap<String, String>,
-}
+pub use crate::selector::Selector;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -384,11 +379,11 @@ pub fn applies(
 ) -> bool {
     let ns = &policy.metadata.namespace;
     (ns == namespace || ns == ROOT_NAMESPACE)
-        && policy.spec.selector.as_ref().is_none_or(|s| {
-            s.match_labels
-                .iter()
-                .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
-        })
+        && policy
+            .spec
+            .selector
+            .as_ref()
+            .is_none_or(|s| s.matches(labels))
 }
 
 // ------------------------------------------------------------- validation

@@ -15,6 +15,7 @@ pub mod networking;
 pub mod peer_authentication;
 pub mod policy;
 pub mod resource;
+pub mod selector;
 pub mod sidecar;
 pub mod trellis;
 pub mod validate;

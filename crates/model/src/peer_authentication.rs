@@ -29,13 +29,7 @@ pub struct PeerAuthenticationSpec {
     pub port_level_mtls: BTreeMap<String, Mtls>,
 }
 
-/// Istio's `WorkloadSelector` as PeerAuthentication spells it.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Selector {
-    #[serde(default)]
-    pub match_labels: BTreeMap<String, String>,
-}
+pub use crate::selector::Selector;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -77,6 +71,21 @@ pub struct Effective {
     pub from: Option<String>,
 }
 
+/// Whether `policy` is one of those [`effective`] weighs for a workload in
+/// `namespace` with `labels`: one selecting it in its namespace, its
+/// namespace's, or the root namespace's mesh-wide one.
+pub fn considered(
+    policy: &Object<PeerAuthenticationSpec>,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let ns = &policy.metadata.namespace;
+    match &policy.spec.selector {
+        None => ns == namespace || ns == ROOT_NAMESPACE,
+        Some(sel) => ns == namespace && sel.matches(labels),
+    }
+}
+
 /// The effective mode for port `port` of a workload in `namespace` with
 /// `labels`. `policies` must be in precedence order (oldest first, as
 /// conflict resolution leaves them). `Unset` with `from: None` means no
@@ -94,11 +103,7 @@ pub fn effective(
     };
     let selected = policies.iter().find(|p| {
         p.metadata.namespace == namespace
-            && p.spec.selector.as_ref().is_some_and(|s| {
-                s.match_labels
-                    .iter()
-                    .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
-            })
+            && p.spec.selector.as_ref().is_some_and(|s| s.matches(labels))
     });
     let port_key = port.map(|p| p.to_string());
     // Most specific first; the first level that sets a mode decides.
