@@ -17,10 +17,8 @@ pub const XFCC: &str = "x-forwarded-client-cert";
 pub struct PeerInfo {
     pub addr: SocketAddr,
     /// The peer's SPIFFE ID, from a certificate verified against the mesh
-    /// roots. None for plaintext peers.
-    pub identity: Option<SpiffeId>,
-    /// The same ID as text, the `source.principal` authorization matches
-    /// (made once per connection, not per request).
+    /// roots, as the text `source.principal` authorization matches (made
+    /// once per connection, not per request). None for plaintext peers.
     pub principal: Option<Arc<str>>,
     /// `x-forwarded-client-cert` for requests on this connection, made once.
     xfcc: Option<HeaderValue>,
@@ -30,7 +28,6 @@ impl PeerInfo {
     pub fn plaintext(addr: SocketAddr) -> PeerInfo {
         PeerInfo {
             addr,
-            identity: None,
             principal: None,
             xfcc: None,
         }
@@ -44,7 +41,6 @@ impl PeerInfo {
             .and_then(|id| HeaderValue::try_from(xfcc_value(local, id)).ok());
         PeerInfo {
             addr,
-            identity,
             principal,
             xfcc,
         }

@@ -190,7 +190,7 @@ async fn serve_mtls(
         .and_then(|c| SpiffeId::from_cert(c).ok().flatten());
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
     let info = Arc::new(PeerInfo::mtls(peer, identity, Some(local)));
-    tracing::trace!(%peer, identity = ?info.identity, "mTLS peer");
+    tracing::trace!(%peer, identity = ?info.principal, "mTLS peer");
     match alpn.as_deref() {
         Some(ALPN_H2) => serve_io(tls, Detected::Http2, side, info, worker, guard, shutdown).await,
         Some(ALPN_HTTP11) => {
