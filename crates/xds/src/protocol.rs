@@ -229,15 +229,15 @@ impl Subscription {
     /// the list is taken literally: `*` must be listed to keep the wildcard,
     /// and an empty list unsubscribes from everything.
     ///
-    /// `common`, when given, is a set other streams likely ask for too (the
-    /// names of the type's map in the current snapshot): if the request
-    /// names exactly that set, the subscription shares it instead of
-    /// holding a copy.
+    /// `common` gives, when asked (only when the names changed), a set
+    /// other streams likely ask for too (the names of the type's map in the
+    /// current snapshot): if the request names exactly that set, the
+    /// subscription shares it instead of holding a copy.
     pub(crate) fn apply_sotw(
         &mut self,
         type_url: &str,
         names: &[String],
-        common: Option<&Arc<BTreeSet<String>>>,
+        common: impl FnOnce() -> Option<Arc<BTreeSet<String>>>,
     ) -> bool {
         // Every ACK repeats the whole list (a sidecar's EDS: every cluster),
         // and it rarely changes: check that without cloning anything.
@@ -256,8 +256,8 @@ impl Subscription {
         } else {
             self.explicit = true;
             self.wildcard = wildcard;
-            self.names = match common {
-                Some(set) if same_names(set, names) => set.clone(),
+            self.names = match common() {
+                Some(set) if same_names(&set, names) => set,
                 _ => Arc::new(names.iter().filter(|n| *n != WILDCARD).cloned().collect()),
             };
         }
@@ -330,7 +330,7 @@ mod tests {
         for (type_url, requests, wildcard, want) in cases {
             let mut s = Subscription::default();
             for r in *requests {
-                s.apply_sotw(type_url, &names(r), None);
+                s.apply_sotw(type_url, &names(r), || None);
             }
             assert_eq!(s.wildcard, *wildcard, "{type_url} {requests:?}");
             assert_eq!(
@@ -345,27 +345,27 @@ mod tests {
     fn a_subscription_to_the_common_set_shares_it() {
         let common: Arc<BTreeSet<String>> = Arc::new(["a", "b"].map(String::from).into());
         let mut s = Subscription::default();
-        assert!(s.apply_sotw(ENDPOINT, &names(&["a", "b"]), Some(&common)));
+        assert!(s.apply_sotw(ENDPOINT, &names(&["a", "b"]), || Some(common.clone())));
         assert!(Arc::ptr_eq(&s.names, &common), "shared, not copied");
         // The same list again is no change and keeps sharing.
-        assert!(!s.apply_sotw(ENDPOINT, &names(&["a", "b"]), Some(&common)));
+        assert!(!s.apply_sotw(ENDPOINT, &names(&["a", "b"]), || Some(common.clone())));
         assert!(Arc::ptr_eq(&s.names, &common));
         // Another list gets its own set.
-        assert!(s.apply_sotw(ENDPOINT, &names(&["a"]), Some(&common)));
+        assert!(s.apply_sotw(ENDPOINT, &names(&["a"]), || Some(common.clone())));
         assert!(!Arc::ptr_eq(&s.names, &common));
         assert_eq!(s.names.len(), 1);
         // Unsorted input is compared the slow way: a copy, still correct.
         let mut u = Subscription::default();
-        assert!(u.apply_sotw(ENDPOINT, &names(&["b", "a"]), Some(&common)));
+        assert!(u.apply_sotw(ENDPOINT, &names(&["b", "a"]), || Some(common.clone())));
         assert_eq!(*u.names, *common);
     }
 
     #[test]
     fn sotw_reports_changes_only() {
         let mut s = Subscription::default();
-        assert!(s.apply_sotw(CLUSTER, &[], None));
-        assert!(!s.apply_sotw(CLUSTER, &[], None));
-        assert!(s.apply_sotw(CLUSTER, &names(&["*", "a"]), None));
-        assert!(!s.apply_sotw(CLUSTER, &names(&["a", "*"]), None));
+        assert!(s.apply_sotw(CLUSTER, &[], || None));
+        assert!(!s.apply_sotw(CLUSTER, &[], || None));
+        assert!(s.apply_sotw(CLUSTER, &names(&["*", "a"]), || None));
+        assert!(!s.apply_sotw(CLUSTER, &names(&["a", "*"]), || None));
     }
 }

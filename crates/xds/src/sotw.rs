@@ -127,16 +127,17 @@ impl SotwStream {
             }
         }
 
-        let common = match (
-            self.snapshot.of_type(&req.type_url),
-            self.snapshot.memo_of(&req.type_url),
+        let snapshot = &self.snapshot;
+        let common = || match (
+            snapshot.of_type(&req.type_url),
+            snapshot.memo_of(&req.type_url),
         ) {
             (Some(map), Some(memo)) => Some(memo.name_set(map)),
             _ => None,
         };
         if state
             .sub
-            .apply_sotw(&req.type_url, &req.resource_names, common.as_ref())
+            .apply_sotw(&req.type_url, &req.resource_names, common)
         {
             state.cached = None;
             state.covers = None;
