@@ -92,6 +92,11 @@ struct State {
     views: HashMap<ViewClass, Arc<trellis_xds::Snapshot>>,
     cache: HashMap<(&'static str, u64), Cached>,
     served: HashMap<String, Served>,
+    /// Each sidecar's own listeners, kept while its identity and the
+    /// stored config are unchanged: they depend on no registry data, so a
+    /// connect storm or endpoint churn (a new generation every debounce)
+    /// does not re-encode 2 listeners per stream per generation.
+    own: HashMap<String, OwnListeners>,
     /// The health-check prober of each registered workload that asks for
     /// one: what it probes, and the task.
     probers: HashMap<String, Prober>,
@@ -109,6 +114,13 @@ struct Prober {
     check: HealthCheck,
     target: SocketAddr,
     task: tokio::task::AbortHandle,
+}
+
+#[derive(Debug)]
+struct OwnListeners {
+    store_generation: u64,
+    identity: ProxyIdentity,
+    listeners: Arc<trellis_xds::Resources>,
 }
 
 #[derive(Debug)]
@@ -134,6 +146,7 @@ impl Mesh {
                 views: HashMap::new(),
                 cache: HashMap::new(),
                 served: HashMap::new(),
+                own: HashMap::new(),
                 probers: HashMap::new(),
                 last_registry_flush: Instant::now()
                     .checked_sub(REGISTRY_COALESCE)
@@ -397,6 +410,7 @@ impl Mesh {
             if st.registrations.expire(&node_id, grace, Instant::now()) {
                 tracing::info!(node = %node_id, "workload deregistered (disconnected for the grace period)");
                 st.served.remove(&node_id);
+                st.own.remove(&node_id);
                 me.sync_prober(&mut st, &node_id);
                 me.registry_changed(&mut st);
             }
@@ -527,7 +541,7 @@ impl State {
 
 impl Snapshots for Mesh {
     fn snapshot(&self, node: &Node) -> Arc<trellis_xds::Snapshot> {
-        let (shared, info, identity, viewer, class, cached, generation, store_generation) = {
+        let (shared, info, identity, viewer, class, cached, own, generation, store_generation) = {
             let mut st = self.lock();
             let shared = match &st.shared {
                 Some(s) => s.clone(),
@@ -579,6 +593,11 @@ impl Snapshots for Mesh {
                 .is_ok()
                 .then(|| st.views.get(&class).cloned())
                 .flatten();
+            let own = st
+                .own
+                .get(&node.id)
+                .filter(|o| o.store_generation == st.store.generation && o.identity == identity)
+                .map(|o| o.listeners.clone());
             (
                 shared,
                 info,
@@ -586,6 +605,7 @@ impl Snapshots for Mesh {
                 viewer,
                 class,
                 cached,
+                own,
                 st.generation,
                 st.store.generation,
             )
@@ -608,18 +628,33 @@ impl Snapshots for Mesh {
                 Arc::new(self.lock().convert(&view, generation))
             }
         };
-        let own = match &info {
-            Ok(_) => trellis_translate::own_listeners(&shared, &identity),
-            Err(_) => Vec::new(),
+        let own = match (own, &info) {
+            (Some(own), _) => Some(own),
+            (None, Ok(_)) => {
+                let made = trellis_translate::own_listeners(&shared, &identity);
+                (!made.is_empty()).then(|| {
+                    let listeners: Arc<trellis_xds::Resources> =
+                        Arc::new(made.iter().map(|r| (r.name.clone(), served(r))).collect());
+                    self.lock().own.insert(
+                        node.id.clone(),
+                        OwnListeners {
+                            store_generation,
+                            identity: identity.clone(),
+                            listeners: listeners.clone(),
+                        },
+                    );
+                    listeners
+                })
+            }
+            (None, Err(_)) => None,
         };
-        let out = if own.is_empty() {
-            class_view
-        } else {
-            let mut out = (*class_view).clone();
-            let listeners: trellis_xds::Resources =
-                own.iter().map(|r| (r.name.clone(), served(r))).collect();
-            out.set_type(LISTENER_TYPE, Arc::new(listeners));
-            Arc::new(out)
+        let out = match own {
+            None => class_view,
+            Some(listeners) => {
+                let mut out = (*class_view).clone();
+                out.set_type(LISTENER_TYPE, listeners);
+                Arc::new(out)
+            }
         };
         self.lock().served.insert(
             node.id.clone(),
@@ -861,6 +896,38 @@ spec:
             mesh.changed_at(&key(Kind::VirtualService, "reviews")),
             Some(2)
         );
+    }
+
+    #[test]
+    fn own_listeners_are_reused_until_the_config_or_the_identity_changes() {
+        let mesh = Mesh::new(store_snapshot(1, SE), DEFAULT_REGISTRATION_GRACE);
+        let listeners = |id: &str, address: &str| {
+            let s = mesh.snapshot(&node(id, "default", address));
+            s.of_type(LISTENER_TYPE).unwrap().clone()
+        };
+        let first = listeners("a", "127.0.0.2");
+        // A registry-only generation (a workload joined elsewhere): the
+        // same listeners, not encoded again.
+        mesh.bump(&mut mesh.lock());
+        assert!(Arc::ptr_eq(&first, &listeners("a", "127.0.0.2")));
+        // The proxy's identity changed (it reconnected with another address).
+        let moved = listeners("a", "127.0.0.9");
+        assert!(!Arc::ptr_eq(&first, &moved));
+        assert_ne!(first, moved);
+        // The stored config changed: an AuthorizationPolicy now selects it.
+        let deny = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all}
+spec: {action: DENY, rules: [{}]}
+";
+        let mut st = mesh.lock();
+        let snap = store_snapshot(2, &format!("{SE}---\n{deny}"));
+        update_changed_at(&mut st.changed_at, &snap);
+        st.store = snap;
+        mesh.bump(&mut st);
+        drop(st);
+        let policed = listeners("a", "127.0.0.9");
+        assert_ne!(moved, policed, "the RBAC filter is in the inbound listener");
     }
 
     #[test]
