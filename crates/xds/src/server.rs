@@ -28,7 +28,7 @@ use crate::delta::DeltaStream;
 use crate::framed::{IntoFrames, Requests};
 use crate::metrics::{Mode, XdsMetrics};
 use crate::protocol::{Event, Nack, Output, ProtocolError, TypeStatus};
-use crate::resource::{Snapshot, TypeUrl};
+use crate::resource::{Resources, Snapshot, TypeUrl};
 use crate::snapshots::Snapshots;
 use crate::sotw::{SotwResponse, SotwStream};
 
@@ -324,6 +324,17 @@ impl XdsServer {
         all
     }
 
+    /// One open stream's status and, per type, the resources of the last
+    /// response it was sent (what its proxy ACKed, or is about to answer):
+    /// for `trellis proxy-config`. None if the stream is gone.
+    pub fn sent(
+        &self,
+        connection_id: u64,
+    ) -> Option<(ConnectionStatus, BTreeMap<TypeUrl, Resources>)> {
+        let stream = self.inner.lock_streams().get(&connection_id).cloned()?;
+        Some(stream.sent())
+    }
+
     /// The server's counters.
     pub fn metrics(&self) -> &XdsMetrics {
         &self.inner.metrics
@@ -381,6 +392,7 @@ trait Protocol: Send + Sized + 'static {
     fn on_request(&mut self, req: &Self::Req) -> Result<Output<Self::Resp>, ProtocolError>;
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<Self::Resp>;
     fn status(&self) -> BTreeMap<TypeUrl, TypeStatus>;
+    fn sent(&self) -> BTreeMap<TypeUrl, Resources>;
 }
 
 impl Protocol for SotwStream {
@@ -407,6 +419,9 @@ impl Protocol for SotwStream {
     }
     fn status(&self) -> BTreeMap<TypeUrl, TypeStatus> {
         SotwStream::status(self)
+    }
+    fn sent(&self) -> BTreeMap<TypeUrl, Resources> {
+        SotwStream::sent(self)
     }
 }
 
@@ -435,11 +450,17 @@ impl Protocol for DeltaStream {
     fn status(&self) -> BTreeMap<TypeUrl, TypeStatus> {
         DeltaStream::status(self)
     }
+    fn sent(&self) -> BTreeMap<TypeUrl, Resources> {
+        DeltaStream::sent(self)
+    }
 }
 
 /// A live stream as the registry of streams sees it.
 trait StreamView: Send + Sync {
     fn status(&self) -> ConnectionStatus;
+    /// The status and, per type, the resources last sent, read together
+    /// (one lock), so versions and contents agree.
+    fn sent(&self) -> (ConnectionStatus, BTreeMap<TypeUrl, Resources>);
 }
 
 struct Entry<P> {
@@ -461,6 +482,14 @@ impl<P: Protocol> StreamView for Entry<P> {
             connection: self.conn.clone(),
             types: self.lock().status(),
         }
+    }
+    fn sent(&self) -> (ConnectionStatus, BTreeMap<TypeUrl, Resources>) {
+        let machine = self.lock();
+        let status = ConnectionStatus {
+            connection: self.conn.clone(),
+            types: machine.status(),
+        };
+        (status, machine.sent())
     }
 }
 
