@@ -122,6 +122,11 @@ pub struct ConnectionStatus {
     pub connection: Connection,
     /// Per type URL: subscription, versions sent and ACKed, last NACK.
     pub types: BTreeMap<TypeUrl, TypeStatus>,
+    /// The snapshot the stream serves now, read with `types` (one lock):
+    /// a control plane compares it with the one it gave the node to tell
+    /// whether `types` already reflect that one (its responses are pending
+    /// from the same call that took it).
+    pub snapshot: Arc<Snapshot>,
 }
 
 /// Callbacks into the control plane. Called on the stream's task: return
@@ -393,6 +398,7 @@ trait Protocol: Send + Sized + 'static {
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<Self::Resp>;
     fn status(&self) -> BTreeMap<TypeUrl, TypeStatus>;
     fn sent(&self) -> BTreeMap<TypeUrl, Resources>;
+    fn snapshot(&self) -> &Arc<Snapshot>;
 }
 
 impl Protocol for SotwStream {
@@ -422,6 +428,9 @@ impl Protocol for SotwStream {
     }
     fn sent(&self) -> BTreeMap<TypeUrl, Resources> {
         SotwStream::sent(self)
+    }
+    fn snapshot(&self) -> &Arc<Snapshot> {
+        SotwStream::snapshot(self)
     }
 }
 
@@ -453,6 +462,9 @@ impl Protocol for DeltaStream {
     fn sent(&self) -> BTreeMap<TypeUrl, Resources> {
         DeltaStream::sent(self)
     }
+    fn snapshot(&self) -> &Arc<Snapshot> {
+        DeltaStream::snapshot(self)
+    }
 }
 
 /// A live stream as the registry of streams sees it.
@@ -478,9 +490,11 @@ impl<P: Protocol> Entry<P> {
 
 impl<P: Protocol> StreamView for Entry<P> {
     fn status(&self) -> ConnectionStatus {
+        let machine = self.lock();
         ConnectionStatus {
             connection: self.conn.clone(),
-            types: self.lock().status(),
+            types: machine.status(),
+            snapshot: machine.snapshot().clone(),
         }
     }
     fn sent(&self) -> (ConnectionStatus, BTreeMap<TypeUrl, Resources>) {
@@ -488,6 +502,7 @@ impl<P: Protocol> StreamView for Entry<P> {
         let status = ConnectionStatus {
             connection: self.conn.clone(),
             types: machine.status(),
+            snapshot: machine.snapshot().clone(),
         };
         (status, machine.sent())
     }

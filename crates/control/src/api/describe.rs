@@ -125,7 +125,7 @@ pub fn service(
                 .collect(),
         });
     };
-    let selected: Vec<&Member<'_>> = match &s.workload_selector {
+    let mut selected: Vec<&Member<'_>> = match &s.workload_selector {
         Some(sel) => workloads
             .iter()
             .filter(|m| {
@@ -137,6 +137,8 @@ pub fn service(
             .collect(),
         None => Vec::new(),
     };
+    // Registrations come in no particular order; operators scan by name.
+    selected.sort_by(|a, b| (&a.workload.name, a.node).cmp(&(&b.workload.name, b.node)));
     let (entry_ns, entry_name) = s.entry.split_once('/').unwrap_or(("", &s.entry));
     Ok(ServiceView {
         host: s.host.clone(),

@@ -28,6 +28,19 @@ fn streams(plane: &ControlPlane) -> Vec<ConnectionStatus> {
     by_node.into_values().collect()
 }
 
+/// The proxy on stream `s` ACKed everything it was sent, and what it was
+/// sent is the newest config made for it: the stream serves the snapshot
+/// the control plane last gave its node (between the two, a new
+/// generation's responses are not yet pending and the old ACKs would
+/// count).
+fn acked(plane: &ControlPlane, s: &ConnectionStatus) -> bool {
+    in_sync(s)
+        && plane
+            .mesh
+            .served(&s.connection.node.id)
+            .is_some_and(|served| served.taken_by(s))
+}
+
 /// The connected proxies that were sent a config holding `key` as it is
 /// now: the store generation of the last config a proxy was sent is at
 /// least the one where the resource last changed, and the resource is part
@@ -43,7 +56,7 @@ pub fn holding(plane: &ControlPlane, key: &Key) -> Vec<ProxyRef> {
             (held && generation >= since).then(|| ProxyRef {
                 node: s.connection.node.id.clone(),
                 generation,
-                acked: in_sync(&s),
+                acked: acked(plane, &s),
             })
         })
         .collect()
@@ -99,7 +112,7 @@ pub fn sync_by_node(plane: &ControlPlane) -> BTreeMap<String, (Option<u64>, bool
         .map(|s| {
             let node = s.connection.node.id.clone();
             let generation = plane.mesh.served(&node).map(|x| x.store_generation);
-            (node, (generation, in_sync(s)))
+            (node, (generation, acked(plane, s)))
         })
         .collect()
 }
@@ -172,7 +185,7 @@ pub fn config(plane: &ControlPlane, node: &str, only: Option<&str>) -> Option<Va
         "connection": id,
         "mode": status.connection.mode.as_str(),
         "generation": served.map(|s| s.store_generation),
-        "acked": in_sync(&status),
+        "acked": acked(plane, &status),
         "types": types,
     }))
 }
@@ -224,7 +237,7 @@ pub fn list(plane: &ControlPlane) -> Value {
                 "workload": workload,
                 "error": error,
                 "generation": served.map(|s| s.store_generation),
-                "acked": in_sync(s),
+                "acked": acked(plane, s),
                 "types": types,
             })
         })
