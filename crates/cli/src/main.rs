@@ -252,7 +252,7 @@ struct ProxyConfigArgs {
     #[arg(short = 'n', long, default_value = "default")]
     namespace: String,
     /// One type only, with each resource's name and version.
-    #[arg(long = "type", value_enum)]
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
     kind: Option<ConfigType>,
     /// table: names and versions; json/yaml: also the resources themselves
     /// (Secrets by name only).
@@ -573,8 +573,8 @@ fn wait_for_acks(client: &Client, generation: u64, timeout: Duration) -> Result<
                 if std::time::Instant::now() >= deadline {
                     progress.clear();
                     return Err(Failure::new(format!(
-                        "{done} of {total} proxies ACKed generation {generation} within {}; still waiting for {}",
-                        format!("{} s", timeout.as_secs_f64()),
+                        "{done} of {total} proxies ACKed generation {generation} within {} s; still waiting for {}",
+                        timeout.as_secs_f64(),
                         waiting.join(", ")
                     )));
                 }
