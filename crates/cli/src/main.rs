@@ -1,14 +1,19 @@
 //! `trellis`: the control plane (`trellis control`) and the verbs that talk
-//! to it (`apply`, `get`, `delete`), plus offline `check` and `bootstrap
-//! envoy|grpc` (a proxy's or a proxyless gRPC client's bootstrap pointing at
-//! the control plane). kubectl's habits:
-//! `-f FILE|DIR`, `-n NS`, `-o yaml|json|table`, exit 1 on errors.
+//! to it (`apply`, `get`, `delete`, `describe`, `proxy-config`), plus
+//! offline `check` and `bootstrap envoy|grpc` (a proxy's or a proxyless gRPC
+//! client's bootstrap pointing at the control plane). kubectl's habits:
+//! `-f FILE|DIR`, `-n NS`, `-o yaml|json|table`, exit 1 on errors
+//! (docs/cli.md).
 
 mod bootstrap;
 mod client;
+mod describe;
 mod files;
 mod identity;
 mod output;
+mod progress;
+mod proxy_config;
+mod wait;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -48,8 +53,12 @@ enum Command {
     Apply(ApplyArgs),
     /// Show resources and their status.
     Get(GetArgs),
-    /// Delete a resource applied through the API.
+    /// Delete resources applied through the API: KIND NAME, or those of -f files.
     Delete(DeleteArgs),
+    /// Explain a service (endpoints, health, policies, proxies), or show a resource.
+    Describe(DescribeArgs),
+    /// What the control plane sent a workload's proxy, and what it ACKed.
+    ProxyConfig(ProxyConfigArgs),
     /// Validate files offline, as a standalone trellis-proxy would; no control plane needed.
     Check(CheckArgs),
     /// Print a bootstrap that points a proxy at the control plane.
@@ -210,10 +219,68 @@ struct ApplyArgs {
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
     /// Validate and report what would change, without changing anything.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "wait")]
     dry_run: bool,
+    /// Then wait until every connected proxy was sent the new config and ACKed it.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits (e.g. 30s, 2m).
+    #[arg(long, default_value = "60s", value_parser = trellis_model::duration::parse, requires = "wait")]
+    timeout: Duration,
     #[command(flatten)]
     server: ServerArgs,
+}
+
+#[derive(Args, Debug)]
+struct DescribeArgs {
+    /// `service` (svc), or a resource kind (vs, dr, ...).
+    kind: String,
+    name: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// Output format (table: for people; json/yaml: the API's answer).
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Format,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Args, Debug)]
+struct ProxyConfigArgs {
+    /// The workload's name (as its proxy registered it), or the proxy's xDS node id.
+    workload: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// One type only, with each resource's name and version.
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
+    kind: Option<ConfigType>,
+    /// table: names and versions; json/yaml: also the resources themselves
+    /// (Secrets by name only).
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Format,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ConfigType {
+    Listeners,
+    Routes,
+    Clusters,
+    Endpoints,
+    SecretsNamesOnly,
+}
+
+impl ConfigType {
+    fn query(self) -> &'static str {
+        match self {
+            ConfigType::Listeners => "listeners",
+            ConfigType::Routes => "routes",
+            ConfigType::Clusters => "clusters",
+            ConfigType::Endpoints => "endpoints",
+            ConfigType::SecretsNamesOnly => "secrets",
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -238,8 +305,12 @@ struct GetArgs {
 #[derive(Args, Debug)]
 struct DeleteArgs {
     /// A kind (VirtualService, virtualservices, vs, ...).
-    kind: String,
-    name: String,
+    #[arg(required_unless_present = "files", requires = "name")]
+    kind: Option<String>,
+    name: Option<String>,
+    /// Delete the resources these files define (a file, a folder, or -), last first.
+    #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "name"])]
+    files: Vec<PathBuf>,
     #[arg(short = 'n', long, default_value = "default")]
     namespace: String,
     /// Check that the delete would be accepted, without deleting.
@@ -296,6 +367,8 @@ fn main() -> ExitCode {
         Command::Apply(a) => apply(a),
         Command::Get(a) => get(a),
         Command::Delete(a) => delete(a),
+        Command::Describe(a) => describe(a),
+        Command::ProxyConfig(a) => proxy_config(a),
         Command::Check(a) => check(a),
         Command::Bootstrap(BootstrapCommand::Envoy(a)) => bootstrap_envoy(a),
         Command::Bootstrap(BootstrapCommand::Grpc(a)) => bootstrap_grpc(a),
@@ -407,7 +480,14 @@ fn init_logging(level: &str, json: bool) -> Result<(), String> {
 }
 
 fn apply(a: ApplyArgs) -> Result<(), Failure> {
+    let mut progress = progress::Progress::new();
+    progress.update("reading files...");
     let files = files::read(&a.files)?;
+    progress.update(&format!(
+        "applying {} file{}...",
+        files.len(),
+        if files.len() == 1 { "" } else { "s" }
+    ));
     let body = serde_json::json!({
         "files": files
             .iter()
@@ -425,7 +505,9 @@ fn apply(a: ApplyArgs) -> Result<(), Failure> {
         path,
         Some("application/json"),
         serde_json::to_vec(&body).unwrap_or_default(),
-    )?;
+    );
+    progress.clear();
+    let answer = answer?;
     let suffix = if a.dry_run { " (dry run)" } else { "" };
     for r in answer["results"].as_array().into_iter().flatten() {
         let name = format!(
@@ -453,7 +535,56 @@ fn apply(a: ApplyArgs) -> Result<(), Failure> {
             );
         }
     }
+    if a.wait {
+        let generation = answer["generation"].as_u64().ok_or_else(|| {
+            Failure::new("the control plane's answer to the apply has no generation to wait for")
+        })?;
+        wait_for_acks(&client, generation, a.timeout)?;
+    }
     Ok(())
+}
+
+/// `apply --wait`: poll the proxies until all have `generation` ACKed.
+fn wait_for_acks(client: &Client, generation: u64, timeout: Duration) -> Result<(), Failure> {
+    let mut progress = progress::Progress::new();
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let proxies = client.call(Method::GET, "/api/v1/proxies", None, Vec::new())?;
+        match wait::state(&proxies, generation) {
+            wait::State::Done { proxies } => {
+                progress.clear();
+                eprintln!(
+                    "generation {generation}: {proxies} prox{} ACKed",
+                    if proxies == 1 { "y" } else { "ies" }
+                );
+                return Ok(());
+            }
+            wait::State::Rejected { node, reason } => {
+                progress.clear();
+                return Err(Failure::new(format!(
+                    "proxy {node} rejected the config of generation {generation} (NACK) and keeps its previous one: {reason}"
+                )));
+            }
+            wait::State::Waiting {
+                done,
+                total,
+                waiting,
+            } => {
+                if std::time::Instant::now() >= deadline {
+                    progress.clear();
+                    return Err(Failure::new(format!(
+                        "{done} of {total} proxies ACKed generation {generation} within {} s; still waiting for {}",
+                        timeout.as_secs_f64(),
+                        waiting.join(", ")
+                    )));
+                }
+                progress.update(&format!(
+                    "waiting for proxies to ACK generation {generation}: {done}/{total}"
+                ));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn get(a: GetArgs) -> Result<(), Failure> {
@@ -523,23 +654,133 @@ fn print_config_dir_errors(body: &Value) {
     }
 }
 
-fn delete(a: DeleteArgs) -> Result<(), Failure> {
-    let kind = trellis_control::kind::parse(&a.kind).ok_or_else(|| {
+fn parse_kind(s: &str) -> Result<trellis_model::resource::Kind, Failure> {
+    trellis_control::kind::parse(s).ok_or_else(|| {
         Failure::new(format!(
-            "unknown kind {:?}: Trellis understands {}",
-            a.kind,
+            "unknown kind {s:?}: Trellis understands {}",
             trellis_control::kind::known()
         ))
-    })?;
+    })
+}
+
+fn delete(a: DeleteArgs) -> Result<(), Failure> {
+    let targets: Vec<(trellis_model::resource::Kind, String, String)> = if a.files.is_empty() {
+        let (Some(kind), Some(name)) = (&a.kind, &a.name) else {
+            return Err(Failure::new("name a KIND and a NAME, or files with -f"));
+        };
+        vec![(parse_kind(kind)?, a.namespace.clone(), name.clone())]
+    } else {
+        let mut out = Vec::new();
+        let mut errors = ConfigErrors::default();
+        for (name, text) in files::read(&a.files)? {
+            match trellis_model::parse_documents(&name, &text) {
+                Ok(rs) => out.extend(rs.iter().map(|r| {
+                    let m = r.meta();
+                    (r.kind(), m.namespace.clone(), m.name.clone())
+                })),
+                Err(es) => errors.0.extend(es.0),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Failure {
+                message: "cannot read the resources to delete; nothing was deleted".into(),
+                details: errors.0,
+                code: 1,
+            });
+        }
+        // Last first: what refers to a resource usually comes after it.
+        out.reverse();
+        out
+    };
     let client = Client::new(&a.server.server)?;
-    let mut path = format!("/api/v1/resources/{kind}/{}/{}", a.namespace, a.name);
-    if a.dry_run {
-        path.push_str("?dry_run=true");
-    }
-    client.call(Method::DELETE, &path, None, Vec::new())?;
     let suffix = if a.dry_run { " (dry run)" } else { "" };
-    println!("{kind} {}/{} deleted{suffix}", a.namespace, a.name);
+    let mut failed: Option<Failure> = None;
+    for (kind, namespace, name) in targets {
+        let mut path = format!("/api/v1/resources/{kind}/{namespace}/{name}");
+        if a.dry_run {
+            path.push_str("?dry_run=true");
+        }
+        match client.call(Method::DELETE, &path, None, Vec::new()) {
+            Ok(_) => println!("{kind} {namespace}/{name} deleted{suffix}"),
+            // One failure does not stop the others (kubectl's habit); each
+            // is reported, and the exit code says something failed.
+            Err(e) if !a.files.is_empty() => {
+                eprintln!("error: {e}");
+                for d in e.details() {
+                    eprintln!("  {d}");
+                }
+                failed = Some(Failure::new("some resources were not deleted"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+fn describe(a: DescribeArgs) -> Result<(), Failure> {
+    let client = Client::new(&a.server.server)?;
+    let lower = a.kind.to_ascii_lowercase();
+    if matches!(lower.as_str(), "service" | "services" | "svc") {
+        let body = client.call(
+            Method::GET,
+            &format!("/api/v1/services/{}/{}", a.namespace, a.name),
+            None,
+            Vec::new(),
+        )?;
+        match a.output {
+            Format::Table => print!("{}", describe::service(&body)),
+            f => print!("{}", output::render(f, &body, true, false, false, 0)),
+        }
+        return Ok(());
+    }
+    let kind = parse_kind(&a.kind).map_err(|f| Failure {
+        message: format!("{} (or `service`)", f.message),
+        ..f
+    })?;
+    let body = client.call(
+        Method::GET,
+        &format!("/api/v1/resources/{kind}/{}/{}", a.namespace, a.name),
+        None,
+        Vec::new(),
+    )?;
+    // A resource is best read as the YAML it was applied as, with its status.
+    let format = if a.output == Format::Table {
+        Format::Yaml
+    } else {
+        a.output
+    };
+    print!("{}", output::render(format, &body, true, false, false, 0));
     Ok(())
+}
+
+fn proxy_config(a: ProxyConfigArgs) -> Result<(), Failure> {
+    let client = Client::new(&a.server.server)?;
+    let proxies = client.call(Method::GET, "/api/v1/proxies", None, Vec::new())?;
+    let node =
+        proxy_config::pick_node(&proxies, &a.workload, &a.namespace).map_err(Failure::new)?;
+    let mut path = format!("/api/v1/proxies/{}/config", encode_path(&node));
+    if let Some(t) = a.kind {
+        path.push_str("?type=");
+        path.push_str(t.query());
+    }
+    let body = client.call(Method::GET, &path, None, Vec::new())?;
+    match a.output {
+        Format::Table => print!("{}", proxy_config::table(&body, a.kind.is_some())),
+        f => print!("{}", output::render(f, &body, true, false, false, 0)),
+    }
+    Ok(())
+}
+
+/// A node id as one path segment: percent-encode what is not unreserved.
+fn encode_path(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn check(a: CheckArgs) -> Result<(), Failure> {

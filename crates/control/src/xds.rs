@@ -47,7 +47,7 @@ pub const REGISTRY_COALESCE: Duration = Duration::from_millis(100);
 pub const DEFAULT_REGISTRATION_GRACE: Duration = Duration::from_secs(30);
 
 /// What a node was last given.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Served {
     /// The control plane's generation (store and registry changes).
     pub generation: u64,
@@ -55,6 +55,18 @@ pub struct Served {
     pub store_generation: u64,
     /// What the node's view was made for (namespace, labels, Sidecar).
     pub viewer: crate::reach::Viewer,
+    /// The snapshot itself (weak: the stream holds it): until the stream
+    /// serves this one ([`Served::taken_by`]), its versions and ACKs are
+    /// those of an older generation.
+    pub snapshot: Weak<trellis_xds::Snapshot>,
+}
+
+impl Served {
+    /// Whether the stream `status` serves this snapshot: then what it says
+    /// of ACKs is about this generation.
+    pub fn taken_by(&self, status: &ConnectionStatus) -> bool {
+        std::ptr::eq(self.snapshot.as_ptr(), Arc::as_ptr(&status.snapshot))
+    }
 }
 
 /// The proxies' source of config. See the module docs.
@@ -656,15 +668,7 @@ impl Snapshots for Mesh {
                 Arc::new(out)
             }
         };
-        self.lock().served.insert(
-            node.id.clone(),
-            Served {
-                generation,
-                store_generation,
-                viewer,
-            },
-        );
-        match self
+        let out = match self
             .envoy_certs
             .secret(&node.id, std::time::SystemTime::now())
         {
@@ -683,7 +687,17 @@ impl Snapshots for Mesh {
                 with.set_type(trellis_xds::type_url::SECRET, Arc::new(secrets));
                 Arc::new(with)
             }
-        }
+        };
+        self.lock().served.insert(
+            node.id.clone(),
+            Served {
+                generation,
+                store_generation,
+                viewer,
+                snapshot: Arc::downgrade(&out),
+            },
+        );
+        out
     }
 
     fn generations(&self) -> watch::Receiver<u64> {

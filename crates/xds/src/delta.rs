@@ -72,6 +72,9 @@ struct TypeState {
     computed: bool,
     /// What was sent last and what the client said of it.
     ack: Acks,
+    /// The type's map of the last response: the bodies of what `known`
+    /// names ([`DeltaStream::sent`]).
+    sent_from: Option<Arc<Resources>>,
     pushes: u64,
     resources_sent: u64,
 }
@@ -210,6 +213,29 @@ impl DeltaStream {
             .collect()
     }
 
+    /// Per type, the resources the client holds as they were sent: those of
+    /// `known` whose version is the one in the map of the last response
+    /// (versions a client announced itself but was never sent are left out).
+    pub fn sent(&self) -> BTreeMap<TypeUrl, Resources> {
+        self.types
+            .iter()
+            .filter(|(_, s)| s.ack.sent.is_some())
+            .map(|(t, s)| {
+                let held = s
+                    .sent_from
+                    .as_deref()
+                    .map(|m| {
+                        m.iter()
+                            .filter(|(n, r)| s.known.get(*n) == Some(&r.version))
+                            .map(|(n, r)| (n.clone(), r.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (t.clone(), held)
+            })
+            .collect()
+    }
+
     /// The resource versions the server believes the client holds for a
     /// type (for tests and debugging).
     pub fn known(&self, type_url: &str) -> BTreeMap<String, String> {
@@ -313,6 +339,7 @@ fn push(
     state.force = false;
     state.resources_sent += out_resources.len() as u64;
 
+    state.sent_from = source;
     let nonce = nonces.next();
     let version = h.hex();
     state.ack.sent = Some((version.clone(), nonce.clone()));

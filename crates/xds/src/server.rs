@@ -28,7 +28,7 @@ use crate::delta::DeltaStream;
 use crate::framed::{IntoFrames, Requests};
 use crate::metrics::{Mode, XdsMetrics};
 use crate::protocol::{Event, Nack, Output, ProtocolError, TypeStatus};
-use crate::resource::{Snapshot, TypeUrl};
+use crate::resource::{Resources, Snapshot, TypeUrl};
 use crate::snapshots::Snapshots;
 use crate::sotw::{SotwResponse, SotwStream};
 
@@ -122,6 +122,11 @@ pub struct ConnectionStatus {
     pub connection: Connection,
     /// Per type URL: subscription, versions sent and ACKed, last NACK.
     pub types: BTreeMap<TypeUrl, TypeStatus>,
+    /// The snapshot the stream serves now, read with `types` (one lock):
+    /// a control plane compares it with the one it gave the node to tell
+    /// whether `types` already reflect that one (its responses are pending
+    /// from the same call that took it).
+    pub snapshot: Arc<Snapshot>,
 }
 
 /// Callbacks into the control plane. Called on the stream's task: return
@@ -324,6 +329,17 @@ impl XdsServer {
         all
     }
 
+    /// One open stream's status and, per type, the resources of the last
+    /// response it was sent (what its proxy ACKed, or is about to answer):
+    /// for `trellis proxy-config`. None if the stream is gone.
+    pub fn sent(
+        &self,
+        connection_id: u64,
+    ) -> Option<(ConnectionStatus, BTreeMap<TypeUrl, Resources>)> {
+        let stream = self.inner.lock_streams().get(&connection_id).cloned()?;
+        Some(stream.sent())
+    }
+
     /// The server's counters.
     pub fn metrics(&self) -> &XdsMetrics {
         &self.inner.metrics
@@ -381,6 +397,8 @@ trait Protocol: Send + Sized + 'static {
     fn on_request(&mut self, req: &Self::Req) -> Result<Output<Self::Resp>, ProtocolError>;
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<Self::Resp>;
     fn status(&self) -> BTreeMap<TypeUrl, TypeStatus>;
+    fn sent(&self) -> BTreeMap<TypeUrl, Resources>;
+    fn snapshot(&self) -> &Arc<Snapshot>;
 }
 
 impl Protocol for SotwStream {
@@ -407,6 +425,12 @@ impl Protocol for SotwStream {
     }
     fn status(&self) -> BTreeMap<TypeUrl, TypeStatus> {
         SotwStream::status(self)
+    }
+    fn sent(&self) -> BTreeMap<TypeUrl, Resources> {
+        SotwStream::sent(self)
+    }
+    fn snapshot(&self) -> &Arc<Snapshot> {
+        SotwStream::snapshot(self)
     }
 }
 
@@ -435,11 +459,20 @@ impl Protocol for DeltaStream {
     fn status(&self) -> BTreeMap<TypeUrl, TypeStatus> {
         DeltaStream::status(self)
     }
+    fn sent(&self) -> BTreeMap<TypeUrl, Resources> {
+        DeltaStream::sent(self)
+    }
+    fn snapshot(&self) -> &Arc<Snapshot> {
+        DeltaStream::snapshot(self)
+    }
 }
 
 /// A live stream as the registry of streams sees it.
 trait StreamView: Send + Sync {
     fn status(&self) -> ConnectionStatus;
+    /// The status and, per type, the resources last sent, read together
+    /// (one lock), so versions and contents agree.
+    fn sent(&self) -> (ConnectionStatus, BTreeMap<TypeUrl, Resources>);
 }
 
 struct Entry<P> {
@@ -457,10 +490,21 @@ impl<P: Protocol> Entry<P> {
 
 impl<P: Protocol> StreamView for Entry<P> {
     fn status(&self) -> ConnectionStatus {
+        let machine = self.lock();
         ConnectionStatus {
             connection: self.conn.clone(),
-            types: self.lock().status(),
+            types: machine.status(),
+            snapshot: machine.snapshot().clone(),
         }
+    }
+    fn sent(&self) -> (ConnectionStatus, BTreeMap<TypeUrl, Resources>) {
+        let machine = self.lock();
+        let status = ConnectionStatus {
+            connection: self.conn.clone(),
+            types: machine.status(),
+            snapshot: machine.snapshot().clone(),
+        };
+        (status, machine.sent())
     }
 }
 

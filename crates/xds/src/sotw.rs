@@ -68,6 +68,10 @@ struct TypeState {
     /// Whether the subscription covers every name of maps with this hash of
     /// names ([`covers`]). Cleared when the subscription changes.
     covers: Option<(u64, bool)>,
+    /// The type's map the last response was made from: with the
+    /// subscription, what the client was sent ([`SotwStream::sent`]). The
+    /// same `Arc` as the snapshot's (shared), so it costs a reference.
+    sent_from: Option<Arc<Resources>>,
     pushes: u64,
     resources_sent: u64,
 }
@@ -205,6 +209,28 @@ impl SotwStream {
         &self.snapshot
     }
 
+    /// Per type, the resources of the last response sent: what the client
+    /// holds once it ACKs (or rejected, if it NACKed), as sent, not as the
+    /// newest snapshot would make them.
+    pub fn sent(&self) -> BTreeMap<TypeUrl, Resources> {
+        self.types
+            .iter()
+            .filter(|(_, s)| s.ack.sent.is_some())
+            .map(|(t, s)| {
+                let held = s
+                    .sent_from
+                    .as_deref()
+                    .map(|m| {
+                        view(Some(m), &s.sub)
+                            .map(|(n, r)| (n.clone(), r.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (t.clone(), held)
+            })
+            .collect()
+    }
+
     /// Per-type state, for the API and tests.
     pub fn status(&self) -> BTreeMap<TypeUrl, TypeStatus> {
         self.types
@@ -268,6 +294,7 @@ fn push(
         source.clone(),
         names,
     );
+    state.sent_from.clone_from(&source);
     state.inflight = source.filter(|_| partial_allowed(type_url));
     state.resources_sent += response.len() as u64;
     state.ack.sent = Some((version, response.nonce.clone()));

@@ -5,10 +5,12 @@
 //! Store operations take a mutex and may write to disk, so they run on
 //! tokio's blocking pool, never on a runtime worker.
 
+pub mod describe;
 mod error;
 pub mod identity;
 pub mod proxies;
 pub mod view;
+pub mod xds_json;
 
 use std::sync::Arc;
 
@@ -38,6 +40,8 @@ pub fn router(plane: Arc<ControlPlane>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/apply", axum::routing::post(apply))
         .route("/api/v1/proxies", get(list_proxies))
+        .route("/api/v1/proxies/{node}/config", get(proxy_config))
+        .route("/api/v1/services/{namespace}/{name}", get(describe_service))
         .route(
             "/api/v1/tokens",
             axum::routing::post(identity::create_token),
@@ -85,6 +89,79 @@ async fn healthz(State(plane): State<Arc<ControlPlane>>) -> Json<Value> {
 
 async fn list_proxies(State(plane): State<Arc<ControlPlane>>) -> Json<Value> {
     Json(proxies::list(&plane))
+}
+
+#[derive(Debug, Deserialize)]
+struct ConfigQuery {
+    /// One type only: `listeners`, `routes`, `clusters`, `endpoints`, `secrets`.
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+async fn proxy_config(
+    State(plane): State<Arc<ControlPlane>>,
+    Path(node): Path<String>,
+    Query(q): Query<ConfigQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let only = match q.kind.as_deref() {
+        None => None,
+        Some(t) => Some(proxies::parse_type(t).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown type {t:?}: use listeners, routes, clusters, endpoints or secrets"
+                ),
+            )
+        })?),
+    };
+    proxies::config(&plane, &node, only).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no proxy with node id {node:?} is connected; `GET /api/v1/proxies` lists those that are"
+            ),
+        )
+    })
+}
+
+async fn describe_service(
+    State(plane): State<Arc<ControlPlane>>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let snapshot = plane.subscribe().borrow().clone();
+    let registrations = plane.mesh.registrations();
+    let members: Vec<describe::Member<'_>> = registrations
+        .iter()
+        .filter_map(|(node, r)| {
+            r.info.as_ref().ok().map(|i| describe::Member {
+                node,
+                workload: &i.workload,
+            })
+        })
+        .collect();
+    let mut view = describe::service(&snapshot.validated, &members, &namespace, &name)
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    for p in &mut view.policies {
+        p.proxies = proxies::holding(&plane, &p.resource.key());
+    }
+    let entry_proxies = proxies::holding(&plane, &view.service_entry.key());
+    let streams = proxies::sync_by_node(&plane);
+    let mut body = json!(view);
+    body["generation"] = json!(snapshot.generation);
+    body["serviceEntry"]["proxies"] = json!(entry_proxies);
+    if let Some(eps) = body["endpoints"].as_array_mut() {
+        for e in eps {
+            if let Some(node) = e["node"].as_str() {
+                e["proxy"] = match streams.get(node) {
+                    Some((generation, acked)) => {
+                        json!({"connected": true, "generation": generation, "acked": acked})
+                    }
+                    None => json!({"connected": false}),
+                };
+            }
+        }
+    }
+    Ok(Json(body))
 }
 
 async fn list_workloads(State(plane): State<Arc<ControlPlane>>) -> Json<Value> {

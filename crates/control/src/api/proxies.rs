@@ -28,6 +28,19 @@ fn streams(plane: &ControlPlane) -> Vec<ConnectionStatus> {
     by_node.into_values().collect()
 }
 
+/// The proxy on stream `s` ACKed everything it was sent, and what it was
+/// sent is the newest config made for it: the stream serves the snapshot
+/// the control plane last gave its node (between the two, a new
+/// generation's responses are not yet pending and the old ACKs would
+/// count).
+fn acked(plane: &ControlPlane, s: &ConnectionStatus) -> bool {
+    in_sync(s)
+        && plane
+            .mesh
+            .served(&s.connection.node.id)
+            .is_some_and(|served| served.taken_by(s))
+}
+
 /// The connected proxies that were sent a config holding `key` as it is
 /// now: the store generation of the last config a proxy was sent is at
 /// least the one where the resource last changed, and the resource is part
@@ -43,7 +56,7 @@ pub fn holding(plane: &ControlPlane, key: &Key) -> Vec<ProxyRef> {
             (held && generation >= since).then(|| ProxyRef {
                 node: s.connection.node.id.clone(),
                 generation,
-                acked: in_sync(&s),
+                acked: acked(plane, &s),
             })
         })
         .collect()
@@ -89,6 +102,92 @@ fn workload_json(i: &crate::registry::NodeInfo) -> Value {
         "inboundPort": i.identity.inbound_port,
         "app": i.identity.app,
     })
+}
+
+/// Per connected node: the store generation it was last sent, and whether
+/// it ACKed everything.
+pub fn sync_by_node(plane: &ControlPlane) -> BTreeMap<String, (Option<u64>, bool)> {
+    streams(plane)
+        .iter()
+        .map(|s| {
+            let node = s.connection.node.id.clone();
+            let generation = plane.mesh.served(&node).map(|x| x.store_generation);
+            (node, (generation, acked(plane, s)))
+        })
+        .collect()
+}
+
+/// The type a user names (`listeners`, `lds`, `Listener`, ...).
+pub fn parse_type(s: &str) -> Option<&'static str> {
+    match s.to_ascii_lowercase().as_str() {
+        "listeners" | "listener" | "lds" => Some(type_url::LISTENER),
+        "routes" | "route" | "routeconfiguration" | "rds" => Some(type_url::ROUTE),
+        "clusters" | "cluster" | "cds" => Some(type_url::CLUSTER),
+        "endpoints" | "endpoint" | "clusterloadassignment" | "eds" => Some(type_url::ENDPOINT),
+        "secrets" | "secret" | "secrets-names-only" | "sds" => Some(type_url::SECRET),
+        _ => None,
+    }
+}
+
+/// `GET /api/v1/proxies/{node}/config`: per type, what the node's newest
+/// stream was last sent (names, versions, the resources as JSON), and what
+/// the proxy said of it. Secrets by name only: their bodies hold private
+/// keys. None if the node has no open stream.
+pub fn config(plane: &ControlPlane, node: &str, only: Option<&str>) -> Option<Value> {
+    let id = streams(plane)
+        .into_iter()
+        .find(|s| s.connection.node.id == node)?
+        .connection
+        .id;
+    let (status, sent) = plane.xds_server()?.sent(id)?;
+    let types: serde_json::Map<String, Value> = status
+        .types
+        .iter()
+        .filter(|(t, _)| only.is_none_or(|o| o == t.as_str()))
+        .map(|(t, st)| {
+            let secret = t.as_str() == type_url::SECRET;
+            let resources: Vec<Value> = sent
+                .get(t)
+                .into_iter()
+                .flatten()
+                .map(|(name, r)| {
+                    if secret {
+                        json!({"name": name, "version": r.version})
+                    } else {
+                        json!({
+                            "name": name,
+                            "version": r.version,
+                            "resource": super::xds_json::resource(t, &r.body),
+                        })
+                    }
+                })
+                .collect();
+            (
+                type_url::short_name(t).to_string(),
+                json!({
+                    "typeUrl": t,
+                    "sent": st.sent_version,
+                    "acked": st.acked_version,
+                    "pending": st.pending,
+                    "inSync": !st.pending && st.sent_version.is_some() && st.acked_version == st.sent_version,
+                    "lastNack": st.last_nack.as_ref().map(|n| json!({
+                        "version": n.rejected_version,
+                        "message": n.message,
+                    })),
+                    "resources": resources,
+                }),
+            )
+        })
+        .collect();
+    let served = plane.mesh.served(node);
+    Some(json!({
+        "node": node,
+        "connection": id,
+        "mode": status.connection.mode.as_str(),
+        "generation": served.map(|s| s.store_generation),
+        "acked": acked(plane, &status),
+        "types": types,
+    }))
 }
 
 /// `GET /api/v1/proxies`.
@@ -138,7 +237,7 @@ pub fn list(plane: &ControlPlane) -> Value {
                 "workload": workload,
                 "error": error,
                 "generation": served.map(|s| s.store_generation),
-                "acked": in_sync(s),
+                "acked": acked(plane, s),
                 "types": types,
             })
         })

@@ -410,3 +410,27 @@ fn a_request_without_type_url_is_a_protocol_error() {
     let err = s.on_request(&DeltaDiscoveryRequest::default()).unwrap_err();
     assert_eq!(err, ProtocolError::MissingTypeUrl);
 }
+
+#[test]
+fn sent_is_what_the_client_holds_as_sent() {
+    let mut c = run(
+        "sent",
+        &[
+            (Snap(C1), &[]),
+            (Sub("CDS", NONE, NONE), &["push CDS a@1 b@1"]),
+            (Ack("CDS", NONE, NONE), &["ack CDS"]),
+            (Snap(C2), &["push CDS a@2"]),
+        ],
+    );
+    let sent = |c: &Client| -> Vec<String> {
+        c.stream.sent()[url("CDS")]
+            .iter()
+            .map(|(n, r)| format!("{n}@{}", r.version))
+            .collect()
+    };
+    // The delta carried only `a`; the client holds `b` from before.
+    assert_eq!(sent(&c), ["a@2", "b@1"]);
+    c.step(Nack("CDS", "bad"));
+    assert_eq!(sent(&c), ["a@2", "b@1"]);
+    assert!(!c.stream.sent().contains_key(url("EDS")));
+}

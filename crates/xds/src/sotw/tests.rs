@@ -563,3 +563,43 @@ fn a_reconnecting_wildcard_client_already_up_to_date_gets_nothing() {
     let (_, r) = first(eds, "EDS", &["x"], &vx);
     assert_eq!(r.len(), 1);
 }
+
+/// `name@version` of what `sent()` says the client was last sent.
+fn sent_of(stream: &SotwStream, t: &str) -> Vec<String> {
+    stream
+        .sent()
+        .get(url(t))
+        .map(|m| {
+            m.iter()
+                .map(|(n, r)| format!("{n}@{}", r.version))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn sent_is_the_last_response_not_the_newest_snapshot() {
+    let mut c = run(
+        "sent",
+        &[
+            (Snap(C1), &[]),
+            (Sub("CDS", &[]), &["push CDS a@1 b@1"]),
+            // Pending: the newer snapshot waits for the ACK.
+            (Snap(C2), &[]),
+        ],
+    );
+    assert_eq!(sent_of(&c.stream, "CDS"), ["a@1", "b@1"]);
+    c.step(Ack("CDS", &[]));
+    assert_eq!(sent_of(&c.stream, "CDS"), ["a@2", "b@1"]);
+    // A type never sent is absent.
+    assert!(!c.stream.sent().contains_key(url("EDS")));
+}
+
+#[test]
+fn sent_keeps_to_the_subscription() {
+    let c = run(
+        "sent by name",
+        &[(Snap(C1), &[]), (Sub("CDS", &["b"]), &["push CDS b@1"])],
+    );
+    assert_eq!(sent_of(&c.stream, "CDS"), ["b@1"]);
+}
