@@ -156,7 +156,11 @@ fn read_limited(path: &Path) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|e| format!("file is not UTF-8: {e}"))
 }
 
-pub(crate) fn parse_resource(file: &str, index: usize, doc: Value) -> Result<Resource, ConfigError> {
+pub(crate) fn parse_resource(
+    file: &str,
+    index: usize,
+    doc: Value,
+) -> Result<Resource, ConfigError> {
     let anon = format!("document {index}");
     let Value::Object(mut map) = doc else {
         return Err(ConfigError::new(

@@ -41,7 +41,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 struct MeshMeta {
     name: String,
     #[serde(default)]
-    #[allow(dead_code, reason = "accepted as kubectl writes it; spec.namespace decides")]
+    #[allow(
+        dead_code,
+        reason = "accepted as kubectl writes it; spec.namespace decides"
+    )]
     namespace: Option<String>,
     #[serde(default)]
     #[allow(dead_code, reason = "accepted, not used")]
@@ -412,7 +415,10 @@ pub fn parse_mesh(file: &str, index: usize, doc: &Value) -> Result<Mesh, ConfigE
         .get("metadata")
         .and_then(|m| m.get("name"))
         .and_then(Value::as_str)
-        .map_or_else(|| format!("{KIND} (document {index})"), |n| format!("{KIND} {n}"));
+        .map_or_else(
+            || format!("{KIND} (document {index})"),
+            |n| format!("{KIND} {n}"),
+        );
     let err = |field: &str, reason: String| ConfigError::new(file, &name_hint, field, reason);
     let one = |e: ConfigError| ConfigErrors(vec![e]);
     let Value::Object(map) = doc else {
@@ -512,7 +518,9 @@ fn check_spec(
     if !valid_label(&namespace) {
         push(
             "spec.namespace".into(),
-            format!("{namespace:?} is not a valid namespace name (lowercase letters, digits and '-', at most 63 characters)"),
+            format!(
+                "{namespace:?} is not a valid namespace name (lowercase letters, digits and '-', at most 63 characters)"
+            ),
         );
     }
     if spec.services.is_empty() {
@@ -574,7 +582,9 @@ fn check_spec(
         if !valid_label(&service_account) {
             push(
                 format!("{at}.serviceAccount"),
-                format!("{who}: {service_account:?} is not a valid service account name (lowercase letters, digits and '-')"),
+                format!(
+                    "{who}: {service_account:?} is not a valid service account name (lowercase letters, digits and '-')"
+                ),
             );
         }
         let mut labels = BTreeMap::from([("app".to_string(), s.name.clone())]);
@@ -582,7 +592,10 @@ fn check_spec(
             if k == "app" && v != &s.name {
                 push(
                     format!("{at}.labels.app"),
-                    format!("{who}: trellis up sets app: {} itself (ServiceEntry selectors match on it); remove this label", s.name),
+                    format!(
+                        "{who}: trellis up sets app: {} itself (ServiceEntry selectors match on it); remove this label",
+                        s.name
+                    ),
                 );
             }
             labels.insert(k.clone(), v.clone());
@@ -598,17 +611,20 @@ fn check_spec(
                 );
             }
         };
-        let check_command =
-            |c: &Option<Vec<String>>, field: String, push: &mut dyn FnMut(String, String)| {
-                if let Some(c) = c
-                    && c.first().is_none_or(String::is_empty)
-                {
-                    push(
-                        field,
-                        format!("{who}: the command is empty: give the program and its arguments, e.g. [\"trellis-echo\"]"),
-                    );
-                }
-            };
+        let check_command = |c: &Option<Vec<String>>,
+                             field: String,
+                             push: &mut dyn FnMut(String, String)| {
+            if let Some(c) = c
+                && c.first().is_none_or(String::is_empty)
+            {
+                push(
+                    field,
+                    format!(
+                        "{who}: the command is empty: give the program and its arguments, e.g. [\"trellis-echo\"]"
+                    ),
+                );
+            }
+        };
         check_replicas(base_replicas, format!("{at}.replicas"), &mut push);
         check_command(&s.command, format!("{at}.command"), &mut push);
         let mut deployments = Vec::new();
@@ -617,7 +633,9 @@ fn check_spec(
                 if s.command.is_none() {
                     push(
                         format!("{at}.command"),
-                        format!("{who} has no command: say what runs it, e.g. command: [\"trellis-echo\"] (or give every version one)"),
+                        format!(
+                            "{who} has no command: say what runs it, e.g. command: [\"trellis-echo\"] (or give every version one)"
+                        ),
                     );
                 }
                 deployments.push(Deployment {
@@ -632,7 +650,9 @@ fn check_spec(
                 if versions.is_empty() {
                     push(
                         format!("{at}.versions"),
-                        format!("{who}: versions is empty: list at least one, or remove it and give a command"),
+                        format!(
+                            "{who}: versions is empty: list at least one, or remove it and give a command"
+                        ),
                     );
                 }
                 let mut names = BTreeSet::new();
@@ -643,14 +663,18 @@ fn check_spec(
                         Some(n) => {
                             push(
                                 format!("{vat}.name"),
-                                format!("{who}: version name {n:?} is not valid (lowercase letters, digits and '-'): it becomes a label and a workload name"),
+                                format!(
+                                    "{who}: version name {n:?} is not valid (lowercase letters, digits and '-'): it becomes a label and a workload name"
+                                ),
                             );
                             n
                         }
                         None => {
                             push(
                                 format!("{vat}.name"),
-                                format!("{who}: version {j} has no name: every version needs one (it becomes the label version: <name>)"),
+                                format!(
+                                    "{who}: version {j} has no name: every version needs one (it becomes the label version: <name>)"
+                                ),
                             );
                             String::new()
                         }
@@ -666,7 +690,9 @@ fn check_spec(
                     if command.is_none() {
                         push(
                             format!("{vat}.command"),
-                            format!("{who}: version {vname:?} has no command, and the service gives none"),
+                            format!(
+                                "{who}: version {vname:?} has no command, and the service gives none"
+                            ),
                         );
                     }
                     let replicas = v.replicas.unwrap_or(base_replicas);
@@ -677,13 +703,18 @@ fn check_spec(
                         if k == "app" && val != &s.name {
                             push(
                                 format!("{vat}.labels.app"),
-                                format!("{who}: trellis up sets app: {} itself; remove this label", s.name),
+                                format!(
+                                    "{who}: trellis up sets app: {} itself; remove this label",
+                                    s.name
+                                ),
                             );
                         }
                         if k == "version" && val != &vname {
                             push(
                                 format!("{vat}.labels.version"),
-                                format!("{who}: version {vname:?} gets the label version: {vname}; {val:?} would contradict it"),
+                                format!(
+                                    "{who}: version {vname:?} gets the label version: {vname}; {val:?} would contradict it"
+                                ),
                             );
                         }
                         labels.insert(k.clone(), val.clone());
@@ -715,7 +746,9 @@ fn check_spec(
     if total > MAX_WORKLOADS {
         push(
             "spec.services".into(),
-            format!("{total} workloads in all; one mesh runs at most {MAX_WORKLOADS} (each takes a loopback address)"),
+            format!(
+                "{total} workloads in all; one mesh runs at most {MAX_WORKLOADS} (each takes a loopback address)"
+            ),
         );
     }
     Mesh {
@@ -741,7 +774,9 @@ fn check_env(
         } else if reserved_env(k) {
             push(
                 format!("{at}.{k}"),
-                format!("{who}: {k} is set by trellis up (the app's address and sidecar); it cannot be overridden"),
+                format!(
+                    "{who}: {k} is set by trellis up (the app's address and sidecar); it cannot be overridden"
+                ),
             );
         }
     }
@@ -765,7 +800,9 @@ fn check_health(
         ),
         (None, Some(false)) => push(
             format!("{at}.tcp"),
-            format!("{who}: tcp: false asks for no probe; remove health to probe with a TCP connect, or give httpGet"),
+            format!(
+                "{who}: tcp: false asks for no probe; remove health to probe with a TCP connect, or give httpGet"
+            ),
         ),
         (Some(p), _) if !p.starts_with('/') => push(
             format!("{at}.httpGet"),
@@ -794,7 +831,11 @@ fn check_health(
     out.interval = duration(h.interval, "interval", DEFAULT_INTERVAL);
     out.timeout = duration(h.timeout, "timeout", DEFAULT_TIMEOUT);
     for (v, field, slot) in [
-        (h.healthy_threshold, "healthyThreshold", &mut out.healthy_threshold),
+        (
+            h.healthy_threshold,
+            "healthyThreshold",
+            &mut out.healthy_threshold,
+        ),
         (
             h.unhealthy_threshold,
             "unhealthyThreshold",

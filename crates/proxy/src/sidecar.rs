@@ -545,7 +545,10 @@ fn json_to_value(v: &serde_json::Value) -> envoy_types::pb::google::protobuf::Va
             values: a.iter().map(json_to_value).collect(),
         }),
         serde_json::Value::Object(m) => Kind::StructValue(Struct {
-            fields: m.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect(),
+            fields: m
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_value(v)))
+                .collect(),
         }),
     };
     Value { kind: Some(kind) }

@@ -165,12 +165,12 @@ pub async fn snapshot(http: &Http, api: SocketAddr) -> Result<Snapshot, String> 
 pub fn table(prev: &Snapshot, cur: &Snapshot) -> String {
     let secs = cur.at.duration_since(prev.at).as_secs_f64();
     let mut out = signals::render(&signals::rows(&prev.counts, &cur.counts, secs));
-    out.push_str(&format!("{} proxies scraped", cur.proxies - cur.unreachable.len()));
+    out.push_str(&format!(
+        "{} proxies scraped",
+        cur.proxies - cur.unreachable.len()
+    ));
     if !cur.unreachable.is_empty() {
-        out.push_str(&format!(
-            "; not reached: {}",
-            cur.unreachable.join("; ")
-        ));
+        out.push_str(&format!("; not reached: {}", cur.unreachable.join("; ")));
     }
     out.push('\n');
     out

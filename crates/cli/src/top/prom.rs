@@ -107,7 +107,10 @@ broken{a="x"
         let s = parse(text);
         assert_eq!(s.len(), 4, "{s:?}");
         assert_eq!(s[0].name, "trellis_requests_total");
-        assert_eq!(s[0].label("cluster"), Some("outbound|80||b.default.svc.cluster.local"));
+        assert_eq!(
+            s[0].label("cluster"),
+            Some("outbound|80||b.default.svc.cluster.local")
+        );
         assert_eq!(s[0].label("code_class"), Some("2xx"));
         assert_eq!(s[0].value, 7.0);
         assert_eq!(s[1].label("le"), Some("+Inf"));

@@ -104,6 +104,9 @@ pub struct Row {
 pub fn rows(prev: &Counts, cur: &Counts, secs: f64) -> Vec<Row> {
     let empty = PairCounts::default();
     cur.iter()
+        // A proxy makes its counters at config time: a pair that never
+        // carried a request is a route, not traffic.
+        .filter(|(_, c)| c.requests > 0.0)
         .map(|(pair, c)| {
             let mut p = prev.get(pair).unwrap_or(&empty);
             if c.requests < p.requests {
@@ -114,7 +117,12 @@ pub fn rows(prev: &Counts, cur: &Counts, secs: f64) -> Vec<Row> {
             let delta: Vec<(f64, f64)> = c
                 .buckets
                 .iter()
-                .map(|(le, n)| (le.0, (n - p.buckets.get(le).copied().unwrap_or(0.0)).max(0.0)))
+                .map(|(le, n)| {
+                    (
+                        le.0,
+                        (n - p.buckets.get(le).copied().unwrap_or(0.0)).max(0.0),
+                    )
+                })
                 .collect();
             Row {
                 source: pair.0.clone(),
@@ -189,7 +197,10 @@ mod tests {
     #[test]
     fn destinations_from_cluster_names() {
         let cases = [
-            ("outbound|9080|v1|reviews.default.svc.cluster.local", Some("reviews")),
+            (
+                "outbound|9080|v1|reviews.default.svc.cluster.local",
+                Some("reviews"),
+            ),
             ("outbound|80||b.shop.svc.cluster.local", Some("b")),
             ("outbound|443||api.example.com", Some("api.example.com")),
             ("inbound|app", None),
@@ -219,10 +230,18 @@ mod tests {
     #[test]
     fn rates_success_and_quantiles_from_two_scrapes() {
         let mut prev = Counts::new();
-        add(&mut prev, "a", &scrape(10, 0, &[("0.001", 10), ("0.002", 10), ("+Inf", 10)]));
+        add(
+            &mut prev,
+            "a",
+            &scrape(10, 0, &[("0.001", 10), ("0.002", 10), ("+Inf", 10)]),
+        );
         let mut cur = Counts::new();
         // 100 more requests in 2 s: 10 failed; 50 under 1 ms, 40 in 1-2 ms, 10 beyond.
-        add(&mut cur, "a", &scrape(100, 10, &[("0.001", 60), ("0.002", 100), ("+Inf", 110)]));
+        add(
+            &mut cur,
+            "a",
+            &scrape(100, 10, &[("0.001", 60), ("0.002", 100), ("+Inf", 110)]),
+        );
         let r = rows(&prev, &cur, 2.0);
         assert_eq!(r.len(), 1, "inbound is not a pair: {r:?}");
         let r = &r[0];
@@ -234,19 +253,33 @@ mod tests {
         assert!(close(r.p90, 0.002), "{:?}", r.p90); // rank 90 = the end of the second
         assert!(close(r.p99, 0.002), "{:?}", r.p99); // in +Inf: the largest bound
         let text = render(&[r.clone()]);
-        assert!(text.contains("a -> b") && text.contains("90.0%") && text.contains("1.0ms"), "{text}");
+        assert!(
+            text.contains("a -> b") && text.contains("90.0%") && text.contains("1.0ms"),
+            "{text}"
+        );
     }
 
     #[test]
     fn a_quiet_pair_and_a_restarted_proxy() {
         let mut prev = Counts::new();
-        add(&mut prev, "a", &scrape(500, 0, &[("0.001", 500), ("+Inf", 500)]));
+        add(
+            &mut prev,
+            "a",
+            &scrape(500, 0, &[("0.001", 500), ("+Inf", 500)]),
+        );
         let quiet = rows(&prev, &prev, 1.0);
         assert_eq!(quiet[0].rps, 0.0);
         assert_eq!(quiet[0].success, None);
         assert_eq!(quiet[0].p50, None);
+        let mut never = Counts::new();
+        add(&mut never, "a", &scrape(0, 0, &[("+Inf", 0)]));
+        assert_eq!(rows(&Counts::new(), &never, 1.0), []);
         let mut restarted = Counts::new();
-        add(&mut restarted, "a", &scrape(4, 0, &[("0.001", 4), ("+Inf", 4)]));
+        add(
+            &mut restarted,
+            "a",
+            &scrape(4, 0, &[("0.001", 4), ("+Inf", 4)]),
+        );
         assert_eq!(rows(&prev, &restarted, 1.0)[0].rps, 4.0);
     }
 

@@ -164,11 +164,10 @@ fn prepare(a: &UpArgs) -> Result<Prepared, UpError> {
     let cwd = std::env::current_dir().unwrap_or_default();
     preflight::resolve_commands(&mesh, &mut workloads, &dirs, &cwd)
         .map_err(|e| config_error("in the mesh's commands", e))?;
-    let proxy = preflight::resolve("trellis-proxy", &dirs, &cwd, preflight::is_program).ok_or_else(
-        || UpError::NoProxy {
+    let proxy = preflight::resolve("trellis-proxy", &dirs, &cwd, preflight::is_program)
+        .ok_or_else(|| UpError::NoProxy {
             exe: trellis.display().to_string(),
-        },
-    )?;
+        })?;
     preflight::check_ports(&mesh, &workloads, &[("xds", a.xds), ("api", a.api)])
         .map_err(|e| config_error("with the mesh's addresses", e))?;
     let state = match &a.state_dir {
@@ -381,7 +380,7 @@ async fn make_tokens(
         };
         // The proxy shows it again at each certificate renewal (half-life
         // of 24 h), so it must outlive a long session: the longest allowed.
-        let body = json!({"namespace": p.mesh.namespace, "serviceAccount": sa, "ttl": "30d"});
+        let body = json!({"namespace": p.mesh.namespace, "serviceAccount": sa, "ttl": "720h"});
         let (status, text) = http
             .request(
                 http::Method::POST,
@@ -420,7 +419,9 @@ fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
 /// each under its file's name so errors point at it.
 async fn apply(http: &top::Http, api: &str, loaded: &mesh::Loaded) -> Result<(), UpError> {
     let join = |docs: &mut dyn Iterator<Item = &Value>| {
-        docs.map(Value::to_string).collect::<Vec<_>>().join("\n---\n")
+        docs.map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
     };
     let mut files = Vec::new();
     if !loaded.generated.is_empty() {
@@ -469,7 +470,10 @@ async fn apply(http: &top::Http, api: &str, loaded: &mesh::Loaded) -> Result<(),
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments, reason = "one call site; the loop owns the signals")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; the loop owns the signals"
+)]
 async fn wait_ready(
     a: &UpArgs,
     p: &Prepared,
@@ -569,7 +573,9 @@ fn banner(a: &UpArgs, p: &Prepared) {
         p.mesh.name,
         p.workloads.len()
     ));
-    say(&format!("  API         {api}   (trellis get all --server {api})"));
+    say(&format!(
+        "  API         {api}   (trellis get all --server {api})"
+    ));
     say(&format!("  metrics     {api}/metrics"));
     say(&format!("  top         trellis top --api {}", a.api));
     say(&format!("  logs        {}", p.state.join("logs").display()));

@@ -224,7 +224,10 @@ pub fn plan(mesh: &Mesh, base: Ipv4Addr) -> Result<Vec<Workload>, PlanError> {
 /// given: `$XDG_STATE_HOME/trellis/up/<mesh>`, else
 /// `~/.local/state/trellis/up/<mesh>`.
 pub fn default_state_dir(xdg: Option<&str>, home: Option<&str>, mesh: &str) -> Option<PathBuf> {
-    let base = match (xdg.filter(|s| !s.is_empty()), home.filter(|s| !s.is_empty())) {
+    let base = match (
+        xdg.filter(|s| !s.is_empty()),
+        home.filter(|s| !s.is_empty()),
+    ) {
         (Some(x), _) => PathBuf::from(x),
         (None, Some(h)) => Path::new(h).join(".local/state"),
         (None, None) => return None,
@@ -279,7 +282,10 @@ spec:
         // A base near the end of a /24 skips .255 and .0.
         let w = plan(&mesh(), "127.0.1.253".parse().unwrap()).unwrap();
         let addrs: Vec<_> = w.iter().map(|w| w.address.to_string()).collect();
-        assert_eq!(addrs, ["127.0.1.254", "127.0.2.1", "127.0.2.2", "127.0.2.3"]);
+        assert_eq!(
+            addrs,
+            ["127.0.1.254", "127.0.2.1", "127.0.2.2", "127.0.2.3"]
+        );
     }
 
     #[test]
@@ -290,9 +296,16 @@ spec:
         );
         assert!(matches!(
             plan(&mesh(), "127.0.255.252".parse().unwrap()),
-            Err(PlanError::TooMany { count: 4, room: 2, .. })
+            Err(PlanError::TooMany {
+                count: 4,
+                room: 2,
+                ..
+            })
         ));
-        assert_eq!(parse_subnet("127.0.1.0/24"), Ok("127.0.1.0".parse().unwrap()));
+        assert_eq!(
+            parse_subnet("127.0.1.0/24"),
+            Ok("127.0.1.0".parse().unwrap())
+        );
         assert!(parse_subnet("nope").is_err());
     }
 
@@ -311,7 +324,10 @@ spec:
         assert_eq!(get("http_proxy"), Some("http://127.0.1.4:15001"));
         assert_eq!(get("NO_PROXY"), Some(""));
         let a = &plan(&mesh(), "127.0.1.0".parse().unwrap()).unwrap()[0];
-        assert_eq!(a.app_env().get("TRELLIS_VERSION").map(String::as_str), Some(""));
+        assert_eq!(
+            a.app_env().get("TRELLIS_VERSION").map(String::as_str),
+            Some("")
+        );
         assert_eq!(a.app_env().get("K").map(String::as_str), Some("v"));
     }
 

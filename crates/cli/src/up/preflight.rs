@@ -127,7 +127,13 @@ pub fn check_ports(
         for (field, addr, who) in wanted {
             if let Err(e) = TcpListener::bind(addr) {
                 let field = if field == "port" {
-                    format!("{}.port", w.service_field.split(".versions").next().unwrap_or_default())
+                    format!(
+                        "{}.port",
+                        w.service_field
+                            .split(".versions")
+                            .next()
+                            .unwrap_or_default()
+                    )
                 } else {
                     "-".to_string()
                 };
@@ -171,10 +177,16 @@ mod tests {
                 PathBuf::from("/bin")
             ]
         );
-        let exists = |set: &'static [&'static str]| move |p: &Path| set.iter().any(|s| Path::new(s) == p);
+        let exists =
+            |set: &'static [&'static str]| move |p: &Path| set.iter().any(|s| Path::new(s) == p);
         let cwd = Path::new("/work");
         assert_eq!(
-            resolve("trellis-proxy", &dirs, cwd, exists(&["/opt/t/trellis-proxy", "/usr/bin/trellis-proxy"])),
+            resolve(
+                "trellis-proxy",
+                &dirs,
+                cwd,
+                exists(&["/opt/t/trellis-proxy", "/usr/bin/trellis-proxy"])
+            ),
             Some(PathBuf::from("/opt/t/trellis-proxy"))
         );
         assert_eq!(
@@ -186,7 +198,10 @@ mod tests {
             resolve("./app", &dirs, cwd, exists(&["/work/./app"])),
             Some(PathBuf::from("/work/./app"))
         );
-        assert_eq!(resolve("/abs/app", &dirs, cwd, exists(&["/abs/app"])), Some(PathBuf::from("/abs/app")));
+        assert_eq!(
+            resolve("/abs/app", &dirs, cwd, exists(&["/abs/app"])),
+            Some(PathBuf::from("/abs/app"))
+        );
         assert_eq!(search_path(None, None), Vec::<PathBuf>::new());
     }
 }

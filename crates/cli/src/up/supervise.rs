@@ -233,7 +233,10 @@ fn describe(status: ExitStatus) -> String {
 }
 
 fn signal_group(pid: u32, signal: rustix::process::Signal) {
-    let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return;
     };
     // The child leads its own group (process_group(0)), so this reaches
@@ -312,7 +315,10 @@ async fn keep_running(
         };
         let Some(status) = exited else {
             signal_group(pid, rustix::process::Signal::TERM);
-            if tokio::time::timeout(STOP_TIMEOUT, child.wait()).await.is_err() {
+            if tokio::time::timeout(STOP_TIMEOUT, child.wait())
+                .await
+                .is_err()
+            {
                 signal_group(pid, rustix::process::Signal::KILL);
                 let _ = child.wait().await;
             }
@@ -324,7 +330,10 @@ async fn keep_running(
         drain(readers).await;
         let ran_for = started.elapsed();
         let status = status.map_or_else(|e| format!("lost track of it ({e})"), describe);
-        let lines: Vec<String> = tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
+        let lines: Vec<String> = tail
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default();
         let _ = events.send(Event::Crashed {
             name: spec.name.clone(),
             status,

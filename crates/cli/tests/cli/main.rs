@@ -9,6 +9,7 @@ mod mtls;
 mod outage;
 mod proxyless;
 mod support;
+mod up;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;

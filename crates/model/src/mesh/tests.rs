@@ -28,7 +28,8 @@ spec:
 ";
 
 fn mesh(text: &str) -> Result<Mesh, Vec<String>> {
-    let p = parse_documents("m.yaml", text).map_err(|es| es.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let p = parse_documents("m.yaml", text)
+        .map_err(|es| es.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
     assert_eq!(p.meshes.len(), 1, "{p:?}");
     Ok(p.meshes.into_iter().next().unwrap())
 }
@@ -50,7 +51,10 @@ fn a_good_mesh_gets_every_default() {
     assert_eq!(d.workload_name("front", 0), "front-0");
     assert_eq!(
         d.labels,
-        BTreeMap::from([("app".into(), "front".into()), ("tier".into(), "web".into())])
+        BTreeMap::from([
+            ("app".into(), "front".into()),
+            ("tier".into(), "web".into())
+        ])
     );
     let r = &m.services[1];
     assert_eq!(r.protocol, AppProtocol::Grpc);
@@ -75,26 +79,106 @@ fn bad_meshes_name_file_service_field_and_reason() {
     let head = "apiVersion: trellis.dev/v1alpha1\nkind: Mesh\nmetadata: {name: shop}\nspec:\n  services:\n";
     let ok = "  - {name: front, port: 8080, command: [a]}\n";
     let cases: &[(&str, &str, &[&str])] = &[
-        ("missing command", "  - {name: b, port: 1}\n", &["spec.services[1].command", "service \"b\" has no command"]),
-        ("duplicate", "  - {name: front, port: 81, command: [a]}\n", &["spec.services[1].name", "\"front\" is defined twice"]),
-        ("unknown field", "  - {name: b, port: 1, comand: [a]}\n", &["spec.services[1].comand", "service \"b\"", "unknown field"]),
-        ("port out of range", "  - {name: b, port: 70000, command: [a]}\n", &["spec.services[1].port", "service \"b\""]),
-        ("port 0", "  - {name: b, port: 0, command: [a]}\n", &["spec.services[1].port", "port 0"]),
-        ("sidecar port", "  - {name: b, port: 15001, command: [a]}\n", &["spec.services[1].port", "taken by the sidecar"]),
-        ("protocol", "  - {name: b, port: 1, protocol: udp, command: [a]}\n", &["spec.services[1].protocol", "unknown protocol \"udp\""]),
-        ("replicas 0", "  - {name: b, port: 1, replicas: 0, command: [a]}\n", &["spec.services[1].replicas", "out of range"]),
-        ("empty command", "  - {name: b, port: 1, command: []}\n", &["spec.services[1].command", "the command is empty"]),
-        ("bad name", "  - {name: B_x, port: 1, command: [a]}\n", &["spec.services[1].name", "not a valid service name"]),
-        ("version without name", "  - {name: b, port: 1, command: [a], versions: [{replicas: 1}]}\n", &["spec.services[1].versions[0].name", "has no name"]),
-        ("version without command", "  - {name: b, port: 1, versions: [{name: v1}]}\n", &["spec.services[1].versions[0].command", "has no command"]),
-        ("duplicate version", "  - {name: b, port: 1, command: [a], versions: [{name: v1}, {name: v1}]}\n", &["spec.services[1].versions[1].name", "listed twice"]),
-        ("contradicting version label", "  - {name: b, port: 1, command: [a], versions: [{name: v1, labels: {version: v2}}]}\n", &["versions[0].labels.version", "contradict"]),
-        ("app label", "  - {name: b, port: 1, command: [a], labels: {app: c}}\n", &["spec.services[1].labels.app", "sets app: b"]),
-        ("reserved env", "  - {name: b, port: 1, command: [a], env: {HTTP_PROXY: x}}\n", &["spec.services[1].env.HTTP_PROXY", "set by trellis up"]),
-        ("health both", "  - {name: b, port: 1, command: [a], health: {httpGet: /h, tcp: true}}\n", &["spec.services[1].health", "not both"]),
-        ("health path", "  - {name: b, port: 1, command: [a], health: {httpGet: h}}\n", &["spec.services[1].health.httpGet", "must start with '/'"]),
-        ("health interval", "  - {name: b, port: 1, command: [a], health: {interval: soon}}\n", &["spec.services[1].health.interval", "invalid duration"]),
-        ("threshold", "  - {name: b, port: 1, command: [a], health: {unhealthyThreshold: 0}}\n", &["unhealthyThreshold", "1 or more"]),
+        (
+            "missing command",
+            "  - {name: b, port: 1}\n",
+            &["spec.services[1].command", "service \"b\" has no command"],
+        ),
+        (
+            "duplicate",
+            "  - {name: front, port: 81, command: [a]}\n",
+            &["spec.services[1].name", "\"front\" is defined twice"],
+        ),
+        (
+            "unknown field",
+            "  - {name: b, port: 1, comand: [a]}\n",
+            &["spec.services[1].comand", "service \"b\"", "unknown field"],
+        ),
+        (
+            "port out of range",
+            "  - {name: b, port: 70000, command: [a]}\n",
+            &["spec.services[1].port", "service \"b\""],
+        ),
+        (
+            "port 0",
+            "  - {name: b, port: 0, command: [a]}\n",
+            &["spec.services[1].port", "port 0"],
+        ),
+        (
+            "sidecar port",
+            "  - {name: b, port: 15001, command: [a]}\n",
+            &["spec.services[1].port", "taken by the sidecar"],
+        ),
+        (
+            "protocol",
+            "  - {name: b, port: 1, protocol: udp, command: [a]}\n",
+            &["spec.services[1].protocol", "unknown protocol \"udp\""],
+        ),
+        (
+            "replicas 0",
+            "  - {name: b, port: 1, replicas: 0, command: [a]}\n",
+            &["spec.services[1].replicas", "out of range"],
+        ),
+        (
+            "empty command",
+            "  - {name: b, port: 1, command: []}\n",
+            &["spec.services[1].command", "the command is empty"],
+        ),
+        (
+            "bad name",
+            "  - {name: B_x, port: 1, command: [a]}\n",
+            &["spec.services[1].name", "not a valid service name"],
+        ),
+        (
+            "version without name",
+            "  - {name: b, port: 1, command: [a], versions: [{replicas: 1}]}\n",
+            &["spec.services[1].versions[0].name", "has no name"],
+        ),
+        (
+            "version without command",
+            "  - {name: b, port: 1, versions: [{name: v1}]}\n",
+            &["spec.services[1].versions[0].command", "has no command"],
+        ),
+        (
+            "duplicate version",
+            "  - {name: b, port: 1, command: [a], versions: [{name: v1}, {name: v1}]}\n",
+            &["spec.services[1].versions[1].name", "listed twice"],
+        ),
+        (
+            "contradicting version label",
+            "  - {name: b, port: 1, command: [a], versions: [{name: v1, labels: {version: v2}}]}\n",
+            &["versions[0].labels.version", "contradict"],
+        ),
+        (
+            "app label",
+            "  - {name: b, port: 1, command: [a], labels: {app: c}}\n",
+            &["spec.services[1].labels.app", "sets app: b"],
+        ),
+        (
+            "reserved env",
+            "  - {name: b, port: 1, command: [a], env: {HTTP_PROXY: x}}\n",
+            &["spec.services[1].env.HTTP_PROXY", "set by trellis up"],
+        ),
+        (
+            "health both",
+            "  - {name: b, port: 1, command: [a], health: {httpGet: /h, tcp: true}}\n",
+            &["spec.services[1].health", "not both"],
+        ),
+        (
+            "health path",
+            "  - {name: b, port: 1, command: [a], health: {httpGet: h}}\n",
+            &["spec.services[1].health.httpGet", "must start with '/'"],
+        ),
+        (
+            "health interval",
+            "  - {name: b, port: 1, command: [a], health: {interval: soon}}\n",
+            &["spec.services[1].health.interval", "invalid duration"],
+        ),
+        (
+            "threshold",
+            "  - {name: b, port: 1, command: [a], health: {unhealthyThreshold: 0}}\n",
+            &["unhealthyThreshold", "1 or more"],
+        ),
     ];
     for (what, svc, needles) in cases {
         let errs = mesh(&format!("{head}{ok}{svc}")).expect_err(what);
@@ -110,8 +194,14 @@ fn bad_meshes_name_file_service_field_and_reason() {
 #[test]
 fn mesh_level_errors() {
     let errs = mesh("apiVersion: trellis.dev/v1alpha1\nkind: Mesh\nmetadata: {name: shop}\nspec: {services: []}\n").unwrap_err();
-    assert!(errs[0].contains("spec.services: a Mesh needs at least one service"), "{errs:?}");
-    let errs = mesh("apiVersion: trellis.dev/v1\nkind: Mesh\nmetadata: {name: shop}\nspec: {services: []}\n").unwrap_err();
+    assert!(
+        errs[0].contains("spec.services: a Mesh needs at least one service"),
+        "{errs:?}"
+    );
+    let errs = mesh(
+        "apiVersion: trellis.dev/v1\nkind: Mesh\nmetadata: {name: shop}\nspec: {services: []}\n",
+    )
+    .unwrap_err();
     assert!(errs[0].contains("apiVersion"), "{errs:?}");
     let errs = mesh("apiVersion: trellis.dev/v1alpha1\nkind: Mesh\nmetadata: {name: Shop}\nspec: {services: []}\n").unwrap_err();
     assert!(errs[0].contains("metadata.name"), "{errs:?}");
@@ -124,7 +214,12 @@ fn a_control_plane_refuses_a_mesh() {
     let errs = crate::parse_documents("m.yaml", GOOD).unwrap_err();
     assert_eq!(errs.0.len(), 1);
     let e = errs.0[0].to_string();
-    assert!(e.starts_with("m.yaml: Mesh default/shop: kind: a Mesh is run by `trellis up`, not applied"), "{e}");
+    assert!(
+        e.starts_with(
+            "m.yaml: Mesh default/shop: kind: a Mesh is run by `trellis up`, not applied"
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -156,8 +251,14 @@ spec:
     assert_eq!(g["metadata"]["name"], "front");
     assert_eq!(g["spec"]["hosts"], json!(["front"]));
     assert_eq!(g["spec"]["location"], "MESH_INTERNAL");
-    assert_eq!(g["spec"]["ports"], json!([{"number": 8080, "name": "http", "protocol": "HTTP"}]));
-    assert_eq!(g["spec"]["workloadSelector"]["labels"], json!({"app": "front"}));
+    assert_eq!(
+        g["spec"]["ports"],
+        json!([{"number": 8080, "name": "http", "protocol": "HTTP"}])
+    );
+    assert_eq!(
+        g["spec"]["workloadSelector"]["labels"],
+        json!({"app": "front"})
+    );
     assert_eq!(l.set.service_entries.len(), 2);
     assert_eq!(l.set.virtual_services.len(), 1);
     assert_eq!(l.files[0].1.len(), 1, "the Mesh is not a document to apply");
@@ -165,12 +266,20 @@ spec:
     // Without the Mesh the VirtualService routes to nothing: the generated
     // ServiceEntry is what makes the file valid.
     let errs = load(&[("vs.yaml".to_string(), vs.to_string())]).unwrap_err();
-    assert!(errs.0[0].to_string().contains("matches no ServiceEntry"), "{errs:?}");
+    assert!(
+        errs.0[0].to_string().contains("matches no ServiceEntry"),
+        "{errs:?}"
+    );
 
     let two = load(&[
         ("a.yaml".to_string(), GOOD.to_string()),
         ("b.yaml".to_string(), GOOD.to_string()),
     ])
     .unwrap_err();
-    assert!(two.0[0].to_string().contains("b.yaml: Mesh shop: -: a second Mesh"), "{two:?}");
+    assert!(
+        two.0[0]
+            .to_string()
+            .contains("b.yaml: Mesh shop: -: a second Mesh"),
+        "{two:?}"
+    );
 }
