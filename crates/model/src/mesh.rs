@@ -578,8 +578,9 @@ fn check_spec(
                 AppProtocol::Http
             }),
         };
-        let service_account = s.service_account.unwrap_or_else(|| s.name.clone());
-        if !valid_label(&service_account) {
+        // Checked only when written: the default is the name, checked above.
+        let service_account = s.service_account.clone().unwrap_or_else(|| s.name.clone());
+        if s.service_account.is_some() && !valid_label(&service_account) {
             push(
                 format!("{at}.serviceAccount"),
                 format!(

@@ -249,6 +249,28 @@ fn up_serves_restarts_a_crashed_app_and_stops_cleanly_on_sigint() {
         "the call was not mTLS from a: {raw}"
     );
 
+    // Callers are sent to the sidecar's inbound port (PORTS), not to the app.
+    let (_, _, body) = crate::support::http(
+        &format!("http://{}", up.api),
+        "GET",
+        "/api/v1/workloads",
+        "",
+        "",
+    );
+    let workloads: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let a = workloads["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["node"] == "a-0.default")
+        .unwrap_or_else(|| panic!("a-0 not registered: {workloads}"));
+    assert_eq!(
+        a["workload"]["ports"],
+        serde_json::json!({"http": 15006}),
+        "{a}"
+    );
+    assert_eq!(a["workload"]["labels"]["app"], "a", "{a}");
+
     // trellis top sees the pair, from the proxies' own metrics.
     let load = std::thread::spawn({
         let a_out = a_out.clone();
@@ -328,6 +350,50 @@ fn sigkill_of_up_leaves_no_process_behind() {
     up.wait_exit(Duration::from_secs(5));
     // The kernel sends each child SIGKILL when its parent dies (pdeathsig).
     all_dead_within(&pids, Duration::from_secs(5));
+}
+
+/// An app that keeps crashing: each crash reported with its last lines,
+/// restarted with growing delays, given up on; the mesh is then not ready
+/// in time, `up` says which workload waits for what, and stops the rest.
+#[test]
+fn a_crash_loop_is_given_up_and_up_fails_cleanly() {
+    let yaml = format!(
+        "{}  - name: c\n    port: 7070\n    command: [sh, -c, 'echo boom on $TRELLIS_LISTEN; exit 3']\n",
+        mesh("")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mesh.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    require_binaries();
+    let base = random_base();
+    let mut args = Up::args(dir.path(), &file, &base);
+    args.extend(["--ready-timeout".to_string(), "8s".to_string()]);
+    let run = trellis(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(run.code, 1, "{run:?}");
+    let out = &run.stdout;
+    assert!(out.contains("app c-0 crashed (exit code 3)"), "{out}");
+    assert!(
+        out.contains(&format!("    | boom on {base}.3:7070")),
+        "{out}"
+    );
+    for (delay, n) in [("250ms", 1), ("500ms", 2), ("1s", 3), ("2s", 4)] {
+        assert!(
+            out.contains(&format!("restarting app c-0 in {delay} (restart {n})")),
+            "{out}"
+        );
+    }
+    assert!(out.contains("app c-0 crashed 5 times in a row"), "{out}");
+    assert!(
+        run.stderr.contains(
+            "not every workload was ready within 8s: c-0 (waiting: app not listening yet"
+        ),
+        "{run:?}"
+    );
+    assert!(
+        out.ends_with("stopping: apps, then sidecars, then the control plane\nstopped\n"),
+        "{out}"
+    );
+    all_dead_within(&started(out), Duration::from_secs(1));
 }
 
 /// Each bad file fails with exit 1, names the file, the service and the
