@@ -25,9 +25,19 @@ pub struct PairCounts {
 }
 
 /// A bucket bound that sorts (`+Inf` last).
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+#[derive(Debug, Clone, Copy)]
 pub struct Bound(pub f64);
+impl PartialEq for Bound {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o).is_eq()
+    }
+}
 impl Eq for Bound {}
+impl PartialOrd for Bound {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
 impl Ord for Bound {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&o.0)
@@ -252,7 +262,7 @@ mod tests {
         assert!(close(r.p50, 0.001), "{:?}", r.p50); // rank 50 = the end of the first bucket
         assert!(close(r.p90, 0.002), "{:?}", r.p90); // rank 90 = the end of the second
         assert!(close(r.p99, 0.002), "{:?}", r.p99); // in +Inf: the largest bound
-        let text = render(&[r.clone()]);
+        let text = render(std::slice::from_ref(r));
         assert!(
             text.contains("a -> b") && text.contains("90.0%") && text.contains("1.0ms"),
             "{text}"
