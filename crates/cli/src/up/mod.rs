@@ -224,35 +224,43 @@ fn say(line: &str) {
 }
 
 fn print_event(e: &Event) {
+    for l in event_lines(e) {
+        say(&l);
+    }
+}
+
+/// What to tell the operator about a child.
+fn event_lines(e: &Event) -> Vec<String> {
     match e {
-        Event::Started { name, pid } => say(&format!("started {name} (pid {pid})")),
+        Event::Started { name, pid } => vec![format!("started {name} (pid {pid})")],
         Event::Crashed {
             name,
             status,
             tail,
             log,
-        } => {
-            say(&format!(
-                "{name} crashed ({status}); its last lines (all in {}):",
-                log.display()
-            ));
-            for l in tail {
-                say(&format!("    | {l}"));
-            }
-        }
+        } => std::iter::once(format!(
+            "{name} crashed ({status}); its last lines (all in {}):",
+            log.display()
+        ))
+        .chain(tail.iter().map(|l| format!("    | {l}")))
+        .collect(),
         Event::Restarting {
             name,
             after,
             attempt,
-        } => say(&format!(
+        } => vec![format!(
             "restarting {name} in {after:?} (restart {attempt})"
-        )),
-        Event::GaveUp { name, crashes } => say(&format!(
+        )],
+        Event::GaveUp { name, crashes } => vec![format!(
             "{name} crashed {crashes} times in a row, each within seconds of starting: not restarting it again"
-        )),
-        Event::SpawnFailed { name, error } => say(&format!("cannot start {name}: {error}")),
+        )],
+        Event::SpawnFailed { name, error } => vec![format!("cannot start {name}: {error}")],
     }
 }
+
+/// Lines of recent events kept under the live table, which redraws the
+/// screen and would otherwise wipe a crash report within a second.
+const RECENT_EVENT_LINES: usize = 16;
 
 async fn orchestrate(a: &UpArgs, p: Prepared) -> Result<(), UpError> {
     let (mut sup, mut events) = Supervisor::new(RestartPolicy::default());
@@ -327,10 +335,19 @@ async fn orchestrate(a: &UpArgs, p: Prepared) -> Result<(), UpError> {
         banner(a, &p);
         let watch = a.watch || std::io::stdout().is_terminal();
         let mut prev = None;
+        let mut recent: std::collections::VecDeque<String> = Default::default();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                Some(e) = events.recv() => print_event(&e),
+                Some(e) = events.recv() => {
+                    for l in event_lines(&e) {
+                        say(&l);
+                        if recent.len() == RECENT_EVENT_LINES {
+                            recent.pop_front();
+                        }
+                        recent.push_back(l);
+                    }
+                }
                 _ = sigint.recv() => return Ok(()),
                 _ = sigterm.recv() => return Ok(()),
                 _ = tick.tick(), if watch => {
@@ -338,7 +355,15 @@ async fn orchestrate(a: &UpArgs, p: Prepared) -> Result<(), UpError> {
                         if let Some(prev) = &prev {
                             let text = top::table(prev, &cur);
                             if std::io::stdout().is_terminal() {
-                                top::redraw(&format!("mesh {:?} (Ctrl-C stops it)\n{text}", p.mesh.name));
+                                let mut screen = format!("mesh {:?} (Ctrl-C stops it)\n{text}", p.mesh.name);
+                                if !recent.is_empty() {
+                                    screen.push_str("\nrecent events:\n");
+                                    for l in &recent {
+                                        screen.push_str(l);
+                                        screen.push('\n');
+                                    }
+                                }
+                                top::redraw(&screen);
                             } else {
                                 say(&text);
                             }
