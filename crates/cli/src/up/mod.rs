@@ -376,8 +376,15 @@ async fn orchestrate(a: &UpArgs, p: Prepared) -> Result<(), UpError> {
     }
     .await;
     say("stopping: apps, then sidecars, then the control plane");
-    // Events of the stop itself are not crashes; drop them.
-    sup.stop().await;
+    tokio::select! {
+        () = sup.stop() => {}
+        // A second Ctrl-C: no more waiting. Exiting is enough, the kernel
+        // SIGKILLs every child (pdeathsig).
+        _ = sigint.recv() => {
+            say("interrupted again: killing everything");
+            std::process::exit(130);
+        }
+    }
     while let Ok(e) = events.try_recv() {
         if !matches!(e, Event::Started { .. }) {
             print_event(&e);

@@ -396,6 +396,44 @@ fn a_crash_loop_is_given_up_and_up_fails_cleanly() {
     all_dead_within(&started(out), Duration::from_secs(1));
 }
 
+/// An app that ignores SIGTERM holds the stop until SIGKILL after the
+/// timeout; a second Ctrl-C does not wait: `up` exits at once and the
+/// kernel kills every child.
+#[test]
+fn a_second_ctrl_c_kills_everything_at_once() {
+    let echo = Path::new(BIN).with_file_name("trellis-echo");
+    let yaml = mesh("").replace(
+        "command: [trellis-echo]\n  - name: b",
+        &format!(
+            "command: [sh, -c, \"trap '' TERM; exec {}\"]\n  - name: b",
+            echo.display()
+        ),
+    );
+    let mut up = Up::start(&yaml);
+    up.wait_for("is up: 2 workloads", Duration::from_secs(90));
+    let pids = up.pids();
+    up.signal("INT");
+    up.wait_for("stopping: apps, then sidecars", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, app) = pids.iter().find(|(n, _)| n == "app a-0").unwrap();
+    assert!(
+        !dead(*app),
+        "a-0 ignores SIGTERM, so it should still run:\n{}",
+        up.output()
+    );
+    assert!(!up.output().contains("stopped"), "{}", up.output());
+    up.signal("INT");
+    let status = up.wait_exit(Duration::from_secs(3));
+    assert_eq!(status.code(), Some(130), "{}", up.output());
+    assert!(
+        up.output()
+            .contains("interrupted again: killing everything"),
+        "{}",
+        up.output()
+    );
+    all_dead_within(&pids, Duration::from_secs(5));
+}
+
 /// Each bad file fails with exit 1, names the file, the service and the
 /// problem, and starts nothing.
 #[test]
