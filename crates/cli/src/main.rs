@@ -13,6 +13,8 @@ mod identity;
 mod output;
 mod progress;
 mod proxy_config;
+mod top;
+mod up;
 mod wait;
 
 use std::net::{IpAddr, SocketAddr};
@@ -23,7 +25,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use http::Method;
 use serde_json::Value;
-use trellis_model::{ConfigError, ConfigErrors, ResourceSet};
+use trellis_model::{ConfigError, ConfigErrors};
 
 use client::{Client, ClientError, DEFAULT_SERVER};
 use output::Format;
@@ -70,6 +72,10 @@ enum Command {
     /// The certificate authority's roots: list, rotate, remove.
     #[command(subcommand)]
     Ca(identity::CaCommand),
+    /// Run a whole mesh on this machine from one Mesh file (docs/up.md).
+    Up(up::UpArgs),
+    /// Live golden signals per service pair, from every proxy's metrics.
+    Top(top::TopArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -374,6 +380,11 @@ fn main() -> ExitCode {
         Command::Bootstrap(BootstrapCommand::Grpc(a)) => bootstrap_grpc(a),
         Command::Token(c) => identity::token(c),
         Command::Ca(c) => identity::ca(c),
+        Command::Up(a) => up::run(a).map_err(|e| Failure {
+            details: e.details(),
+            ..Failure::new(e)
+        }),
+        Command::Top(a) => top::run(a).map_err(Failure::new),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -785,30 +796,29 @@ fn encode_path(s: &str) -> String {
 
 fn check(a: CheckArgs) -> Result<(), Failure> {
     let files = files::read(&a.files)?;
-    let mut errors = ConfigErrors::default();
-    let mut set = ResourceSet::default();
-    for (name, text) in &files {
-        match trellis_model::parse_documents(name, text) {
-            Ok(rs) => rs.into_iter().for_each(|r| set.push(r)),
-            Err(es) => errors.0.extend(es.0),
-        }
-    }
-    if errors.is_empty()
-        && let Err(es) = trellis_model::validate::validate(&set)
-    {
-        errors = es;
-    }
-    if !errors.is_empty() {
+    // A Mesh (`trellis up`) is validated too, with the ServiceEntries it
+    // would generate, so a file that `up` runs checks clean here.
+    let loaded = trellis_model::mesh::load(&files).map_err(|errors| {
         let n = errors.0.len();
-        return Err(Failure {
+        Failure {
             message: format!("{n} error{} in config", if n == 1 { "" } else { "s" }),
             details: errors.0,
             code: 1,
-        });
-    }
-    let (r, f) = (set.len(), files.len());
+        }
+    })?;
+    let r = loaded.set.len() - loaded.generated.len();
+    let f = files.len();
+    let mesh = match &loaded.mesh {
+        Some(m) => format!(
+            " (and Mesh {}: {} services, {} workloads)",
+            m.name,
+            m.services.len(),
+            m.workload_count()
+        ),
+        None => String::new(),
+    };
     println!(
-        "{r} resource{} in {f} file{} valid",
+        "{r} resource{} in {f} file{} valid{mesh}",
         if r == 1 { "" } else { "s" },
         if f == 1 { " is" } else { "s are" }
     );

@@ -11,6 +11,7 @@ pub mod duration;
 pub mod error;
 pub mod host;
 pub mod load;
+pub mod mesh;
 pub mod networking;
 pub mod peer_authentication;
 pub mod policy;

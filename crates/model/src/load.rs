@@ -32,9 +32,27 @@ pub struct Document {
 
 /// Like [`parse_documents`], keeping each document as written.
 pub fn parse_documents_raw(file: &str, text: &str) -> Result<Vec<Document>, ConfigErrors> {
+    let docs = parse_yaml(file, text)?;
     let mut errors = ConfigErrors::default();
-    let docs: Vec<Value> = match serde_saphyr::from_multiple(text) {
-        Ok(docs) => docs,
+    let mut out = Vec::with_capacity(docs.len());
+    for (i, doc) in docs.into_iter().enumerate() {
+        match parse_resource(file, i + 1, doc.clone()) {
+            Ok(resource) => out.push(Document { resource, raw: doc }),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The documents of one YAML text, as JSON values.
+pub(crate) fn parse_yaml(file: &str, text: &str) -> Result<Vec<Value>, ConfigErrors> {
+    let mut errors = ConfigErrors::default();
+    match serde_saphyr::from_multiple(text) {
+        Ok(docs) => Ok(docs),
         Err(e) => {
             errors.push(ConfigError::new(
                 file,
@@ -48,20 +66,8 @@ pub fn parse_documents_raw(file: &str, text: &str) -> Result<Vec<Document>, Conf
                         .replace(", set DuplicateKeyPolicy in Options if acceptable", "")
                 ),
             ));
-            return Err(errors);
+            Err(errors)
         }
-    };
-    let mut out = Vec::with_capacity(docs.len());
-    for (i, doc) in docs.into_iter().enumerate() {
-        match parse_resource(file, i + 1, doc.clone()) {
-            Ok(resource) => out.push(Document { resource, raw: doc }),
-            Err(e) => errors.push(e),
-        }
-    }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
     }
 }
 
@@ -150,7 +156,11 @@ fn read_limited(path: &Path) -> Result<String, String> {
     String::from_utf8(bytes).map_err(|e| format!("file is not UTF-8: {e}"))
 }
 
-fn parse_resource(file: &str, index: usize, doc: Value) -> Result<Resource, ConfigError> {
+pub(crate) fn parse_resource(
+    file: &str,
+    index: usize,
+    doc: Value,
+) -> Result<Resource, ConfigError> {
     let anon = format!("document {index}");
     let Value::Object(mut map) = doc else {
         return Err(ConfigError::new(
@@ -187,6 +197,13 @@ fn parse_resource(file: &str, index: usize, doc: Value) -> Result<Resource, Conf
         .unwrap_or_else(|| format!("{kind_name} ({anon})"));
     let err = |field: &str, reason: String| ConfigError::new(file, &name_hint, field, reason);
 
+    if kind_name == crate::mesh::KIND {
+        // The one kind a control plane or proxy is never given.
+        return Err(err(
+            "kind",
+            "a Mesh is run by `trellis up`, not applied: run `trellis up -f FILE` (it applies the other resources of the file itself), or remove the Mesh document".into(),
+        ));
+    }
     let Some(kind) = Kind::parse(&kind_name) else {
         return Err(err(
             "kind",
@@ -287,7 +304,7 @@ fn parse_resource(file: &str, index: usize, doc: Value) -> Result<Resource, Conf
 }
 
 /// Deserialize with the path of the failing field, e.g. `spec.http[0].route`.
-fn typed<T: DeserializeOwned>(value: Value, root: &str) -> Result<T, (String, String)> {
+pub(crate) fn typed<T: DeserializeOwned>(value: Value, root: &str) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let inner = e.path().to_string();
         let mut reason = e.inner().to_string();

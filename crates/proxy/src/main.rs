@@ -109,6 +109,16 @@ struct SidecarArgs {
     /// over SDS. Keep the file 0600; the token is never logged.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// With --xds: the workload's ports by service port name, http=15006,grpc=9090
+    /// (node metadata PORTS: where a ServiceEntry's workloadSelector sends
+    /// callers; `trellis up` names its sidecar's inbound port here).
+    #[arg(long, value_parser = parse_ports)]
+    ports: Option<std::collections::BTreeMap<String, u16>>,
+    /// With --xds: ask the control plane to probe this workload (node
+    /// metadata HEALTH_CHECK, docs/xds.md), as JSON, e.g.
+    /// '{"http_path":"/healthz","port":9090,"interval":"2s"}'.
+    #[arg(long, value_parser = parse_health_check, value_name = "JSON")]
+    health_check: Option<serde_json::Map<String, serde_json::Value>>,
     /// With --token-file: the certificate lifetime to ask for, e.g. 1h
     /// [default: the CA's, 24h].
     #[arg(long, value_parser = parse_duration)]
@@ -145,6 +155,31 @@ fn parse_labels(s: &str) -> Result<std::collections::BTreeMap<String, String>, S
         .collect()
 }
 
+fn parse_ports(s: &str) -> Result<std::collections::BTreeMap<String, u16>, String> {
+    s.split(',')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("{kv:?} is not name=port"))?;
+            let port: u16 = v
+                .parse()
+                .map_err(|_| format!("{v:?} (port of {k}) is not a port number"))?;
+            Ok((k.to_string(), port))
+        })
+        .collect()
+}
+
+/// Only the shape is checked here; the control plane checks the keys and
+/// says what is wrong on `GET /api/v1/proxies`.
+fn parse_health_check(s: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_str(s) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err("expected a JSON object, e.g. {\"tcp\":true,\"port\":9090}".into()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     trellis_model::duration::parse(s)
 }
@@ -163,11 +198,13 @@ fn main() -> ExitCode {
             let xds_only = a.address.is_some()
                 || a.service_account.is_some()
                 || a.token_file.is_some()
-                || a.cert_lifetime.is_some();
+                || a.cert_lifetime.is_some()
+                || a.ports.is_some()
+                || a.health_check.is_some();
             let config = match (a.config_dir, a.xds) {
                 (Some(_), None) if xds_only => {
                     eprintln!(
-                        "trellis-proxy: --address, --service-account, --token-file and --cert-lifetime concern a control plane: use them with --xds HOST:PORT"
+                        "trellis-proxy: --address, --service-account, --ports, --health-check, --token-file and --cert-lifetime concern a control plane: use them with --xds HOST:PORT"
                     );
                     return ExitCode::from(2);
                 }
@@ -201,6 +238,8 @@ fn main() -> ExitCode {
                         address: a.address,
                         token,
                         cert_lifetime: a.cert_lifetime,
+                        ports: a.ports.clone().unwrap_or_default(),
+                        health_check: a.health_check.clone(),
                     })
                 }
                 _ => {

@@ -57,6 +57,10 @@ pub struct XdsSettings {
     /// The certificate lifetime to ask for (`--cert-lifetime`); None: the
     /// CA's default (24 h).
     pub cert_lifetime: Option<Duration>,
+    /// Node metadata `PORTS`: service port name -> the workload's port.
+    pub ports: std::collections::BTreeMap<String, u16>,
+    /// Node metadata `HEALTH_CHECK`, passed through as written.
+    pub health_check: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Clone)]
@@ -491,6 +495,22 @@ fn node(
         // its callers to use TLS (Istio's `security.istio.io/tlsMode`).
         fields.insert("TLS_MODE", s("istio"));
     }
+    if !x.ports.is_empty() {
+        fields.insert(
+            "PORTS",
+            Value {
+                kind: Some(Kind::StructValue(Struct {
+                    fields: x.ports.iter().map(|(k, p)| (k.clone(), n(*p))).collect(),
+                })),
+            },
+        );
+    }
+    if let Some(hc) = &x.health_check {
+        fields.insert(
+            "HEALTH_CHECK",
+            json_to_value(&serde_json::Value::Object(hc.clone())),
+        );
+    }
     fields.insert("OUTBOUND_PORT", n(outbound.port()));
     fields.insert("INBOUND_PORT", n(inbound.port()));
     let id = format!("{}.{}", x.workload, settings.namespace);
@@ -511,6 +531,27 @@ fn node(
         user_agent_name: "trellis-proxy".to_string(),
         ..Default::default()
     }
+}
+
+/// JSON as a protobuf `Value`, for metadata given as JSON (`--health-check`).
+fn json_to_value(v: &serde_json::Value) -> envoy_types::pb::google::protobuf::Value {
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(json_to_value).collect(),
+        }),
+        serde_json::Value::Object(m) => Kind::StructValue(Struct {
+            fields: m
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_value(v)))
+                .collect(),
+        }),
+    };
+    Value { kind: Some(kind) }
 }
 
 fn write_addr_file(path: &std::path::Path, addrs: &[(&str, SocketAddr)]) -> std::io::Result<()> {

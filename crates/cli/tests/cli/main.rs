@@ -9,6 +9,7 @@ mod mtls;
 mod outage;
 mod proxyless;
 mod support;
+mod up;
 mod verbs;
 
 use std::os::unix::fs::PermissionsExt;

@@ -388,7 +388,7 @@ async fn routes_updates_nacks_and_survives_an_outage() {
 
 #[test]
 fn xds_and_config_dir_are_exclusive() {
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 11] = [
         (
             &[
                 "sidecar",
@@ -413,6 +413,44 @@ fn xds_and_config_dir_are_exclusive() {
         (
             &["sidecar", "--config-dir", "/tmp", "--token-file", "/tmp/t"],
             "use them with --xds HOST:PORT",
+        ),
+        (
+            &["sidecar", "--config-dir", "/tmp", "--ports", "http=15006"],
+            "use them with --xds HOST:PORT",
+        ),
+        (
+            &[
+                "sidecar",
+                "--config-dir",
+                "/tmp",
+                "--health-check",
+                "{\"tcp\":true}",
+            ],
+            "use them with --xds HOST:PORT",
+        ),
+        (
+            &[
+                "sidecar",
+                "--xds",
+                "127.0.0.1:1",
+                "--workload",
+                "a",
+                "--ports",
+                "http=x",
+            ],
+            "\"x\" (port of http) is not a port number",
+        ),
+        (
+            &[
+                "sidecar",
+                "--xds",
+                "127.0.0.1:1",
+                "--workload",
+                "a",
+                "--health-check",
+                "[1]",
+            ],
+            "expected a JSON object",
         ),
         (
             &[
