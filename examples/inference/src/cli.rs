@@ -13,7 +13,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     long_about = "The AI inference demo's services: gateway -> preprocess -> inference -> postprocess, and a load generator.\n\n\
 Run by `trellis up` (examples/inference/mesh.yaml), each service reads where to listen from TRELLIS_LISTEN, \
 who it is from TRELLIS_SERVICE / TRELLIS_WORKLOAD / TRELLIS_VERSION, and calls the next hop by its mesh name \
-through its sidecar (HTTP_PROXY, else TRELLIS_OUTBOUND). Flags override the environment."
+through its sidecar (HTTP_PROXY, else TRELLIS_OUTBOUND). Flags override the environment.",
+    // A flag given twice takes the last value, so a wrapper (a test, a
+    // script) can append flags to a mesh file's command.
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -129,9 +129,12 @@ fn has_port(authority: &str) -> bool {
 }
 
 fn host_port(source_name: &str, value: &str) -> Result<String, SettingsError> {
-    let ok = value
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    // An IPv6 host must be bracketed, so the last ':' is the port's.
+    let ok = value.rsplit_once(':').is_some_and(|(host, port)| {
+        let host_ok = !host.is_empty()
+            && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')));
+        host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
+    });
     if ok {
         Ok(value.to_string())
     } else {
