@@ -48,10 +48,6 @@ impl Upstream {
         }
     }
 
-    pub fn via(&self) -> &Via {
-        &self.via
-    }
-
     /// `method url` with `body` as JSON and `headers` added; a 2xx answer's
     /// JSON decoded as `T`, anything else an [`UpstreamFailure`].
     pub async fn call<B: Serialize, T: DeserializeOwned>(
@@ -62,11 +58,11 @@ impl Upstream {
         body: Option<&B>,
     ) -> Result<Reply<T>, UpstreamFailure> {
         let bytes = match body {
-            Some(b) => Bytes::from(serde_json::to_vec(b).map_err(|e| {
-                UpstreamFailure::BadBody {
+            Some(b) => {
+                Bytes::from(serde_json::to_vec(b).map_err(|e| UpstreamFailure::BadBody {
                     detail: format!("cannot encode the request: {e}"),
-                }
-            })?),
+                })?)
+            }
             None => Bytes::new(),
         };
         let mut req = Request::builder()
@@ -84,7 +80,11 @@ impl Upstream {
             );
         }
         let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| self.classify(url, &e))?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| self.classify(url, &e))?;
             let (parts, body) = resp.into_parts();
             let body = http_body_util::Limited::new(body, MAX_BODY)
                 .collect()
@@ -123,7 +123,11 @@ impl Upstream {
         if e.is_connect() {
             let (addr, sidecar) = match self.via.fixed_addr() {
                 Some(a) => (a.to_string(), true),
-                None => (url.authority().map_or_else(String::new, ToString::to_string), false),
+                None => (
+                    url.authority()
+                        .map_or_else(String::new, ToString::to_string),
+                    false,
+                ),
             };
             UpstreamFailure::Unreachable {
                 addr,

@@ -74,7 +74,10 @@ pub fn error_reply(
     failure: &UpstreamFailure,
 ) -> (StatusCode, ErrorBody) {
     if let UpstreamFailure::Status {
-        status, body, reason: None, ..
+        status,
+        body,
+        reason: None,
+        ..
     } = failure
         && let Ok(mut inner) = serde_json::from_slice::<ErrorBody>(body)
     {

@@ -205,7 +205,9 @@ pub async fn run(settings: LoadSettings, upstream: Upstream, stats: Arc<Stats>) 
         }
     }
     // Wait for what is in flight.
-    let _ = permits.acquire_many(settings.concurrency.max(1) as u32).await;
+    let _ = permits
+        .acquire_many(settings.concurrency.max(1) as u32)
+        .await;
 }
 
 async fn send_one(upstream: &Upstream, target: &Uri, prompt: &str) -> Outcome {

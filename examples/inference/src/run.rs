@@ -24,7 +24,9 @@ use crate::stages::{Role, Stage};
 pub enum RunError {
     #[error(transparent)]
     Settings(#[from] SettingsError),
-    #[error("cannot listen on {addr}: {source} (is another process on that port? set TRELLIS_LISTEN or --listen)")]
+    #[error(
+        "cannot listen on {addr}: {source} (is another process on that port? set TRELLIS_LISTEN or --listen)"
+    )]
     Listen {
         addr: String,
         source: std::io::Error,
@@ -81,7 +83,12 @@ pub async fn run(command: Command) -> Result<(), RunError> {
                     .map_err(|e| bad_flag("latency-ms", &ms.to_string(), e.to_string()))?;
             }
             if !(0.0..=2.0).contains(sigma) {
-                return Err(bad_flag("sigma", &sigma.to_string(), "must be between 0 and 2".into()).into());
+                return Err(bad_flag(
+                    "sigma",
+                    &sigma.to_string(),
+                    "must be between 0 and 2".into(),
+                )
+                .into());
             }
             latency.sigma = *sigma;
             Role::Inference {
@@ -101,7 +108,20 @@ pub async fn run(command: Command) -> Result<(), RunError> {
             ..
         } => {
             if !(rate.is_finite() && *rate > 0.0 && *rate <= 100_000.0) {
-                return Err(bad_flag("rate", &rate.to_string(), "must be above 0 and at most 100000 requests per second".into()).into());
+                return Err(bad_flag(
+                    "rate",
+                    &rate.to_string(),
+                    "must be above 0 and at most 100000 requests per second".into(),
+                )
+                .into());
+            }
+            if !(1..=10_000).contains(concurrency) {
+                return Err(bad_flag(
+                    "concurrency",
+                    &concurrency.to_string(),
+                    "must be between 1 and 10000".into(),
+                )
+                .into());
             }
             load_settings = Some(LoadSettings {
                 target: next_hop("target", target)?,

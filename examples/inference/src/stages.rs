@@ -108,7 +108,10 @@ impl Stage {
             return self.refuse(
                 StatusCode::NOT_FOUND,
                 ctx,
-                format!("{} serves {endpoint} and /healthz, not {path}", self.me.service),
+                format!(
+                    "{} serves {endpoint} and /healthz, not {path}",
+                    self.me.service
+                ),
             );
         }
         let gateway_get = matches!(self.role, Role::Gateway { .. }) && req.method() == Method::GET;
@@ -294,7 +297,10 @@ impl Stage {
             self.refuse(
                 StatusCode::BAD_REQUEST,
                 ctx,
-                format!("the request body is not the JSON {} expects: {e}", self.me.service),
+                format!(
+                    "the request body is not the JSON {} expects: {e}",
+                    self.me.service
+                ),
             )
         })
     }

@@ -88,7 +88,11 @@ pub fn generate(model: &str, tokens: &[Token], max_tokens: usize) -> Vec<String>
 pub fn format_answer(tokens: &[String]) -> String {
     let mut text = tokens.join(" ");
     if let Some(start) = text.find(char::is_alphabetic) {
-        let upper: String = text[start..].chars().take(1).flat_map(char::to_uppercase).collect();
+        let upper: String = text[start..]
+            .chars()
+            .take(1)
+            .flat_map(char::to_uppercase)
+            .collect();
         let len = text[start..].chars().next().map_or(0, char::len_utf8);
         text.replace_range(start..start + len, &upper);
     }

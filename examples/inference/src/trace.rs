@@ -59,7 +59,9 @@ pub fn parse_traceparent(value: &str) -> Option<(String, String)> {
         return None;
     };
     let hex_of = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
     (*version == "00"

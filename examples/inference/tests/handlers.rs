@@ -41,7 +41,10 @@ fn normalising_lowercases_and_collapses_whitespace() {
 fn tokens_are_words_and_punctuation_with_stable_ids() {
     let tokens = tokenise("what's a mesh? it's 2 things.");
     let texts: Vec<&str> = tokens.iter().map(|t| t.text.as_str()).collect();
-    assert_eq!(texts, ["what's", "a", "mesh", "?", "it's", "2", "things", "."]);
+    assert_eq!(
+        texts,
+        ["what's", "a", "mesh", "?", "it's", "2", "things", "."]
+    );
     // The same word, the same id, wherever it is; different words differ.
     let again = tokenise("mesh mesh things");
     assert_eq!(again[0].id, again[1].id);
@@ -55,19 +58,34 @@ fn tokens_are_words_and_punctuation_with_stable_ids() {
 #[test]
 fn the_two_models_answer_differently() {
     let tokens = tokenise("what is a service mesh");
-    assert_eq!(generate("slow", &tokens, 32), ["mesh", "service", "a", "is", "what"]);
+    assert_eq!(
+        generate("slow", &tokens, 32),
+        ["mesh", "service", "a", "is", "what"]
+    );
     assert_eq!(generate("fast", &tokens, 32), ["mesh", "service", "what"]);
     assert_eq!(generate("slow", &tokens, 2), ["mesh", "service"]);
-    assert_eq!(format_answer(&["mesh".into(), "service".into()]), "Mesh service.");
+    assert_eq!(
+        format_answer(&["mesh".into(), "service".into()]),
+        "Mesh service."
+    );
     assert_eq!(format_answer(&["why?".into()]), "Why?");
     assert_eq!(format_answer(&[]), "");
 }
 
 #[test]
 fn the_prompt_comes_from_the_query_string() {
-    assert_eq!(query_param("prompt=hello+world%21&x=1", "prompt").as_deref(), Some("hello world!"));
-    assert_eq!(query_param("x=1&prompt=%C3%A9t%C3%A9", "prompt").as_deref(), Some("été"));
-    assert_eq!(query_param("prompt=100%", "prompt").as_deref(), Some("100%"));
+    assert_eq!(
+        query_param("prompt=hello+world%21&x=1", "prompt").as_deref(),
+        Some("hello world!")
+    );
+    assert_eq!(
+        query_param("x=1&prompt=%C3%A9t%C3%A9", "prompt").as_deref(),
+        Some("été")
+    );
+    assert_eq!(
+        query_param("prompt=100%", "prompt").as_deref(),
+        Some("100%")
+    );
     assert_eq!(query_param("prompts=no", "prompt"), None);
 }
 
@@ -86,27 +104,81 @@ fn a_failed_hop_becomes_502_or_503_naming_the_hop_and_reason() {
     };
     // (failure, status, reason, upstream status)
     let cases = [
-        (status(403, Some("rbac_denied"), "RBAC: access denied"), 502, Some("rbac_denied"), Some(403)),
-        (status(503, Some("upstream_connect_failure"), ""), 503, Some("upstream_connect_failure"), Some(503)),
-        (status(504, Some("upstream_timeout"), ""), 503, Some("upstream_timeout"), Some(504)),
-        (status(429, Some("rate_limited"), ""), 503, Some("rate_limited"), Some(429)),
-        (status(500, None, "boom"), 502, None, Some(500)),
-        (status(404, Some("route_not_found"), ""), 502, Some("route_not_found"), Some(404)),
         (
-            UpstreamFailure::Unreachable { addr: "127.0.1.1:15001".into(), sidecar: true, detail: "refused".into() },
+            status(403, Some("rbac_denied"), "RBAC: access denied"),
+            502,
+            Some("rbac_denied"),
+            Some(403),
+        ),
+        (
+            status(503, Some("upstream_connect_failure"), ""),
+            503,
+            Some("upstream_connect_failure"),
+            Some(503),
+        ),
+        (
+            status(504, Some("upstream_timeout"), ""),
+            503,
+            Some("upstream_timeout"),
+            Some(504),
+        ),
+        (
+            status(429, Some("rate_limited"), ""),
+            503,
+            Some("rate_limited"),
+            Some(429),
+        ),
+        (status(500, None, "boom"), 502, None, Some(500)),
+        (
+            status(404, Some("route_not_found"), ""),
+            502,
+            Some("route_not_found"),
+            Some(404),
+        ),
+        (
+            UpstreamFailure::Unreachable {
+                addr: "127.0.1.1:15001".into(),
+                sidecar: true,
+                detail: "refused".into(),
+            },
             503,
             Some("sidecar_unreachable"),
             None,
         ),
         (
-            UpstreamFailure::Unreachable { addr: "inference:9090".into(), sidecar: false, detail: "refused".into() },
+            UpstreamFailure::Unreachable {
+                addr: "inference:9090".into(),
+                sidecar: false,
+                detail: "refused".into(),
+            },
             503,
             Some("connect_failure"),
             None,
         ),
-        (UpstreamFailure::Timeout { after: Duration::from_secs(10) }, 503, Some("timeout"), None),
-        (UpstreamFailure::Broken { detail: "reset".into() }, 503, Some("connection_broken"), None),
-        (UpstreamFailure::BadBody { detail: "eof".into() }, 502, Some("bad_response"), None),
+        (
+            UpstreamFailure::Timeout {
+                after: Duration::from_secs(10),
+            },
+            503,
+            Some("timeout"),
+            None,
+        ),
+        (
+            UpstreamFailure::Broken {
+                detail: "reset".into(),
+            },
+            503,
+            Some("connection_broken"),
+            None,
+        ),
+        (
+            UpstreamFailure::BadBody {
+                detail: "eof".into(),
+            },
+            502,
+            Some("bad_response"),
+            None,
+        ),
     ];
     for (failure, want_status, want_reason, want_upstream) in cases {
         let (s, body) = reply(failure.clone());
@@ -120,15 +192,22 @@ fn a_failed_hop_becomes_502_or_503_naming_the_hop_and_reason() {
     }
     // The sidecar's refusal is told apart from the app's own error.
     let (_, denied) = reply(status(403, Some("rbac_denied"), ""));
-    assert_eq!(denied.error, "gateway -> inference failed: gateway's sidecar answered 403 (rbac_denied)");
+    assert_eq!(
+        denied.error,
+        "gateway -> inference failed: gateway's sidecar answered 403 (rbac_denied)"
+    );
     let (_, app) = reply(status(500, None, ""));
-    assert_eq!(app.error, "gateway -> inference failed: inference answered 500");
+    assert_eq!(
+        app.error,
+        "gateway -> inference failed: inference answered 500"
+    );
 }
 
 #[test]
 fn an_error_from_a_deeper_hop_keeps_its_hop_and_gains_the_way_back() {
     let deep = ErrorBody {
-        error: "inference -> postprocess failed: inference's sidecar answered 503 (fault_injected)".into(),
+        error: "inference -> postprocess failed: inference's sidecar answered 503 (fault_injected)"
+            .into(),
         hop: "inference -> postprocess".into(),
         upstream_status: Some(503),
         reason: Some("fault_injected".into()),
@@ -141,7 +220,11 @@ fn an_error_from_a_deeper_hop_keeps_its_hop_and_gains_the_way_back() {
         "preprocess-0",
         "inference",
         "rid-1",
-        &UpstreamFailure::Status { status: 503, reason: None, body: body.clone() },
+        &UpstreamFailure::Status {
+            status: 503,
+            reason: None,
+            body: body.clone(),
+        },
     );
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(e.hop, "inference -> postprocess");
@@ -153,10 +236,17 @@ fn an_error_from_a_deeper_hop_keeps_its_hop_and_gains_the_way_back() {
         "preprocess-0",
         "inference",
         "rid-1",
-        &UpstreamFailure::Status { status: 503, reason: Some("upstream_per_try_timeout".into()), body },
+        &UpstreamFailure::Status {
+            status: 503,
+            reason: Some("upstream_per_try_timeout".into()),
+            body,
+        },
     );
     assert_eq!(by_sidecar.hop, "preprocess -> inference");
-    assert_eq!(by_sidecar.reason.as_deref(), Some("upstream_per_try_timeout"));
+    assert_eq!(
+        by_sidecar.reason.as_deref(),
+        Some("upstream_per_try_timeout")
+    );
 }
 
 // ------------------------------------------------------------------ trace
@@ -169,7 +259,10 @@ fn trace_context_is_kept_or_started() {
     assert_eq!(fresh.request_id.len(), 32);
     assert_eq!(fresh.trace_id.len(), 32);
     let (trace, flags) = parse_traceparent(&fresh.outgoing_traceparent).expect("valid traceparent");
-    assert_eq!((trace.as_str(), flags.as_str()), (fresh.trace_id.as_str(), "01"));
+    assert_eq!(
+        (trace.as_str(), flags.as_str()),
+        (fresh.trace_id.as_str(), "01")
+    );
 
     h.insert("x-request-id", HeaderValue::from_static("req-42"));
     h.insert(
@@ -179,9 +272,18 @@ fn trace_context_is_kept_or_started() {
     let kept = context(&h, &mut rng);
     assert_eq!(kept.request_id, "req-42");
     assert_eq!(kept.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert!(kept.outgoing_traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
-    assert!(kept.outgoing_traceparent.ends_with("-00"), "the sampled flag is kept");
-    assert!(!kept.outgoing_traceparent.contains("00f067aa0ba902b7"), "a new span id");
+    assert!(
+        kept.outgoing_traceparent
+            .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+    );
+    assert!(
+        kept.outgoing_traceparent.ends_with("-00"),
+        "the sampled flag is kept"
+    );
+    assert!(
+        !kept.outgoing_traceparent.contains("00f067aa0ba902b7"),
+        "a new span id"
+    );
 
     for bad in [
         "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -198,23 +300,39 @@ fn trace_context_is_kept_or_started() {
 // ------------------------------------------------------------------ settings
 
 fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-    let map: BTreeMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let map: BTreeMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     move |k| map.get(k).cloned()
 }
 
 #[test]
 fn the_way_out_is_the_flag_then_http_proxy_then_trellis_outbound() {
-    let both = [("HTTP_PROXY", "http://127.0.1.3:15001"), ("TRELLIS_OUTBOUND", "127.0.1.3:15001")];
-    assert_eq!(resolve_via(None, None, env_of(&both)), Ok(Via::Proxy("127.0.1.3:15001".into())));
+    let both = [
+        ("HTTP_PROXY", "http://127.0.1.3:15001"),
+        ("TRELLIS_OUTBOUND", "127.0.1.3:15001"),
+    ];
+    assert_eq!(
+        resolve_via(None, None, env_of(&both)),
+        Ok(Via::Proxy("127.0.1.3:15001".into()))
+    );
     assert_eq!(
         resolve_via(None, None, env_of(&[("http_proxy", "http://127.0.0.1:9/")])),
         Ok(Via::Proxy("127.0.0.1:9".into()))
     );
     assert_eq!(
-        resolve_via(None, None, env_of(&[("TRELLIS_OUTBOUND", "127.0.1.3:15001")])),
+        resolve_via(
+            None,
+            None,
+            env_of(&[("TRELLIS_OUTBOUND", "127.0.1.3:15001")])
+        ),
         Ok(Via::Outbound("127.0.1.3:15001".into()))
     );
-    assert_eq!(resolve_via(None, None, env_of(&[("HTTP_PROXY", "")])), Ok(Via::Direct));
+    assert_eq!(
+        resolve_via(None, None, env_of(&[("HTTP_PROXY", "")])),
+        Ok(Via::Direct)
+    );
     assert_eq!(
         resolve_via(Some("127.0.0.1:7"), None, env_of(&both)),
         Ok(Via::Proxy("127.0.0.1:7".into()))
@@ -223,18 +341,36 @@ fn the_way_out_is_the_flag_then_http_proxy_then_trellis_outbound() {
         resolve_via(None, Some("127.0.0.1:8"), env_of(&both)),
         Ok(Via::Outbound("127.0.0.1:8".into()))
     );
-    assert_eq!(resolve_via(None, None, env_of(&[("HTTP_PROXY", "http://proxy")])), Ok(Via::Proxy("proxy:80".into())));
+    assert_eq!(
+        resolve_via(None, None, env_of(&[("HTTP_PROXY", "http://proxy")])),
+        Ok(Via::Proxy("proxy:80".into()))
+    );
     assert_eq!(
         resolve_via(None, None, env_of(&[("HTTP_PROXY", "http://[::1]:15001")])),
         Ok(Via::Proxy("[::1]:15001".into()))
     );
-    for bad in ["https://127.0.0.1:15001", "http://user@p:1", "http://p:1/path", "http://:1", "http://::1:5"] {
+    for bad in [
+        "https://127.0.0.1:15001",
+        "http://user@p:1",
+        "http://p:1/path",
+        "http://:1",
+        "http://::1:5",
+    ] {
         let err = resolve_via(None, None, env_of(&[("HTTP_PROXY", bad)])).expect_err(bad);
-        assert!(matches!(err, SettingsError::BadProxy { .. }), "{bad}: {err}");
-        assert!(err.to_string().contains("HTTP_PROXY"), "names its source: {err}");
+        assert!(
+            matches!(err, SettingsError::BadProxy { .. }),
+            "{bad}: {err}"
+        );
+        assert!(
+            err.to_string().contains("HTTP_PROXY"),
+            "names its source: {err}"
+        );
     }
     let err = resolve_via(None, None, env_of(&[("TRELLIS_OUTBOUND", "127.0.0.1")])).unwrap_err();
-    assert_eq!(err.to_string(), "TRELLIS_OUTBOUND=\"127.0.0.1\" is not HOST:PORT (the sidecar's outbound listener)");
+    assert_eq!(
+        err.to_string(),
+        "TRELLIS_OUTBOUND=\"127.0.0.1\" is not HOST:PORT (the sidecar's outbound listener)"
+    );
 }
 
 #[test]
@@ -258,7 +394,14 @@ fn identity_comes_from_the_trellis_variables() {
         }
     );
     let by_hand = Identity::from_env("postprocess", env_of(&[]));
-    assert_eq!((by_hand.workload.as_str(), by_hand.namespace.as_str(), by_hand.version.as_str()), ("postprocess-local", "default", ""));
+    assert_eq!(
+        (
+            by_hand.workload.as_str(),
+            by_hand.namespace.as_str(),
+            by_hand.version.as_str()
+        ),
+        ("postprocess-local", "default", "")
+    );
 }
 
 #[test]
@@ -277,16 +420,27 @@ fn durations_parse_as_in_the_mesh_file() {
 #[test]
 fn latency_is_log_normal_around_the_median_and_reproducible() {
     for (model, median_ms) in [(Latency::SLOW, 40.0), (Latency::FAST, 10.0)] {
-        let mut samples: Vec<f64> = (0..2001_u64).map(|s| model.sample(s).as_secs_f64() * 1000.0).collect();
+        let mut samples: Vec<f64> = (0..2001_u64)
+            .map(|s| model.sample(s).as_secs_f64() * 1000.0)
+            .collect();
         samples.sort_by(f64::total_cmp);
         let p50 = samples[1000];
         let p99 = samples[1980];
-        assert!((p50 - median_ms).abs() < median_ms * 0.08, "p50 {p50} vs {median_ms}");
-        assert!(p99 > median_ms * 1.8 && p99 < median_ms * 3.0, "a tail: p99 {p99}");
+        assert!(
+            (p50 - median_ms).abs() < median_ms * 0.08,
+            "p50 {p50} vs {median_ms}"
+        );
+        assert!(
+            p99 > median_ms * 1.8 && p99 < median_ms * 3.0,
+            "a tail: p99 {p99}"
+        );
         assert!(samples[0] >= median_ms / 4.0 - 1e-9 && samples[2000] <= median_ms * 8.0 + 1e-9);
         assert_eq!(model.sample(99), model.sample(99));
     }
-    let fixed = Latency { median: Duration::from_millis(5), sigma: 0.0 };
+    let fixed = Latency {
+        median: Duration::from_millis(5),
+        sigma: 0.0,
+    };
     assert_eq!(fixed.sample(1), Duration::from_millis(5));
 }
 
@@ -307,15 +461,24 @@ fn stage(role: Role, service: &str, workload: &str, version: &str) -> Stage {
     }
 }
 
-async fn call(stage: &Stage, method: Method, uri: &str, headers: &[(&str, &str)], body: &str) -> (StatusCode, HeaderMap, Value) {
+async fn call(
+    stage: &Stage,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, HeaderMap, Value) {
     let mut req = Request::builder().method(method).uri(uri);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = stage.handle(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await;
+    let resp = stage
+        .handle(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
+        .await;
     let (parts, body) = resp.into_parts();
     let bytes = body.collect().await.unwrap().to_bytes();
-    let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {bytes:?}"));
+    let json =
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {bytes:?}"));
     (parts.status, parts.headers, json)
 }
 
@@ -326,7 +489,13 @@ async fn postprocess_answers_with_its_hop_on_the_path() {
         &s,
         Method::POST,
         "/v1/postprocess",
-        &[("x-request-id", "rid-9"), ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")],
+        &[
+            ("x-request-id", "rid-9"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        ],
         r#"{"model":"fast","tokens":["mesh","service"]}"#,
     )
     .await;
@@ -337,10 +506,29 @@ async fn postprocess_answers_with_its_hop_on_the_path() {
     assert_eq!((answer.model.as_str(), answer.output_tokens), ("fast", 2));
     assert_eq!(answer.request_id, "rid-9");
     assert_eq!(answer.path.len(), 1);
-    let Hop { service, workload, version, request_id, trace_id, ms } = &answer.path[0];
+    let Hop {
+        service,
+        workload,
+        version,
+        request_id,
+        trace_id,
+        ms,
+    } = &answer.path[0];
     assert_eq!(
-        (service.as_str(), workload.as_str(), version.as_str(), request_id.as_str(), trace_id.as_str()),
-        ("postprocess", "postprocess-0", "", "rid-9", "4bf92f3577b34da6a3ce929d0e0e4736")
+        (
+            service.as_str(),
+            workload.as_str(),
+            version.as_str(),
+            request_id.as_str(),
+            trace_id.as_str()
+        ),
+        (
+            "postprocess",
+            "postprocess-0",
+            "",
+            "rid-9",
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        )
     );
     assert!(*ms >= 0.0);
 }
@@ -367,7 +555,10 @@ fn each_stage_puts_its_hop_first() {
     .through(hop("preprocess", ""))
     .through(hop("gateway", ""));
     let services: Vec<&str> = a.path.iter().map(|h| h.service.as_str()).collect();
-    assert_eq!(services, ["gateway", "preprocess", "inference", "postprocess"]);
+    assert_eq!(
+        services,
+        ["gateway", "preprocess", "inference", "postprocess"]
+    );
     assert_eq!(a.version_of("inference"), Some("v1"));
     assert_eq!(a.version_of("nosuch"), None);
 }
@@ -375,7 +566,9 @@ fn each_stage_puts_its_hop_first() {
 #[tokio::test]
 async fn bad_requests_are_refused_with_the_reason_before_any_call() {
     let gw = stage(
-        Role::Gateway { next: "http://preprocess:8081".parse().unwrap() },
+        Role::Gateway {
+            next: "http://preprocess:8081".parse().unwrap(),
+        },
         "gateway",
         "gateway-0",
         "",
@@ -383,29 +576,58 @@ async fn bad_requests_are_refused_with_the_reason_before_any_call() {
     let (status, _, body) = call(&gw, Method::POST, "/v1/infer", &[], r#"{"prompt": "   "}"#).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["reason"], "bad_request");
-    assert!(body["error"].as_str().unwrap().contains("empty prompt"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("empty prompt"),
+        "{body}"
+    );
     let (status, _, body) = call(&gw, Method::POST, "/v1/infer", &[], "not json").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body["error"].as_str().unwrap().contains("not the JSON gateway expects"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not the JSON gateway expects"),
+        "{body}"
+    );
     let (status, _, _) = call(&gw, Method::GET, "/v1/infer", &[], "").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "GET without ?prompt=");
     let (status, _, body) = call(&gw, Method::GET, "/elsewhere", &[], "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(body["error"], "gateway serves /v1/infer and /healthz, not /elsewhere");
+    assert_eq!(
+        body["error"],
+        "gateway serves /v1/infer and /healthz, not /elsewhere"
+    );
     let (status, _, _) = call(&gw, Method::DELETE, "/v1/infer", &[], "").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 
     let pre = stage(
-        Role::Preprocess { next: "http://inference:9090".parse().unwrap(), max_prompt_chars: 10 },
+        Role::Preprocess {
+            next: "http://inference:9090".parse().unwrap(),
+            max_prompt_chars: 10,
+        },
         "preprocess",
         "preprocess-0",
         "",
     );
-    let (status, _, body) = call(&pre, Method::POST, "/v1/preprocess", &[], r#"{"prompt":"far too long a prompt"}"#).await;
+    let (status, _, body) = call(
+        &pre,
+        Method::POST,
+        "/v1/preprocess",
+        &[],
+        r#"{"prompt":"far too long a prompt"}"#,
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(body["error"].as_str().unwrap().contains("between 1 and 10"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("between 1 and 10"),
+        "{body}"
+    );
     let (status, _, _) = call(&pre, Method::GET, "/v1/preprocess", &[], "").await;
-    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "only the gateway takes GET");
+    assert_eq!(
+        status,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "only the gateway takes GET"
+    );
 }
 
 #[tokio::test]
@@ -423,7 +645,10 @@ async fn health_names_the_workload() {
     );
     let (status, _, body) = call(&s, Method::GET, "/healthz", &[], "").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!({"status": "ok", "service": "inference", "workload": "inference-v2-0", "version": "v2"}));
+    assert_eq!(
+        body,
+        json!({"status": "ok", "service": "inference", "workload": "inference-v2-0", "version": "v2"})
+    );
 }
 
 // ------------------------------------------------------------------ load
@@ -446,8 +671,15 @@ fn the_load_generator_counts_versions_and_summarises_errors() {
         request_id: "r".into(),
         via: vec![],
     };
-    let mut c = Counts { sent: 4, ..Counts::default() };
-    assert_eq!(c.report(Duration::from_secs(5)), None, "quiet while all is well");
+    let mut c = Counts {
+        sent: 4,
+        ..Counts::default()
+    };
+    assert_eq!(
+        c.report(Duration::from_secs(5)),
+        None,
+        "quiet while all is well"
+    );
     c.record(&Outcome::Ok(answer.clone()));
     c.record(&Outcome::Ok(answer));
     let failure = UpstreamFailure::Status {
@@ -456,7 +688,9 @@ fn the_load_generator_counts_versions_and_summarises_errors() {
         body: Bytes::from(serde_json::to_vec(&denied).unwrap()),
     };
     c.record(&Outcome::from_failure(&failure));
-    c.record(&Outcome::from_failure(&UpstreamFailure::Timeout { after: Duration::from_secs(1) }));
+    c.record(&Outcome::from_failure(&UpstreamFailure::Timeout {
+        after: Duration::from_secs(1),
+    }));
     c.skipped = 1;
     assert_eq!(c.served_by["inference"]["v2"], 2);
     assert_eq!(c.served_by["gateway"]["-"], 2);
@@ -470,5 +704,8 @@ fn the_load_generator_counts_versions_and_summarises_errors() {
         reason: Some("route_not_found".into()),
         body: Bytes::new(),
     });
-    assert_eq!(at_sidecar, Outcome::Failed("404 route_not_found (at the load generator's sidecar)".into()));
+    assert_eq!(
+        at_sidecar,
+        Outcome::Failed("404 route_not_found (at the load generator's sidecar)".into())
+    );
 }

@@ -26,7 +26,11 @@ fn validated_with(overlay: &[Resource]) -> Result<(), String> {
         .collect();
     all.extend(m.istio.into_iter().map(|d| resource(d, "mesh.yaml")));
     for o in overlay {
-        all.retain(|r| !(r.kind() == o.kind() && r.meta().namespace == o.meta().namespace && r.meta().name == o.meta().name));
+        all.retain(|r| {
+            !(r.kind() == o.kind()
+                && r.meta().namespace == o.meta().namespace
+                && r.meta().name == o.meta().name)
+        });
         all.push(o.clone());
     }
     let set: ResourceSet = all.into_iter().collect();
@@ -41,8 +45,16 @@ fn the_istio_documents_of_mesh_yaml_validate() {
         .iter()
         .map(|d| d["kind"].as_str().unwrap_or_default().to_string())
         .collect();
-    for want in ["DestinationRule", "VirtualService", "PeerAuthentication", "AuthorizationPolicy"] {
-        assert!(kinds.iter().any(|k| k == want), "mesh.yaml has no {want}: {kinds:?}");
+    for want in [
+        "DestinationRule",
+        "VirtualService",
+        "PeerAuthentication",
+        "AuthorizationPolicy",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == want),
+            "mesh.yaml has no {want}: {kinds:?}"
+        );
     }
 }
 
@@ -63,7 +75,8 @@ fn every_variant_validates_on_top_of_the_mesh() {
         let text = std::fs::read_to_string(&path).expect("read variant");
         let file = path.display().to_string();
         let docs = trellis_model::parse_documents(&file, &text).unwrap_or_else(|e| panic!("{e}"));
-        validated_with(&docs).unwrap_or_else(|e| panic!("{file} does not validate on the mesh:\n{e}"));
+        validated_with(&docs)
+            .unwrap_or_else(|e| panic!("{file} does not validate on the mesh:\n{e}"));
     }
 }
 
@@ -94,13 +107,21 @@ fn the_mesh_is_the_pipeline_and_its_commands_parse() {
     );
     for s in &services {
         for (version, argv) in &s.deployments {
-            assert_eq!(argv.first().map(String::as_str), Some("trellis-demo"), "{}: {argv:?}", s.name);
-            Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{} {version}: {argv:?}: {e}", s.name));
+            assert_eq!(
+                argv.first().map(String::as_str),
+                Some("trellis-demo"),
+                "{}: {argv:?}",
+                s.name
+            );
+            Cli::try_parse_from(argv)
+                .unwrap_or_else(|e| panic!("{} {version}: {argv:?}: {e}", s.name));
             // Each service calls the next one on the port the mesh gives it.
             if let Some(i) = argv.iter().position(|a| a == "--next" || a == "--target") {
                 let url = &argv[i + 1];
                 assert!(
-                    services.iter().any(|t| url.starts_with(&format!("http://{}:{}", t.name, t.port))),
+                    services
+                        .iter()
+                        .any(|t| url.starts_with(&format!("http://{}:{}", t.name, t.port))),
                     "{}: {url} is not a service of the mesh on its port",
                     s.name
                 );
@@ -112,28 +133,49 @@ fn the_mesh_is_the_pipeline_and_its_commands_parse() {
         .iter()
         .map(|(_, argv)| argv[argv.iter().position(|a| a == "--model").unwrap() + 1].as_str())
         .collect();
-    assert_eq!(models, ["slow", "fast"], "v1 runs the slow model, v2 the fast one");
+    assert_eq!(
+        models,
+        ["slow", "fast"],
+        "v1 runs the slow model, v2 the fast one"
+    );
 }
 
 #[test]
 fn the_split_is_80_20_and_only_preprocess_may_call_inference() {
     let m = mesh_file();
-    let vs = m.istio.iter().find(|d| d["kind"] == "VirtualService").expect("a VirtualService");
+    let vs = m
+        .istio
+        .iter()
+        .find(|d| d["kind"] == "VirtualService")
+        .expect("a VirtualService");
     let route = &vs["spec"]["http"][0]["route"];
     let weights: Vec<(String, u64)> = route
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["destination"]["subset"].as_str().unwrap().to_string(), r["weight"].as_u64().unwrap()))
+        .map(|r| {
+            (
+                r["destination"]["subset"].as_str().unwrap().to_string(),
+                r["weight"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(weights, [("v1".to_string(), 80), ("v2".to_string(), 20)]);
-    let authz = m.istio.iter().find(|d| d["kind"] == "AuthorizationPolicy").expect("an AuthorizationPolicy");
+    let authz = m
+        .istio
+        .iter()
+        .find(|d| d["kind"] == "AuthorizationPolicy")
+        .expect("an AuthorizationPolicy");
     assert_eq!(authz["spec"]["selector"]["matchLabels"]["app"], "inference");
     assert_eq!(
         authz["spec"]["rules"][0]["from"][0]["source"]["principals"],
         serde_json::json!(["cluster.local/ns/default/sa/preprocess"])
     );
-    let pa = m.istio.iter().find(|d| d["kind"] == "PeerAuthentication").expect("a PeerAuthentication");
+    let pa = m
+        .istio
+        .iter()
+        .find(|d| d["kind"] == "PeerAuthentication")
+        .expect("a PeerAuthentication");
     assert_eq!(pa["spec"]["mtls"]["mode"], "STRICT");
     assert!(pa["spec"]["selector"].is_null(), "namespace-wide");
 }

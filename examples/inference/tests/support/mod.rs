@@ -33,7 +33,11 @@ pub fn mesh_file() -> MeshFile {
     let (meshes, istio): (Vec<Value>, Vec<Value>) = documents(&path)
         .into_iter()
         .partition(|d| d["kind"] == "Mesh");
-    assert_eq!(meshes.len(), 1, "mesh.yaml must hold exactly one Mesh document");
+    assert_eq!(
+        meshes.len(),
+        1,
+        "mesh.yaml must hold exactly one Mesh document"
+    );
     MeshFile {
         mesh: meshes.into_iter().next().unwrap(),
         istio,
@@ -58,22 +62,34 @@ pub fn services(mesh: &Value) -> Vec<MeshService> {
         .map(|s| {
             let argv = |v: &Value| -> Vec<String> {
                 v.as_array()
-                    .map(|a| a.iter().map(|x| x.as_str().expect("argv strings").to_string()).collect())
+                    .map(|a| {
+                        a.iter()
+                            .map(|x| x.as_str().expect("argv strings").to_string())
+                            .collect()
+                    })
                     .unwrap_or_default()
             };
             let deployments = match s["versions"].as_array() {
                 Some(vs) => vs
                     .iter()
                     .map(|v| {
-                        let cmd = if v["command"].is_null() { &s["command"] } else { &v["command"] };
-                        (v["name"].as_str().expect("version name").to_string(), argv(cmd))
+                        let cmd = if v["command"].is_null() {
+                            &s["command"]
+                        } else {
+                            &v["command"]
+                        };
+                        (
+                            v["name"].as_str().expect("version name").to_string(),
+                            argv(cmd),
+                        )
                     })
                     .collect(),
                 None => vec![(String::new(), argv(&s["command"]))],
             };
             MeshService {
                 name: s["name"].as_str().expect("service name").to_string(),
-                port: u16::try_from(s["port"].as_u64().expect("service port")).expect("port fits u16"),
+                port: u16::try_from(s["port"].as_u64().expect("service port"))
+                    .expect("port fits u16"),
                 protocol: s["protocol"].as_str().unwrap_or("http").to_string(),
                 deployments,
             }
