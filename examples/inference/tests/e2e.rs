@@ -342,7 +342,8 @@ async fn the_canary_splits_80_20_through_the_whole_pipeline() {
         "v2 served {v2:.1}% of 400, want 20 ± 6"
     );
     assert!((share(&answers, "v1") + v2 - 100.0).abs() < 1e-9);
-    // The fast model is faster: v2's inference hop is shorter at the median.
+    // The fast model is faster: v2's inference hop (without the
+    // postprocess call it makes) is shorter at the median.
     let median = |v: &str| {
         let mut ms: Vec<f64> = answers
             .iter()
@@ -353,9 +354,10 @@ async fn the_canary_splits_80_20_through_the_whole_pipeline() {
         ms[ms.len() / 2]
     };
     let (slow, fast) = (median("v1"), median("v2"));
+    // Medians 40 and 10 ms by design; a busy machine adds to both alike.
     assert!(
-        slow > 25.0 && fast < 20.0 && slow > 2.0 * fast,
-        "v1 median {slow} ms, v2 {fast} ms"
+        slow - fast > 15.0,
+        "v1 median {slow} ms, v2 {fast} ms: want v1 slower by ~30 ms"
     );
 }
 
