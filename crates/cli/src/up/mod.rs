@@ -34,7 +34,11 @@ use supervise::{ChildSpec, Event, RestartPolicy, Supervisor, Tier};
 pub struct UpArgs {
     /// The Mesh file, or a folder of YAML files holding one Mesh and any
     /// Istio-style resources.
-    #[arg(short = 'f', long = "filename", default_value = "examples/inference")]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        default_value = "examples/inference/mesh.yaml"
+    )]
     pub file: PathBuf,
     /// Where logs, tokens and the control plane's store go
     /// [default: $XDG_STATE_HOME/trellis/up/<mesh> or ~/.local/state/trellis/up/<mesh>].

@@ -88,15 +88,20 @@ impl Up {
     }
 
     fn start(yaml: &str) -> Up {
-        require_binaries();
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("mesh.yaml");
         std::fs::write(&file, yaml).unwrap();
+        Up::start_file(dir, &file)
+    }
+
+    /// `trellis up -f file`, its state in `dir`.
+    fn start_file(dir: tempfile::TempDir, file: &Path) -> Up {
+        require_binaries();
         let base = random_base();
         let out = dir.path().join("up.out");
         let log = std::fs::File::create(&out).unwrap();
         let child = Command::new(BIN)
-            .args(Self::args(dir.path(), &file, &base))
+            .args(Self::args(dir.path(), file, &base))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -137,6 +142,18 @@ impl Up {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The address of a workload, from its progress line
+    /// (`  NAME   ADDRESS   ready ...`).
+    fn address(&self, workload: &str) -> String {
+        self.output()
+            .lines()
+            .find_map(|l| {
+                let mut cols = l.split_whitespace();
+                (cols.next() == Some(workload)).then(|| cols.next().map(str::to_owned))?
+            })
+            .unwrap_or_else(|| panic!("no address for {workload}:\n{}", self.output()))
     }
 
     /// The pid of every child it reported starting.
@@ -540,4 +557,107 @@ spec:
             .contains("Mesh default/pair: kind: a Mesh is run by `trellis up`, not applied"),
         "{run:?}"
     );
+}
+
+/// The demo of examples/inference, as `trellis up` runs it with no
+/// arguments: the 80/20 canary holds through the whole pipeline (gateway
+/// -> preprocess -> inference -> postprocess, every hop through sidecars
+/// over STRICT mTLS), the AuthorizationPolicy lets only preprocess call
+/// inference, and Ctrl-C leaves no process behind.
+#[test]
+fn the_inference_demo_splits_80_20_end_to_end_and_refuses_the_gateway() {
+    let demo = Path::new(BIN).with_file_name("trellis-demo");
+    assert!(
+        demo.exists(),
+        "no trellis-demo at {}: cargo test --workspace builds it",
+        demo.display()
+    );
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/inference/mesh.yaml");
+    let mut up = Up::start_file(tempfile::tempdir().unwrap(), &file);
+    up.wait_for("is up", Duration::from_secs(120));
+
+    // Requests from the load generator's sidecar, as its own calls go.
+    let load = format!("{}:15001", up.address("load-0"));
+    let requests = 400;
+    let threads = 8;
+    let versions: Vec<String> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let load = load.clone();
+                s.spawn(move || {
+                    (t..requests)
+                        .step_by(threads)
+                        .map(|i| {
+                            let path = format!("/v1/infer?prompt=split-{i}");
+                            let (status, raw) = get_via(&load, "gateway:8080", &path)
+                                .expect("the gateway answers through the load's sidecar");
+                            assert_eq!(status, 200, "{raw}");
+                            let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+                            let answer: serde_json::Value =
+                                serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {raw}"));
+                            let hops: Vec<&str> = answer["path"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .map(|h| h["service"].as_str().unwrap())
+                                .collect();
+                            for service in ["gateway", "preprocess", "inference", "postprocess"] {
+                                assert!(hops.contains(&service), "no {service} hop: {body}");
+                            }
+                            answer["path"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .find(|h| h["service"] == "inference")
+                                .and_then(|h| h["version"].as_str())
+                                .unwrap()
+                                .to_string()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let v1 = versions.iter().filter(|v| *v == "v1").count();
+    let v2 = versions.iter().filter(|v| *v == "v2").count();
+    assert_eq!(v1 + v2, requests, "{versions:?}");
+    // Binomial(400, 0.8): sd 2 points, so 6 points either way is 3 sd.
+    let share = 100.0 * v1 as f64 / requests as f64;
+    assert!(
+        (74.0..=86.0).contains(&share),
+        "v1 served {share:.1}% ({v1}/{requests}), v2 {v2}"
+    );
+
+    // The gateway calling inference directly: its sidecar originates mTLS
+    // with the gateway's identity, and inference's sidecar refuses it.
+    let gateway = format!("{}:15001", up.address("gateway-0"));
+    let (status, raw) = get_via(&gateway, "inference:9090", "/v1/infer?prompt=direct").unwrap();
+    assert_eq!(status, 403, "{raw}");
+    assert!(
+        raw.to_ascii_lowercase()
+            .contains("x-trellis-reason: rbac_denied"),
+        "{raw}"
+    );
+    // The same call from preprocess is allowed.
+    let preprocess = format!("{}:15001", up.address("preprocess-0"));
+    let (status, raw) = get_via(&preprocess, "inference:9090", "/v1/infer?prompt=ok").unwrap();
+    assert_ne!(status, 403, "{raw}");
+    assert!(!raw.to_ascii_lowercase().contains("rbac_denied"), "{raw}");
+
+    let pids = up.pids();
+    assert!(
+        pids.len() >= 13,
+        "control plus 6 apps and 6 sidecars: {pids:?}"
+    );
+    up.signal("INT");
+    assert!(
+        up.wait_exit(Duration::from_secs(30)).success(),
+        "{}",
+        up.output()
+    );
+    all_dead_within(&pids, Duration::from_secs(5));
 }
