@@ -70,7 +70,15 @@ fn every_variant_validates_on_top_of_the_mesh() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(found, ["canary-50.yaml", "canary-80.yaml", "cutover.yaml", "fault.yaml"]);
+    assert_eq!(
+        found,
+        [
+            "canary-50.yaml",
+            "canary-80.yaml",
+            "cutover.yaml",
+            "fault.yaml"
+        ]
+    );
     for path in names {
         let text = std::fs::read_to_string(&path).expect("read variant");
         let file = path.display().to_string();
