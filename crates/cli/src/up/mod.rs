@@ -613,6 +613,7 @@ fn banner(a: &UpArgs, p: &Prepared) {
         "  API         {api}   (trellis get all --server {api})"
     ));
     say(&format!("  metrics     {api}/metrics"));
+    say(&format!("  dashboard   {api}/dashboard"));
     say(&format!("  top         trellis top --api {}", a.api));
     say(&format!("  logs        {}", p.state.join("logs").display()));
     say(&format!(

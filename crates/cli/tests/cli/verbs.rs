@@ -575,3 +575,25 @@ fn describe_proxy_config_and_apply_wait_see_the_proxies() {
         "{out:?}"
     );
 }
+
+/// The dashboard is a page over the API: it is served as HTML, and every
+/// API path it reads answers JSON with the fields it shows.
+#[test]
+fn the_dashboard_page_reads_api_paths_that_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = crate::support::Control::start(dir.path(), &[]);
+    let (status, content_type, page) =
+        crate::support::http(&control.api, "GET", "/dashboard", "", "");
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    for path in ["/api/v1/workloads", "/api/v1/proxies", "/api/v1/resources"] {
+        assert!(
+            page.contains(&format!("\"{path}\"")),
+            "the page reads {path}"
+        );
+        let (status, _, body) = crate::support::http(&control.api, "GET", path, "", "");
+        assert_eq!(status, 200, "{path}: {body}");
+        let json: Value = serde_json::from_str(&body).unwrap();
+        assert!(json["items"].is_array(), "{path}: {body}");
+    }
+}

@@ -37,6 +37,7 @@ const MAX_BODY: usize = 16 << 20;
 pub fn router(plane: Arc<ControlPlane>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/dashboard", get(dashboard))
         .route("/metrics", get(metrics))
         .route("/api/v1/apply", axum::routing::post(apply))
         .route("/api/v1/proxies", get(list_proxies))
@@ -80,6 +81,12 @@ async fn with_store<R: Send + 'static>(
                 format!("the store operation failed: {e}"),
             )
         })
+}
+
+/// A read-only page over the same JSON as the API, refreshed in the
+/// browser (the page holds no data of its own).
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("dashboard.html"))
 }
 
 async fn healthz(State(plane): State<Arc<ControlPlane>>) -> Json<Value> {
