@@ -75,6 +75,8 @@ pub struct Stats {
     pub responses: AtomicU64,
     pub resources: AtomicU64,
     pub bytes: AtomicU64,
+    /// Resource bytes per type: CDS, LDS, RDS, EDS.
+    pub bytes_by_type: [AtomicU64; 4],
     pub connect_errors: AtomicU64,
     pub stream_errors: AtomicU64,
     pub decode_errors: AtomicU64,
@@ -245,10 +247,18 @@ impl Proxy {
         let st = &self.sh.stats;
         st.responses.fetch_add(1, Relaxed);
         st.resources.fetch_add(r.resources.len() as u64, Relaxed);
-        st.bytes.fetch_add(
-            r.resources.iter().map(|a| a.value.len() as u64).sum(),
-            Relaxed,
-        );
+        let bytes = r.resources.iter().map(|a| a.value.len() as u64).sum();
+        st.bytes.fetch_add(bytes, Relaxed);
+        let slot = match r.type_url.as_str() {
+            CLUSTER => Some(0),
+            LISTENER => Some(1),
+            ROUTE => Some(2),
+            ENDPOINT => Some(3),
+            _ => None,
+        };
+        if let Some(i) = slot {
+            st.bytes_by_type[i].fetch_add(bytes, Relaxed);
+        }
         let mut out = Vec::new();
         match r.type_url.as_str() {
             CLUSTER => {
