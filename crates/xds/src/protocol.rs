@@ -268,15 +268,18 @@ impl Subscription {
 /// Is `names` (less any `*`) exactly `set`? Answered without allocating
 /// when the names come sorted without repeats (as trellis-proxy and the
 /// simulator send them); `false` (meaning: build the set the slow way) when
-/// they do not.
+/// they do not. One comparison per name: the set iterates in strictly
+/// increasing order, so names equal to it one by one are sorted and
+/// distinct too. (At 10,000 proxies every EDS ACK repeats ~240 names: this
+/// function was 9 % of the control plane's CPU under churn, about half of
+/// it a second comparison per name that checked the order.)
 fn same_names(set: &BTreeSet<String>, names: &[String]) -> bool {
     let mut given = names.iter().filter(|n| *n != WILDCARD);
     let mut mine = set.iter();
-    let mut last: Option<&String> = None;
     loop {
         match (given.next(), mine.next()) {
             (None, None) => return true,
-            (Some(g), Some(m)) if g == m && last.is_none_or(|l| l < g) => last = Some(g),
+            (Some(g), Some(m)) if g == m => {}
             _ => return false,
         }
     }
@@ -301,6 +304,26 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn same_names_is_exact_and_order_sensitive() {
+        let set: BTreeSet<String> = names(&["a", "b", "c"]).into_iter().collect();
+        // (names given, same as the set?)
+        let cases: &[(&[&str], bool)] = &[
+            (&["a", "b", "c"], true),
+            (&["a", "*", "b", "c"], true),
+            (&["a", "b"], false),
+            (&["a", "b", "c", "d"], false),
+            (&["b", "a", "c"], false),
+            (&["a", "a", "b", "c"], false),
+            (&["a", "b", "b"], false),
+            (&[], false),
+        ];
+        for (given, want) in cases {
+            assert_eq!(same_names(&set, &names(given)), *want, "{given:?}");
+        }
+        assert!(same_names(&BTreeSet::new(), &[]));
     }
 
     /// The protocol doc's SotW example, step by step.

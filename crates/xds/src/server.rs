@@ -399,6 +399,7 @@ trait Protocol: Send + Sized + 'static {
     fn status(&self) -> BTreeMap<TypeUrl, TypeStatus>;
     fn sent(&self) -> BTreeMap<TypeUrl, Resources>;
     fn snapshot(&self) -> &Arc<Snapshot>;
+    fn awaiting_all(&self) -> bool;
 }
 
 impl Protocol for SotwStream {
@@ -432,6 +433,9 @@ impl Protocol for SotwStream {
     fn snapshot(&self) -> &Arc<Snapshot> {
         SotwStream::snapshot(self)
     }
+    fn awaiting_all(&self) -> bool {
+        SotwStream::awaiting_all(self)
+    }
 }
 
 impl Protocol for DeltaStream {
@@ -464,6 +468,9 @@ impl Protocol for DeltaStream {
     }
     fn snapshot(&self) -> &Arc<Snapshot> {
         DeltaStream::snapshot(self)
+    }
+    fn awaiting_all(&self) -> bool {
+        DeltaStream::awaiting_all(self)
     }
 }
 
@@ -584,10 +591,23 @@ async fn drive<P: Protocol>(
         return;
     }
     let mut source_open = true;
+    // A generation came while every type awaited its ACK: nothing could be
+    // pushed, so the snapshot is taken when the client next speaks. Under
+    // load most streams are in that state, and each skipped snapshot is
+    // one less view computed under the control plane's lock.
+    let mut deferred = false;
     loop {
         tokio::select! {
             msg = requests.next() => match msg {
                 Some(Ok(req)) => {
+                    if std::mem::take(&mut deferred) {
+                        let snapshot = inner.snapshots.snapshot(&entry.conn.node);
+                        // Pushes nothing for types still pending; the ACK
+                        // below then pushes its type from this snapshot.
+                        if !step(&inner, &entry, &tx, |m| Ok(m.on_snapshot(snapshot))).await {
+                            return;
+                        }
+                    }
                     if !step(&inner, &entry, &tx, |m| m.on_request(&req)).await {
                         return;
                     }
@@ -603,6 +623,10 @@ async fn drive<P: Protocol>(
                     // The source is gone: keep answering requests from the
                     // last snapshot; there will be no newer one.
                     source_open = false;
+                    continue;
+                }
+                if entry.lock().awaiting_all() {
+                    deferred = true;
                     continue;
                 }
                 let snapshot = inner.snapshots.snapshot(&entry.conn.node);

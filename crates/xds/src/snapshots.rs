@@ -43,6 +43,8 @@ struct State {
     by_node: HashMap<String, Arc<Snapshot>>,
     /// The last node seen per id, so tests can check what a client sent.
     seen: HashMap<String, Node>,
+    /// Snapshots asked for, per node id.
+    taken: HashMap<String, u64>,
 }
 
 impl MemorySnapshots {
@@ -81,6 +83,11 @@ impl MemorySnapshots {
         self.lock().seen.get(node_id).cloned()
     }
 
+    /// How many times the server asked for this node's snapshot.
+    pub fn taken(&self, node_id: &str) -> u64 {
+        self.lock().taken.get(node_id).copied().unwrap_or(0)
+    }
+
     fn bump(&self) {
         self.generation.send_modify(|g| *g += 1);
     }
@@ -96,6 +103,7 @@ impl Snapshots for MemorySnapshots {
     fn snapshot(&self, node: &Node) -> Arc<Snapshot> {
         let mut state = self.lock();
         state.seen.insert(node.id.clone(), node.clone());
+        *state.taken.entry(node.id.clone()).or_default() += 1;
         state
             .by_node
             .get(&node.id)

@@ -204,6 +204,12 @@ impl SotwStream {
         out
     }
 
+    /// Whether every type has a response awaiting its ACK/NACK: then no
+    /// newer snapshot can be pushed until the client answers.
+    pub fn awaiting_all(&self) -> bool {
+        !self.types.is_empty() && self.types.values().all(|s| s.ack.pending)
+    }
+
     /// The snapshot being served.
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snapshot

@@ -285,6 +285,40 @@ async fn sotw_stream_from_connect_to_disconnect() {
 }
 
 #[tokio::test]
+async fn a_stream_awaiting_its_ack_takes_the_newest_snapshot_when_the_ack_comes() {
+    let h = start(clusters(&[("a", "1")])).await;
+    let mut c = client(h.addr).await;
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(sotw(Some(node("n1")), "", "", None)).await.unwrap();
+    let mut responses = c
+        .stream_aggregated_resources(request_stream(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let r1 = next(&mut responses).await;
+    assert_eq!(h.snapshots.taken("n1"), 1);
+
+    // Two generations while r1 awaits its answer: the stream could push
+    // nothing, so it computes no snapshot for either.
+    h.snapshots.set(clusters(&[("a", "2")]));
+    eventually("the first generation", || h.snapshots.generation() == 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.snapshots.set(clusters(&[("a", "3")]));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.snapshots.taken("n1"), 1, "no snapshot while the push is unanswered");
+
+    // The ACK: one snapshot, the newest, in one push.
+    tx.send(sotw(None, &r1.version_info, &r1.nonce, None))
+        .await
+        .unwrap();
+    let r2 = next(&mut responses).await;
+    assert_eq!(labels(&r2), ["a@3"]);
+    assert_eq!(h.snapshots.taken("n1"), 2);
+    let nothing = tokio::time::timeout(Duration::from_millis(300), responses.next()).await;
+    assert!(nothing.is_err(), "one push for both generations");
+}
+
+#[tokio::test]
 async fn the_first_request_must_carry_the_node() {
     let h = start(clusters(&[("a", "1")])).await;
     let mut c = client(h.addr).await;
