@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -75,8 +76,9 @@ pub enum MetadataError {
 /// What one node says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
-    /// For the registry.
-    pub workload: Workload,
+    /// For the registry; shared with it, so a registry rebuilt after other
+    /// workloads changed holds this same `Arc` (see `Registry::workloads`).
+    pub workload: Arc<Workload>,
     /// For the proxy's own listeners (`view`).
     pub identity: ProxyIdentity,
     /// The active health check it asks for (`HEALTH_CHECK`), if any.
@@ -153,7 +155,7 @@ pub fn parse_node(node: &Node) -> Result<NodeInfo, MetadataError> {
         }
     };
     Ok(NodeInfo {
-        workload: Workload {
+        workload: Arc::new(Workload {
             name: name.clone(),
             namespace: namespace.clone(),
             service_account,
@@ -163,7 +165,7 @@ pub fn parse_node(node: &Node) -> Result<NodeInfo, MetadataError> {
             locality: locality.clone(),
             // Healthy until a health check (`HEALTH_CHECK`) says otherwise.
             healthy: true,
-        },
+        }),
         identity: ProxyIdentity {
             name,
             namespace,
@@ -388,9 +390,14 @@ impl Registrations {
                     && old.health_check.is_some()
                     && old.health_check == new.health_check
                 {
-                    new.workload.healthy = old.workload.healthy;
+                    Arc::make_mut(&mut new.workload).healthy = old.workload.healthy;
                 }
                 let changed = workload(&r.info) != workload(&info);
+                // An unchanged workload keeps its `Arc`: the translation
+                // reuses its services by pointer.
+                if !changed && let (Ok(old), Ok(new)) = (&r.info, &mut info) {
+                    new.workload = old.workload.clone();
+                }
                 if r.metadata != metadata || healthy(&r.info) != healthy(&info) {
                     self.unsaved.insert(node.id.clone());
                 }
@@ -449,7 +456,7 @@ impl Registrations {
     pub fn set_healthy(&mut self, node_id: &str, healthy: bool) -> bool {
         match self.by_node.get_mut(node_id).map(|r| r.info.as_mut()) {
             Some(Ok(i)) if i.workload.healthy != healthy => {
-                i.workload.healthy = healthy;
+                Arc::make_mut(&mut i.workload).healthy = healthy;
                 self.unsaved.insert(node_id.to_string());
                 true
             }
@@ -489,7 +496,7 @@ impl Registrations {
             };
             let mut info = parse_node(&node);
             if let Ok(i) = &mut info {
-                i.workload.healthy = was_healthy;
+                Arc::make_mut(&mut i.workload).healthy = was_healthy;
             }
             self.by_node.insert(
                 node_id.clone(),
@@ -543,7 +550,7 @@ impl Registrations {
     /// The registry translation reads: every registered workload, in node
     /// id order (so equal registrations give equal resources).
     pub fn registry(&self) -> Registry {
-        Registry::new(
+        Registry::from_shared(
             self.by_node
                 .values()
                 .filter_map(|r| r.info.as_ref().ok().map(|i| i.workload.clone()))
@@ -955,8 +962,13 @@ mod tests {
         let t0 = Instant::now();
         let grace = Duration::from_secs(30);
         assert!(r.connect(1, &a), "a new workload changes the registry");
+        let before = r.registry().workloads[0].clone();
         // The new stream opens before the old one is noticed as gone.
         assert!(!r.connect(2, &a), "same metadata: no change");
+        assert!(
+            Arc::ptr_eq(&before, &r.registry().workloads[0]),
+            "the same Arc, so the translation reuses its services"
+        );
         r.disconnect(1, "a", t0);
         assert!(r.get("a").unwrap().gone_since.is_none(), "stream 2 is open");
         r.disconnect(2, "a", t0);

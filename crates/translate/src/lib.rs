@@ -209,6 +209,10 @@ struct SharedService {
     /// What it was translated from besides the config: per port, its
     /// endpoints ([`shared_since`] reuses the service while they stay).
     endpoints: Vec<Vec<EndpointInfo>>,
+    /// The registry's workloads its selector picked, as shared with the
+    /// registry: held so that an unchanged `Arc` proves an unchanged
+    /// workload (its address cannot be reused while held here).
+    selected: Vec<Arc<Workload>>,
     /// What was left out of it, and why.
     errors: Vec<TranslateError>,
 }
@@ -271,14 +275,29 @@ pub fn shared_since(
     let mut services = BTreeMap::new();
     let mut errors = Vec::new();
     for (host, s) in &v.services {
+        let selected: Vec<Arc<Workload>> = endpoint::workload_selector(s)
+            .map(|sel| registry.select(&s.namespace, sel).cloned().collect())
+            .unwrap_or_default();
+        let old = prev.and_then(|p| p.services.get(host));
+        // The same workloads (same `Arc`s: none re-registered or changed
+        // health) give the same endpoints, without building them again.
+        // Under churn most services are in that case in every generation.
+        if let Some(old) = old.filter(|o| same_workloads(&o.selected, &selected)) {
+            errors.extend(old.errors.iter().cloned());
+            services.insert(host.clone(), old.clone());
+            continue;
+        }
         let endpoints: Vec<Vec<EndpointInfo>> = s
             .ports
             .iter()
             .map(|p| endpoint::service_endpoints(s, p, registry))
             .collect();
-        let service = match prev.and_then(|p| p.services.get(host)) {
-            Some(old) if old.endpoints == endpoints => old.clone(),
-            _ => Arc::new(shared_service(v, host, s, endpoints, &localities)),
+        let service = match old {
+            Some(old) if old.endpoints == endpoints => Arc::new(SharedService {
+                selected,
+                ..(**old).clone()
+            }),
+            _ => Arc::new(shared_service(v, host, s, endpoints, selected, &localities)),
         };
         errors.extend(service.errors.iter().cloned());
         services.insert(host.clone(), service);
@@ -321,6 +340,7 @@ fn shared_service(
     host: &String,
     s: &trellis_model::validate::Service,
     endpoints: Vec<Vec<EndpointInfo>>,
+    selected: Vec<Arc<Workload>>,
     localities: &[String],
 ) -> SharedService {
     let mut errors = Vec::new();
@@ -404,8 +424,13 @@ fn shared_service(
         vs_visibility: vs.map(|(_, vs)| (vs.spec.export_to.clone(), vs.metadata.namespace.clone())),
         vhosts,
         endpoints,
+        selected,
         errors,
     }
+}
+
+fn same_workloads(a: &[Arc<Workload>], b: &[Arc<Workload>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
 fn shared_hosts(v: &Validated) -> BTreeMap<String, SharedHost> {

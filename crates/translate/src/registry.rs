@@ -4,11 +4,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
-    pub workloads: Vec<Workload>,
+    /// Shared with the control plane's registrations: a registry rebuilt
+    /// after one workload changed holds the same `Arc` for every other, so
+    /// the translation can tell by pointer which services' endpoints
+    /// changed ([`crate::shared_since`]).
+    pub workloads: Vec<Arc<Workload>>,
     /// Workload indexes by namespace, label and value, and by namespace, made
     /// on first [`Registry::select`]: a selector looks at the workloads
     /// with its first label, not at every workload of the mesh.
@@ -56,6 +60,11 @@ impl Registry {
     /// a [`Registry::select`] (build a new registry instead, as the control
     /// plane does on every registry change).
     pub fn new(workloads: Vec<Workload>) -> Registry {
+        Registry::from_shared(workloads.into_iter().map(Arc::new).collect())
+    }
+
+    /// [`Registry::new`] from workloads shared with their registrations.
+    pub fn from_shared(workloads: Vec<Arc<Workload>>) -> Registry {
         Registry {
             workloads,
             index: OnceLock::new(),
@@ -65,19 +74,19 @@ impl Registry {
     fn index(&self) -> &Index {
         self.index.get_or_init(|| {
             let mut ix = Index::default();
+            // Rebuilt on every registry change (10 times a second under
+            // churn): keys are cloned only when first seen.
+            fn slot<'m, V: Default>(map: &'m mut HashMap<String, V>, key: &str) -> &'m mut V {
+                if !map.contains_key(key) {
+                    map.insert(key.to_owned(), V::default());
+                }
+                map.get_mut(key).expect("inserted above")
+            }
             for (i, w) in self.workloads.iter().enumerate() {
-                ix.by_namespace
-                    .entry(w.namespace.clone())
-                    .or_default()
-                    .push(i);
-                let labels = ix.by_label.entry(w.namespace.clone()).or_default();
+                slot(&mut ix.by_namespace, &w.namespace).push(i);
+                let labels = slot(&mut ix.by_label, &w.namespace);
                 for (k, v) in &w.labels {
-                    labels
-                        .entry(k.clone())
-                        .or_default()
-                        .entry(v.clone())
-                        .or_default()
-                        .push(i);
+                    slot(slot(labels, k), v).push(i);
                 }
             }
             ix
@@ -92,7 +101,7 @@ impl Registry {
         &'a self,
         namespace: &'a str,
         selector: &'a BTreeMap<String, String>,
-    ) -> impl Iterator<Item = &'a Workload> + 'a {
+    ) -> impl Iterator<Item = &'a Arc<Workload>> + 'a {
         let ix = self.index();
         let candidates: &[usize] = match selector.iter().next() {
             Some((k, v)) => ix
@@ -114,15 +123,15 @@ impl Registry {
     /// The distinct localities of registered workloads: the proxies whose
     /// endpoint priorities (locality failover) may differ.
     pub fn localities(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
+        let mut out: Vec<&str> = self
             .workloads
             .iter()
-            .filter_map(|w| w.locality.clone())
+            .filter_map(|w| w.locality.as_deref())
             .filter(|l| !l.is_empty())
             .collect();
-        out.sort();
+        out.sort_unstable();
         out.dedup();
-        out
+        out.into_iter().map(str::to_owned).collect()
     }
 }
 

@@ -305,7 +305,11 @@ async fn a_stream_awaiting_its_ack_takes_the_newest_snapshot_when_the_ack_comes(
     tokio::time::sleep(Duration::from_millis(200)).await;
     h.snapshots.set(clusters(&[("a", "3")]));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(h.snapshots.taken("n1"), 1, "no snapshot while the push is unanswered");
+    assert_eq!(
+        h.snapshots.taken("n1"),
+        1,
+        "no snapshot while the push is unanswered"
+    );
 
     // The ACK: one snapshot, the newest, in one push.
     tx.send(sotw(None, &r1.version_info, &r1.nonce, None))

@@ -272,4 +272,24 @@ spec:
         assert_eq!(hashes(&a), hashes(&fresh), "{ty}");
         assert!(!map.is_empty());
     }
+
+    // The same workloads again (the same `Arc`s, as the control plane's
+    // registrations keep them): the service is reused as it was.
+    let again = Registry::from_shared(two.workloads.clone());
+    let same = shared_since(&v, &again, Some(&after));
+    let s = view(&same, &p);
+    assert!(Arc::ptr_eq(
+        a.get(ENDPOINT_TYPE, &api).unwrap(),
+        s.get(ENDPOINT_TYPE, &api).unwrap()
+    ));
+    // One turns unhealthy (a new `Arc` with the change): its endpoint says so.
+    let mut sick = two.workloads.clone();
+    Arc::make_mut(&mut sick[1]).healthy = false;
+    let after_sick = shared_since(&v, &Registry::from_shared(sick), Some(&same));
+    let health: Vec<i32> = assignment(&view(&after_sick, &p), &api).endpoints[0]
+        .lb_endpoints
+        .iter()
+        .map(|e| e.health_status)
+        .collect();
+    assert_eq!(health, [1, 2], "HEALTHY, UNHEALTHY");
 }
