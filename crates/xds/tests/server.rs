@@ -157,6 +157,23 @@ fn request_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl Stream<Item 
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) })
 }
 
+/// Opens a SotW stream whose first request is `first`: the sender of the
+/// later requests, and the responses.
+async fn open_sotw(
+    addr: SocketAddr,
+    first: DiscoveryRequest,
+) -> (mpsc::Sender<DiscoveryRequest>, Streaming<DiscoveryResponse>) {
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(first).await.unwrap();
+    let responses = client(addr)
+        .await
+        .stream_aggregated_resources(request_stream(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, responses)
+}
+
 async fn next<T>(responses: &mut Streaming<T>) -> T {
     tokio::time::timeout(WAIT, responses.next())
         .await
@@ -198,14 +215,7 @@ fn sotw(node: Option<Node>, version: &str, nonce: &str, error: Option<&str>) -> 
 #[tokio::test]
 async fn sotw_stream_from_connect_to_disconnect() {
     let h = start(clusters(&[("a", "1"), ("b", "1")])).await;
-    let mut c = client(h.addr).await;
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(sotw(Some(node("n1")), "", "", None)).await.unwrap();
-    let mut responses = c
-        .stream_aggregated_resources(request_stream(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut responses) = open_sotw(h.addr, sotw(Some(node("n1")), "", "", None)).await;
 
     // The whole wildcard set, and the node (with its metadata) reached the hooks.
     let r1 = next(&mut responses).await;
@@ -275,7 +285,6 @@ async fn sotw_stream_from_connect_to_disconnect() {
     // The client goes away: its state is dropped and the hook told.
     drop(tx);
     drop(responses);
-    drop(c);
     eventually("cleanup", || h.server.connections().is_empty()).await;
     eventually("the disconnect hook", || {
         h.hooks.lines().last().map(String::as_str) == Some("disconnect n1")
@@ -287,14 +296,7 @@ async fn sotw_stream_from_connect_to_disconnect() {
 #[tokio::test]
 async fn a_stream_awaiting_its_ack_takes_the_newest_snapshot_when_the_ack_comes() {
     let h = start(clusters(&[("a", "1")])).await;
-    let mut c = client(h.addr).await;
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(sotw(Some(node("n1")), "", "", None)).await.unwrap();
-    let mut responses = c
-        .stream_aggregated_resources(request_stream(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut responses) = open_sotw(h.addr, sotw(Some(node("n1")), "", "", None)).await;
     let r1 = next(&mut responses).await;
     assert_eq!(h.snapshots.taken("n1"), 1);
 
@@ -325,14 +327,7 @@ async fn a_stream_awaiting_its_ack_takes_the_newest_snapshot_when_the_ack_comes(
 #[tokio::test]
 async fn the_first_request_must_carry_the_node() {
     let h = start(clusters(&[("a", "1")])).await;
-    let mut c = client(h.addr).await;
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(sotw(None, "", "", None)).await.unwrap();
-    let mut responses = c
-        .stream_aggregated_resources(request_stream(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (_tx, mut responses) = open_sotw(h.addr, sotw(None, "", "", None)).await;
     let err = tokio::time::timeout(WAIT, responses.next())
         .await
         .unwrap()
@@ -346,16 +341,9 @@ async fn the_first_request_must_carry_the_node() {
 #[tokio::test]
 async fn a_request_without_type_url_ends_the_stream() {
     let h = start(clusters(&[("a", "1")])).await;
-    let mut c = client(h.addr).await;
-    let (tx, rx) = mpsc::channel(8);
     let mut first = sotw(Some(node("n2")), "", "", None);
     first.type_url.clear();
-    tx.send(first).await.unwrap();
-    let mut responses = c
-        .stream_aggregated_resources(request_stream(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (_tx, mut responses) = open_sotw(h.addr, first).await;
     let err = tokio::time::timeout(WAIT, responses.next())
         .await
         .unwrap()
@@ -423,14 +411,7 @@ async fn delta_stream_sends_changes_and_removals_only() {
 #[tokio::test]
 async fn shutdown_ends_open_streams() {
     let mut h = start(clusters(&[("a", "1")])).await;
-    let mut c = client(h.addr).await;
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(sotw(Some(node("n3")), "", "", None)).await.unwrap();
-    let mut responses = c
-        .stream_aggregated_resources(request_stream(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut responses) = open_sotw(h.addr, sotw(Some(node("n3")), "", "", None)).await;
     next(&mut responses).await;
     h.stop.take().unwrap().send(()).unwrap();
     let served = tokio::time::timeout(WAIT, &mut h.served)
