@@ -25,6 +25,28 @@ use crate::support::{Control, eventually, trellis, write};
 const NODE: &str = "productpage.default";
 
 /// A running Envoy; killed on drop.
+/// `trellis bootstrap envoy` for the workload `productpage` on 127.0.0.1
+/// (inbound port and admin picked by the OS) against `xds`, with the
+/// test's own flags: the bootstrap JSON.
+fn productpage_bootstrap(xds: &str, flags: &[&str]) -> String {
+    let mut args = vec![
+        "bootstrap",
+        "envoy",
+        "--workload",
+        "productpage",
+        "--address",
+        "127.0.0.1",
+        "--inbound-port",
+        "0",
+        "--xds",
+        xds,
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(flags);
+    trellis(&args).ok().stdout
+}
+
 struct Envoy {
     child: Child,
     admin: SocketAddr,
@@ -277,31 +299,20 @@ fn stock_envoy_routes_with_config_from_trellis_control() {
         ])
         .ok();
 
-    let bootstrap = trellis(&[
-        "bootstrap",
-        "envoy",
-        "--workload",
-        "productpage",
-        "--namespace",
-        "default",
-        "--labels",
-        "app=productpage,version=v1",
-        // The registered workload's app: the v1 echo server plays it.
-        "--ports",
-        &format!("http={}", v1.addr().port()),
-        "--address",
-        "127.0.0.1",
-        "--outbound-port",
-        "0",
-        "--inbound-port",
-        "0",
-        "--xds",
+    let bootstrap = productpage_bootstrap(
         &control.xds,
-        "--admin",
-        "127.0.0.1:0",
-    ])
-    .ok()
-    .stdout;
+        &[
+            "--namespace",
+            "default",
+            "--labels",
+            "app=productpage,version=v1",
+            // The registered workload's app: the v1 echo server plays it.
+            "--ports",
+            &format!("http={}", v1.addr().port()),
+            "--outbound-port",
+            "0",
+        ],
+    );
     let envoy = Envoy::start(&bootstrap);
     let outbound = eventually("Envoy's outbound listener", || {
         envoy.listener(&rt, "outbound")
@@ -487,27 +498,16 @@ fn a_nack_is_shown_and_a_gone_workload_leaves_after_the_grace() {
     // delta ADS, so both protocols meet a real Envoy here.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let bootstrap = trellis(&[
-        "bootstrap",
-        "envoy",
-        "--workload",
-        "productpage",
-        "--labels",
-        "app=productpage",
-        "--address",
-        "127.0.0.1",
-        "--outbound-port",
-        &port,
-        "--inbound-port",
-        "0",
-        "--xds",
+    let bootstrap = productpage_bootstrap(
         &control.xds,
-        "--admin",
-        "127.0.0.1:0",
-        "--delta",
-    ])
-    .ok()
-    .stdout;
+        &[
+            "--labels",
+            "app=productpage",
+            "--outbound-port",
+            &port,
+            "--delta",
+        ],
+    );
     let envoy = Envoy::start(&bootstrap);
     let p = eventually("the Listener NACK in GET /api/v1/proxies", || {
         proxy_status(&control).filter(|p| p["types"]["Listener"]["lastNack"].is_object())
@@ -569,28 +569,17 @@ fn a_health_check_marks_the_workload_unhealthy_and_back() {
     let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let app_addr = app.local_addr().unwrap();
     let ports = format!("http={}", app_addr.port());
-    let bootstrap = trellis(&[
-        "bootstrap",
-        "envoy",
-        "--workload",
-        "productpage",
-        "--labels",
-        "app=productpage",
-        "--ports",
-        &ports,
-        "--address",
-        "127.0.0.1",
-        "--outbound-port",
-        "0",
-        "--inbound-port",
-        "0",
-        "--xds",
+    let bootstrap = productpage_bootstrap(
         &control.xds,
-        "--admin",
-        "127.0.0.1:0",
-    ])
-    .ok()
-    .stdout;
+        &[
+            "--labels",
+            "app=productpage",
+            "--ports",
+            &ports,
+            "--outbound-port",
+            "0",
+        ],
+    );
     let mut bootstrap: Value = serde_json::from_str(&bootstrap).unwrap();
     bootstrap["node"]["metadata"]["HEALTH_CHECK"] = serde_json::json!({
         "tcp": true,
@@ -795,30 +784,19 @@ fn stock_envoy_with_a_token_gets_its_certificate_as_the_default_secret() {
         .stdout
         .trim()
         .to_owned();
-    let bootstrap = trellis(&[
-        "bootstrap",
-        "envoy",
-        "--workload",
-        "productpage",
-        "--namespace",
-        "default",
-        "--service-account",
-        "productpage",
-        "--address",
-        "127.0.0.1",
-        "--outbound-port",
-        "0",
-        "--inbound-port",
-        "0",
-        "--xds",
+    let bootstrap = productpage_bootstrap(
         &control.xds,
-        "--admin",
-        "127.0.0.1:0",
-        "--token",
-        &token,
-    ])
-    .ok()
-    .stdout;
+        &[
+            "--namespace",
+            "default",
+            "--service-account",
+            "productpage",
+            "--outbound-port",
+            "0",
+            "--token",
+            &token,
+        ],
+    );
     let mut b: Value = serde_json::from_str(&bootstrap).unwrap();
     // Until the mTLS listeners come from the control plane, a static one
     // asks for the Secrets the way they will: `default` and `ROOTCA` over ADS.
@@ -914,28 +892,17 @@ spec:
 ",
     );
     control.cli(&["apply", "-f", mesh.to_str().unwrap()]).ok();
-    let bootstrap = trellis(&[
-        "bootstrap",
-        "envoy",
-        "--workload",
-        "productpage",
-        "--namespace",
-        "default",
-        "--labels",
-        "app=productpage",
-        "--address",
-        "127.0.0.1",
-        "--outbound-port",
-        "0",
-        "--inbound-port",
-        "0",
-        "--xds",
+    let bootstrap = productpage_bootstrap(
         &control.xds,
-        "--admin",
-        "127.0.0.1:0",
-    ])
-    .ok()
-    .stdout;
+        &[
+            "--namespace",
+            "default",
+            "--labels",
+            "app=productpage",
+            "--outbound-port",
+            "0",
+        ],
+    );
     let mut bootstrap: Value = serde_json::from_str(&bootstrap).unwrap();
     bootstrap["node"]["metadata"]["TLS_MODE"] = "istio".into();
     let envoy = Envoy::start(&bootstrap.to_string());
