@@ -324,19 +324,17 @@ fn a_readable_ca_key_stops_the_start() {
     let key = theirs.path().join("root-key.pem");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let cert = theirs.path().join("root-cert.pem");
-    let err = Control::try_start(
-        data.path(),
-        &[
-            "--trust-domain",
-            "corp.example",
-            "--ca-cert",
-            cert.to_str().unwrap(),
-            "--ca-key",
-            key.to_str().unwrap(),
-        ],
-    )
-    .err()
-    .expect("refused");
+    let ca_flags = [
+        "--trust-domain",
+        "corp.example",
+        "--ca-cert",
+        cert.to_str().unwrap(),
+        "--ca-key",
+        key.to_str().unwrap(),
+    ];
+    let err = Control::try_start(data.path(), &ca_flags)
+        .err()
+        .expect("refused");
     assert!(err.contains("chmod 600"), "{err}");
     assert!(
         !err.contains(
@@ -350,17 +348,7 @@ fn a_readable_ca_key_stops_the_start() {
 
     // With the mode fixed, certificates name the operator's trust domain.
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let control = Control::start(
-        data.path(),
-        &[
-            "--trust-domain",
-            "corp.example",
-            "--ca-cert",
-            cert.to_str().unwrap(),
-            "--ca-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let control = Control::start(data.path(), &ca_flags);
     let token = control
         .cli(&["token", "create", "-n", "a", "--service-account", "b"])
         .ok()
