@@ -34,23 +34,11 @@ fn apply_get_and_restart_keep_resources() {
     let logs = control.logs();
     assert!(logs.contains("listening") && logs.contains("api"), "{logs}");
 
-    let out = control.cli(&["apply", "-f", dir]).ok();
-    assert_eq!(
-        out.stdout,
-        "ServiceEntry default/reviews created\nVirtualService default/reviews created\n"
-    );
-    let out = control.cli(&["apply", "-f", dir]).ok();
-    assert_eq!(
-        out.stdout,
-        "ServiceEntry default/reviews unchanged\nVirtualService default/reviews unchanged\n"
-    );
+    // Two generations of the VirtualService (what `apply` prints for each
+    // step is verbs.rs's test).
+    control.cli(&["apply", "-f", dir]).ok();
     write(files.path(), "20-vs.yaml", &vs("reviews", 50));
-    let out = control.cli(&["apply", "-f", dir]).ok();
-    assert!(
-        out.stdout
-            .contains("VirtualService default/reviews configured"),
-        "{out:?}"
-    );
+    control.cli(&["apply", "-f", dir]).ok();
 
     let v = control
         .cli(&["get", "vs", "reviews", "-o", "json"])
