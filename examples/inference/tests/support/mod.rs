@@ -142,16 +142,9 @@ pub fn static_service_entry(s: &MeshService, endpoints: &[(SocketAddr, String)])
             })
         })
         .collect();
-    json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "ServiceEntry",
-        "metadata": {"name": s.name, "namespace": "default"},
-        "spec": {
-            "hosts": [s.name],
-            "location": "MESH_INTERNAL",
-            "resolution": "STATIC",
-            "ports": [{"number": s.port, "name": s.protocol, "protocol": istio_protocol(&s.protocol)}],
-            "endpoints": eps,
-        }
-    })
+    let mut se = generated_service_entry(s);
+    let spec = se["spec"].as_object_mut().expect("spec is an object");
+    spec.remove("workloadSelector");
+    spec.insert("endpoints".into(), Value::Array(eps));
+    se
 }
