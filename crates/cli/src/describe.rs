@@ -69,65 +69,66 @@ pub fn service(v: &Value) -> String {
     }
     out.push_str(&columns(&rows));
     let eps = v["endpoints"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    if eps.is_empty() {
-        out.push_str("Endpoints: none\n");
-    } else {
-        out.push_str("Endpoints:\n");
-        let mut rows = vec![vec![
-            "  ADDRESS".to_string(),
-            "PORT".into(),
-            "WORKLOAD".into(),
-            "HEALTH".into(),
-            "PROXY".into(),
-            "LABELS".into(),
-        ]];
-        for e in eps {
-            let proxy = match e["proxy"]["connected"].as_bool() {
-                None => "-".to_string(),
-                Some(false) => "disconnected".into(),
-                Some(true) => format!(
-                    "{} (generation {})",
-                    if e["proxy"]["acked"] == true {
-                        "acked"
-                    } else {
-                        "not acked"
-                    },
-                    s(&e["proxy"]["generation"])
-                ),
-            };
-            rows.push(vec![
-                format!("  {}", s(&e["address"])),
-                format!("{} ({})", s(&e["port"]), s(&e["portName"])),
-                s(&e["workload"]),
-                s(&e["health"]),
-                proxy,
-                labels(&e["labels"]),
-            ]);
-        }
-        out.push_str(&columns(&rows));
-    }
+    let rows = eps.iter().map(|e| {
+        let proxy = match e["proxy"]["connected"].as_bool() {
+            None => "-".to_string(),
+            Some(false) => "disconnected".into(),
+            Some(true) => format!(
+                "{} (generation {})",
+                if e["proxy"]["acked"] == true {
+                    "acked"
+                } else {
+                    "not acked"
+                },
+                s(&e["proxy"]["generation"])
+            ),
+        };
+        vec![
+            format!("  {}", s(&e["address"])),
+            format!("{} ({})", s(&e["port"]), s(&e["portName"])),
+            s(&e["workload"]),
+            s(&e["health"]),
+            proxy,
+            labels(&e["labels"]),
+        ]
+    });
+    section(
+        &mut out,
+        "Endpoints",
+        &["ADDRESS", "PORT", "WORKLOAD", "HEALTH", "PROXY", "LABELS"],
+        rows.collect(),
+    );
     let policies = v["policies"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    if policies.is_empty() {
-        out.push_str("Policies: none\n");
-    } else {
-        out.push_str("Policies:\n");
-        let mut rows = vec![vec![
-            "  KIND".to_string(),
-            "NAME".into(),
-            "APPLIES".into(),
-            "SENT TO".into(),
-        ]];
-        for p in policies {
-            rows.push(vec![
-                format!("  {}", s(&p["kind"])),
-                format!("{}/{}", s(&p["namespace"]), s(&p["name"])),
-                s(&p["why"]),
-                proxies(&p["proxies"]),
-            ]);
-        }
-        out.push_str(&columns(&rows));
-    }
+    let rows = policies.iter().map(|p| {
+        vec![
+            format!("  {}", s(&p["kind"])),
+            format!("{}/{}", s(&p["namespace"]), s(&p["name"])),
+            s(&p["why"]),
+            proxies(&p["proxies"]),
+        ]
+    });
+    section(
+        &mut out,
+        "Policies",
+        &["KIND", "NAME", "APPLIES", "SENT TO"],
+        rows.collect(),
+    );
     out
+}
+
+/// `TITLE:` and an indented table of `rows` under `header`, or `TITLE:
+/// none` when there are no rows.
+fn section(out: &mut String, title: &str, header: &[&str], rows: Vec<Vec<String>>) {
+    if rows.is_empty() {
+        out.push_str(&format!("{title}: none\n"));
+        return;
+    }
+    out.push_str(&format!("{title}:\n"));
+    let mut head: Vec<String> = header.iter().map(|h| (*h).to_string()).collect();
+    head[0] = format!("  {}", head[0]);
+    let mut table = vec![head];
+    table.extend(rows);
+    out.push_str(&columns(&table));
 }
 
 #[cfg(test)]
