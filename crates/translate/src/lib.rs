@@ -275,18 +275,21 @@ pub fn shared_since(
     let mut services = BTreeMap::new();
     let mut errors = Vec::new();
     for (host, s) in &v.services {
-        let selected: Vec<Arc<Workload>> = endpoint::workload_selector(s)
-            .map(|sel| registry.select(&s.namespace, sel).cloned().collect())
-            .unwrap_or_default();
+        let selection = || {
+            endpoint::workload_selector(s)
+                .into_iter()
+                .flat_map(|sel| registry.select(&s.namespace, sel))
+        };
         let old = prev.and_then(|p| p.services.get(host));
         // The same workloads (same `Arc`s: none re-registered or changed
         // health) give the same endpoints, without building them again.
         // Under churn most services are in that case in every generation.
-        if let Some(old) = old.filter(|o| same_workloads(&o.selected, &selected)) {
+        if let Some(old) = old.filter(|o| same_workloads(&o.selected, selection())) {
             errors.extend(old.errors.iter().cloned());
             services.insert(host.clone(), old.clone());
             continue;
         }
+        let selected: Vec<Arc<Workload>> = selection().cloned().collect();
         let endpoints: Vec<Vec<EndpointInfo>> = s
             .ports
             .iter()
@@ -429,8 +432,12 @@ fn shared_service(
     }
 }
 
-fn same_workloads(a: &[Arc<Workload>], b: &[Arc<Workload>]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
+fn same_workloads<'a>(
+    held: &[Arc<Workload>],
+    mut now: impl Iterator<Item = &'a Arc<Workload>>,
+) -> bool {
+    let mut held = held.iter();
+    now.all(|w| held.next().is_some_and(|h| Arc::ptr_eq(w, h))) && held.next().is_none()
 }
 
 fn shared_hosts(v: &Validated) -> BTreeMap<String, SharedHost> {
@@ -761,4 +768,29 @@ fn proxyless_listeners(
 /// [`shared`] then [`view`], for one proxy.
 pub fn translate(v: &Validated, registry: &Registry, proxy: &ProxyIdentity) -> Snapshot {
     view(&shared(v, registry), proxy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_workloads_means_the_same_arcs_in_the_same_order() {
+        let (a, b) = (Arc::new(Workload::default()), Arc::new(Workload::default()));
+        let equal_value = Arc::new(Workload::default());
+        type Case<'a> = (Vec<&'a Arc<Workload>>, Vec<&'a Arc<Workload>>, bool);
+        // (held, now, same?)
+        let cases: Vec<Case> = vec![
+            (vec![], vec![], true),
+            (vec![&a, &b], vec![&a, &b], true),
+            (vec![&a, &b], vec![&b, &a], false),
+            (vec![&a], vec![&a, &b], false),
+            (vec![&a, &b], vec![&a], false),
+            (vec![&a], vec![&equal_value], false),
+        ];
+        for (i, (held, now, want)) in cases.into_iter().enumerate() {
+            let held: Vec<Arc<Workload>> = held.into_iter().cloned().collect();
+            assert_eq!(same_workloads(&held, now.into_iter()), want, "case {i}");
+        }
+    }
 }
