@@ -171,10 +171,21 @@ fn a_token_gets_a_certificate_for_its_identity_only() {
         .to_owned();
     std::thread::sleep(Duration::from_millis(2100));
     let mut bad_sig = greedy_csr();
-    // Flip one base64 character inside the signature (the last line before END).
+    // Flip one base64 character inside the signature (at the end of the
+    // PEM). Not the last one before the padding: that one may carry only
+    // padding bits, and flipping them changes nothing (the signature's
+    // length, hence the padding, varies from key to key).
     let end = bad_sig.find("-----END").unwrap();
-    let i = end - 4;
-    let c = bad_sig.as_bytes()[i];
+    let b = bad_sig.as_bytes();
+    let mut i = end - 1;
+    while matches!(b[i], b'\n' | b'=') {
+        i -= 1;
+    }
+    i -= 1;
+    if b[i] == b'\n' {
+        i -= 1;
+    }
+    let c = b[i];
     bad_sig.replace_range(i..=i, if c == b'A' { "B" } else { "A" });
     let cases: Vec<(Option<&str>, String, Code, &str)> = vec![
         (
