@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use mesh::{MARKER_SERVICE, Mesh, Scope};
 use procstat::Sampler;
-use proxy::{Role, Shared};
+use proxy::{Role, Shared, Wire};
 
 /// The simulator stands for proxies that would run on other machines, yet
 /// it shares the control plane's CPUs: every cycle it spends decoding is
@@ -82,6 +82,9 @@ struct RunArgs {
     /// Scenarios, in order: connect (always first), vs, churn.
     #[arg(long, default_value = "connect,vs,churn", value_delimiter = ',')]
     scenarios: Vec<String>,
+    /// The ADS variant the proxies speak (Envoy speaks both).
+    #[arg(long, value_enum, default_value_t = Wire::Sotw)]
+    wire: Wire,
     /// The control plane's pid, to sample its CPU and RSS.
     #[arg(long)]
     control_pid: Option<u32>,
@@ -160,6 +163,7 @@ async fn run(a: RunArgs) -> Value {
     };
     let sh = Arc::new(Shared::new(
         mesh,
+        a.wire,
         &a.xds.to_string(),
         a.proxies,
         Duration::from_secs_f64(a.registration_grace),
@@ -173,7 +177,7 @@ async fn run(a: RunArgs) -> Value {
             "proxies": a.proxies, "services": a.mesh.services, "namespaces": a.mesh.namespaces, "scope": a.mesh.scope.as_str(),
             "threads": a.threads, "churn_rate": a.churn_rate, "churn_secs": a.churn_secs,
             "churn_lifetime": a.churn_lifetime, "registration_grace": a.registration_grace,
-            "vs_changes": a.vs_changes, "mode": "sotw",
+            "vs_changes": a.vs_changes, "mode": a.wire.as_str(),
         }),
     );
 

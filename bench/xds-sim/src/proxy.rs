@@ -1,8 +1,8 @@
-//! One simulated proxy: its own TCP connection and gRPC ADS stream (state
-//! of the world), subscribing as Envoy does (CDS and LDS wildcard, then EDS
-//! for the EDS clusters and RDS for the routes the listeners name),
-//! decoding every resource of every response into its typed message and
-//! ACKing it. What it observes goes to [`Shared`]: when it first held a
+//! One simulated proxy: its own TCP connection and gRPC ADS stream, state
+//! of the world or delta (incremental) as Envoy speaks them, subscribing as
+//! Envoy does (CDS and LDS wildcard, then EDS for the EDS clusters and RDS
+//! for the routes the listeners name), decoding every resource of every
+//! response into its typed message and ACKing it. What it observes goes to [`Shared`]: when it first held a
 //! full config, when it held every base endpoint, the marker route's weight
 //! and when it changed, and which churn workloads it sees.
 //!
@@ -26,7 +26,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
 use hdrhistogram::Histogram;
@@ -41,9 +41,28 @@ pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfigur
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 
+/// Which ADS variant the proxies speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Wire {
+    /// State of the world: every ACK repeats the subscribed names.
+    Sotw,
+    /// Incremental: responses carry what changed, ACKs only a nonce.
+    Delta,
+}
+
+impl Wire {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Wire::Sotw => "sotw",
+            Wire::Delta => "delta",
+        }
+    }
+}
+
 /// What every proxy task shares.
 pub struct Shared {
     pub mesh: Mesh,
+    pub wire: Wire,
     pub uri: String,
     pub epoch: Instant,
     /// One per base proxy.
@@ -119,10 +138,11 @@ pub struct ChurnEvent {
 }
 
 impl Shared {
-    pub fn new(mesh: Mesh, xds: &str, proxies: usize, grace: Duration) -> Shared {
+    pub fn new(mesh: Mesh, wire: Wire, xds: &str, proxies: usize, grace: Duration) -> Shared {
         let hist = || Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
         Shared {
             mesh,
+            wire,
             uri: format!("http://{xds}"),
             epoch: Instant::now(),
             recs: (0..proxies).map(|_| Rec::default()).collect(),
@@ -203,7 +223,13 @@ struct Proxy {
     lds: TypeState,
     rds: TypeState,
     eds: TypeState,
+    /// Delta only (a SotW response holds every cluster and listener): the
+    /// EDS service each held cluster names, the routes each listener names.
+    cluster_eds: HashMap<String, Option<String>>,
+    listener_rds: HashMap<String, Vec<String>>,
+    /// Sorted.
     eds_names: Arc<Vec<String>>,
+    /// Sorted.
     rds_names: Vec<String>,
     /// Base endpoints per service (whole-service clusters only).
     per_service: Box<[u16]>,
@@ -211,13 +237,41 @@ struct Proxy {
     /// Churn endpoints held, sorted.
     churn: Vec<u32>,
     /// Churn endpoints per service, as the last assignment of each said.
-    churn_by_service: std::collections::HashMap<usize, Vec<u32>>,
+    churn_by_service: HashMap<usize, Vec<u32>>,
     marker: i64,
     /// Base endpoints this proxy must hold to count as converged.
     expected: u64,
 }
 
+/// What a response changes in the EDS or RDS subscription.
+struct Resubscribe {
+    subscribe: Vec<String>,
+    unsubscribe: Vec<String>,
+}
+
 impl Proxy {
+    fn new(sh: Arc<Shared>, role: Role, node: Node, expected: u64) -> Proxy {
+        Proxy {
+            per_service: vec![0; sh.mesh.services].into_boxed_slice(),
+            sh,
+            role,
+            node: Some(node),
+            cds: TypeState::default(),
+            lds: TypeState::default(),
+            rds: TypeState::default(),
+            eds: TypeState::default(),
+            cluster_eds: HashMap::new(),
+            listener_rds: HashMap::new(),
+            eds_names: Arc::new(Vec::new()),
+            rds_names: Vec::new(),
+            endpoints: 0,
+            churn: Vec::new(),
+            churn_by_service: HashMap::new(),
+            marker: 0,
+            expected,
+        }
+    }
+
     fn rec(&self) -> Option<&Rec> {
         match self.role {
             Role::Base(i) => self.sh.recs.get(i),
@@ -225,31 +279,17 @@ impl Proxy {
         }
     }
 
-    fn request(&mut self, type_url: &str, names: Vec<String>) -> DiscoveryRequest {
-        let t = match type_url {
-            CLUSTER => &self.cds,
-            LISTENER => &self.lds,
-            ROUTE => &self.rds,
-            _ => &self.eds,
-        };
-        DiscoveryRequest {
-            version_info: t.version.clone(),
-            node: self.node.take(),
-            resource_names: names,
-            type_url: type_url.to_string(),
-            response_nonce: t.nonce.clone(),
-            ..Default::default()
-        }
-    }
-
-    /// Decodes a response; returns the ACK, then any new subscription.
-    fn on_response(&mut self, r: DiscoveryResponse) -> Vec<DiscoveryRequest> {
+    fn count<'a>(&self, type_url: &str, bodies: impl Iterator<Item = &'a [u8]>) {
         let st = &self.sh.stats;
         st.responses.fetch_add(1, Relaxed);
-        st.resources.fetch_add(r.resources.len() as u64, Relaxed);
-        let bytes = r.resources.iter().map(|a| a.value.len() as u64).sum();
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for b in bodies {
+            n += 1;
+            bytes += b.len() as u64;
+        }
+        st.resources.fetch_add(n, Relaxed);
         st.bytes.fetch_add(bytes, Relaxed);
-        let slot = match r.type_url.as_str() {
+        let slot = match type_url {
             CLUSTER => Some(0),
             LISTENER => Some(1),
             ROUTE => Some(2),
@@ -259,139 +299,276 @@ impl Proxy {
         if let Some(i) = slot {
             st.bytes_by_type[i].fetch_add(bytes, Relaxed);
         }
+    }
+
+    fn state(&mut self, type_url: &str) -> &mut TypeState {
+        match type_url {
+            CLUSTER => &mut self.cds,
+            LISTENER => &mut self.lds,
+            ROUTE => &mut self.rds,
+            _ => &mut self.eds,
+        }
+    }
+
+    /// A new EDS subscription, if the clusters now name other services;
+    /// assignments no longer named are dropped (no response says so).
+    fn set_eds(&mut self, mut eds: Vec<String>) -> Option<Resubscribe> {
+        eds.sort_unstable();
+        eds.dedup();
+        if *self.eds_names == eds {
+            return None;
+        }
+        let change = diff(&self.eds_names, &eds);
+        for gone in &change.unsubscribe {
+            self.assignment_removed(gone);
+        }
+        self.eds_names = self.sh.intern_eds(eds);
+        self.eds.acked = false;
+        Some(change)
+    }
+
+    /// A new RDS subscription, if the listeners now name other routes.
+    fn set_rds(&mut self, mut rds: Vec<String>) -> Option<Resubscribe> {
+        rds.sort_unstable();
+        rds.dedup();
+        if self.rds_names == rds {
+            return None;
+        }
+        let change = diff(&self.rds_names, &rds);
+        self.rds_names = rds;
+        self.rds.acked = false;
+        Some(change)
+    }
+
+    /// Applies one RouteConfiguration: the marker's weight, if it has it.
+    fn route(&mut self, bytes: &[u8]) {
+        let Some(rc) = decode::<RouteConfiguration>(&self.sh, bytes) else {
+            return;
+        };
+        if let Some(w) = marker_weight(&rc, &self.sh.marker_domain) {
+            self.marker = w;
+        }
+    }
+
+    /// Applies one ClusterLoadAssignment. Assignments may come one at a
+    /// time (delta, or a SotW EDS response with only what changed, as the
+    /// protocol allows): one not in a response keeps what it had, as in
+    /// Envoy.
+    fn assignment(&mut self, bytes: &[u8]) {
+        let Some(cla) = decode::<ClusterLoadAssignment>(&self.sh, bytes) else {
+            return;
+        };
+        let Some(svc) = Mesh::plain_cluster_service(&cla.cluster_name) else {
+            return;
+        };
+        let mut base = 0u16;
+        let mut churn = Vec::new();
+        for e in cla.endpoints.iter().flat_map(|l| &l.lb_endpoints) {
+            let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                continue;
+            };
+            let Some(address::Address::SocketAddress(sa)) =
+                ep.address.as_ref().and_then(|a| a.address.as_ref())
+            else {
+                continue;
+            };
+            let _port = matches!(sa.port_specifier, Some(PortSpecifier::PortValue(_)));
+            let Ok(ip) = sa.address.parse::<Ipv4Addr>() else {
+                continue;
+            };
+            if ip.octets()[..2] == CHURN_NET {
+                churn.push(u32::from(ip));
+            } else {
+                base += 1;
+            }
+        }
+        if let Some(c) = self.per_service.get_mut(svc) {
+            *c = base;
+        }
+        if churn.is_empty() {
+            self.churn_by_service.remove(&svc);
+        } else {
+            self.churn_by_service.insert(svc, churn);
+        }
+    }
+
+    fn assignment_removed(&mut self, name: &str) {
+        let Some(svc) = Mesh::plain_cluster_service(name) else {
+            return;
+        };
+        if let Some(c) = self.per_service.get_mut(svc) {
+            *c = 0;
+        }
+        self.churn_by_service.remove(&svc);
+    }
+
+    /// After a response's assignments: totals, and the churn workloads now
+    /// held against those held before.
+    fn assignments_done(&mut self) {
+        self.endpoints = self.per_service.iter().map(|c| *c as u64).sum();
+        let mut churn: Vec<u32> = self.churn_by_service.values().flatten().copied().collect();
+        churn.sort_unstable();
+        self.observe_churn(churn);
+    }
+
+    fn sotw_request(&mut self, type_url: &str, names: Vec<String>) -> DiscoveryRequest {
+        let node = self.node.take();
+        let t = self.state(type_url);
+        DiscoveryRequest {
+            version_info: t.version.clone(),
+            node,
+            resource_names: names,
+            type_url: type_url.to_string(),
+            response_nonce: t.nonce.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Decodes a SotW response; returns the ACK, then any new subscription.
+    fn on_sotw(&mut self, r: DiscoveryResponse) -> Vec<DiscoveryRequest> {
+        self.count(&r.type_url, r.resources.iter().map(|a| a.value.as_slice()));
         let mut out = Vec::new();
         match r.type_url.as_str() {
             CLUSTER => {
-                let mut eds = Vec::new();
-                for a in &r.resources {
-                    let Some(c) = decode::<Cluster>(&self.sh, &a.value) else {
-                        continue;
-                    };
-                    // EDS = 3
-                    if c.cluster_discovery_type == Some(ClusterDiscoveryType::Type(3)) {
-                        let service_name = c
-                            .eds_cluster_config
-                            .map(|e| e.service_name)
-                            .filter(|s| !s.is_empty());
-                        eds.push(service_name.unwrap_or(c.name));
-                    }
-                }
-                eds.sort();
+                let eds = r
+                    .resources
+                    .iter()
+                    .filter_map(|a| cluster_eds(&self.sh, &a.value))
+                    .filter_map(|(_, eds)| eds)
+                    .collect();
                 self.cds = TypeState {
                     version: r.version_info,
                     nonce: r.nonce,
                     acked: true,
                 };
-                out.push(self.request(CLUSTER, Vec::new()));
-                if *self.eds_names != eds {
-                    self.eds_names = self.sh.intern_eds(eds);
-                    self.eds.acked = false;
-                    out.push(self.request(ENDPOINT, (*self.eds_names).clone()));
+                out.push(self.sotw_request(CLUSTER, Vec::new()));
+                if self.set_eds(eds).is_some() {
+                    let names = (*self.eds_names).clone();
+                    out.push(self.sotw_request(ENDPOINT, names));
                 }
             }
             LISTENER => {
-                let mut rds = Vec::new();
-                for a in &r.resources {
-                    let Some(l) = decode::<Listener>(&self.sh, &a.value) else {
-                        continue;
-                    };
-                    for f in l.filter_chains.iter().flat_map(|c| &c.filters) {
-                        if let Some(filter::ConfigType::TypedConfig(tc)) = &f.config_type
-                            && tc.type_url == HCM
-                            && let Some(h) = decode::<HttpConnectionManager>(&self.sh, &tc.value)
-                            && let Some(RouteSpecifier::Rds(rds_cfg)) = h.route_specifier
-                        {
-                            rds.push(rds_cfg.route_config_name);
-                        }
-                    }
-                }
-                rds.sort();
-                rds.dedup();
+                let rds = r
+                    .resources
+                    .iter()
+                    .filter_map(|a| listener_rds(&self.sh, &a.value))
+                    .flat_map(|(_, rds)| rds)
+                    .collect();
                 self.lds = TypeState {
                     version: r.version_info,
                     nonce: r.nonce,
                     acked: true,
                 };
-                out.push(self.request(LISTENER, Vec::new()));
-                if self.rds_names != rds {
-                    self.rds_names = rds;
-                    self.rds.acked = false;
-                    out.push(self.request(ROUTE, self.rds_names.clone()));
+                out.push(self.sotw_request(LISTENER, Vec::new()));
+                if self.set_rds(rds).is_some() {
+                    let names = self.rds_names.clone();
+                    out.push(self.sotw_request(ROUTE, names));
                 }
             }
             ROUTE => {
                 for a in &r.resources {
-                    let Some(rc) = decode::<RouteConfiguration>(&self.sh, &a.value) else {
-                        continue;
-                    };
-                    if let Some(w) = marker_weight(&rc, &self.sh.marker_domain) {
-                        self.marker = w;
-                    }
+                    self.route(&a.value);
                 }
                 self.rds = TypeState {
                     version: r.version_info,
                     nonce: r.nonce,
                     acked: true,
                 };
-                out.push(self.request(ROUTE, self.rds_names.clone()));
+                let names = self.rds_names.clone();
+                out.push(self.sotw_request(ROUTE, names));
             }
             ENDPOINT => {
-                // Endpoints may come partially (the protocol allows a SotW
-                // EDS response to carry only the assignments that changed):
-                // an assignment not in the response keeps what it had, as
-                // in Envoy.
                 for a in &r.resources {
-                    let Some(cla) = decode::<ClusterLoadAssignment>(&self.sh, &a.value) else {
-                        continue;
-                    };
-                    let Some(svc) = Mesh::plain_cluster_service(&cla.cluster_name) else {
-                        continue;
-                    };
-                    let mut base = 0u16;
-                    let mut churn = Vec::new();
-                    for e in cla.endpoints.iter().flat_map(|l| &l.lb_endpoints) {
-                        let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier
-                        else {
-                            continue;
-                        };
-                        let Some(address::Address::SocketAddress(sa)) =
-                            ep.address.as_ref().and_then(|a| a.address.as_ref())
-                        else {
-                            continue;
-                        };
-                        let _port = matches!(sa.port_specifier, Some(PortSpecifier::PortValue(_)));
-                        let Ok(ip) = sa.address.parse::<Ipv4Addr>() else {
-                            continue;
-                        };
-                        let o = ip.octets();
-                        if o[..2] == CHURN_NET {
-                            churn.push(u32::from(ip));
-                        } else {
-                            base += 1;
-                        }
-                    }
-                    if let Some(c) = self.per_service.get_mut(svc) {
-                        *c = base;
-                    }
-                    if churn.is_empty() {
-                        self.churn_by_service.remove(&svc);
-                    } else {
-                        self.churn_by_service.insert(svc, churn);
-                    }
+                    self.assignment(&a.value);
                 }
-                self.endpoints = self.per_service.iter().map(|c| *c as u64).sum();
-                let mut churn: Vec<u32> =
-                    self.churn_by_service.values().flatten().copied().collect();
-                churn.sort_unstable();
-                self.observe_churn(churn);
+                self.assignments_done();
                 self.eds = TypeState {
                     version: r.version_info,
                     nonce: r.nonce,
                     acked: true,
                 };
-                out.push(self.request(ENDPOINT, (*self.eds_names).clone()));
+                let names = (*self.eds_names).clone();
+                out.push(self.sotw_request(ENDPOINT, names));
             }
             _ => {}
+        }
+        out
+    }
+
+    fn delta_request(&mut self, type_url: &str) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            node: self.node.take(),
+            type_url: type_url.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn delta_subscribe(&mut self, type_url: &str, change: Resubscribe) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            resource_names_subscribe: change.subscribe,
+            resource_names_unsubscribe: change.unsubscribe,
+            ..self.delta_request(type_url)
+        }
+    }
+
+    /// Decodes a delta response; returns the ACK (the nonce alone), then
+    /// any subscription change.
+    fn on_delta(&mut self, r: DeltaDiscoveryResponse) -> Vec<DeltaDiscoveryRequest> {
+        let bodies = r.resources.iter().filter_map(|x| x.resource.as_ref());
+        self.count(&r.type_url, bodies.clone().map(|a| a.value.as_slice()));
+        let mut change = None;
+        match r.type_url.as_str() {
+            CLUSTER => {
+                for a in bodies {
+                    if let Some((name, eds)) = cluster_eds(&self.sh, &a.value) {
+                        self.cluster_eds.insert(name, eds);
+                    }
+                }
+                for name in &r.removed_resources {
+                    self.cluster_eds.remove(name);
+                }
+                let eds = self.cluster_eds.values().flatten().cloned().collect();
+                change = self.set_eds(eds).map(|c| (ENDPOINT, c));
+            }
+            LISTENER => {
+                for a in bodies {
+                    if let Some((name, rds)) = listener_rds(&self.sh, &a.value) {
+                        self.listener_rds.insert(name, rds);
+                    }
+                }
+                for name in &r.removed_resources {
+                    self.listener_rds.remove(name);
+                }
+                let rds = self.listener_rds.values().flatten().cloned().collect();
+                change = self.set_rds(rds).map(|c| (ROUTE, c));
+            }
+            ROUTE => {
+                for a in bodies {
+                    self.route(&a.value);
+                }
+            }
+            ENDPOINT => {
+                for a in bodies {
+                    self.assignment(&a.value);
+                }
+                for name in &r.removed_resources {
+                    self.assignment_removed(name);
+                }
+                self.assignments_done();
+            }
+            _ => return Vec::new(),
+        }
+        let type_url = r.type_url;
+        let st = self.state(&type_url);
+        st.acked = true;
+        st.nonce = r.nonce;
+        let ack = DeltaDiscoveryRequest {
+            response_nonce: st.nonce.clone(),
+            ..self.delta_request(&type_url)
+        };
+        let mut out = vec![ack];
+        if let Some((t, c)) = change {
+            out.push(self.delta_subscribe(t, c));
         }
         out
     }
@@ -489,6 +666,118 @@ fn marker_weight(rc: &RouteConfiguration, domain: &str) -> Option<i64> {
     }
 }
 
+
+/// A cluster's name and, if it is an EDS cluster, the service name its
+/// assignment goes by.
+fn cluster_eds(sh: &Shared, bytes: &[u8]) -> Option<(String, Option<String>)> {
+    let c = decode::<Cluster>(sh, bytes)?;
+    // EDS = 3
+    if c.cluster_discovery_type != Some(ClusterDiscoveryType::Type(3)) {
+        return Some((c.name, None));
+    }
+    let service_name = c
+        .eds_cluster_config
+        .map(|e| e.service_name)
+        .filter(|s| !s.is_empty());
+    let eds = service_name.unwrap_or_else(|| c.name.clone());
+    Some((c.name, Some(eds)))
+}
+
+/// A listener's name and the route configurations its HTTP connection
+/// managers load over RDS.
+fn listener_rds(sh: &Shared, bytes: &[u8]) -> Option<(String, Vec<String>)> {
+    let l = decode::<Listener>(sh, bytes)?;
+    let mut rds = Vec::new();
+    for f in l.filter_chains.iter().flat_map(|c| &c.filters) {
+        if let Some(filter::ConfigType::TypedConfig(tc)) = &f.config_type
+            && tc.type_url == HCM
+            && let Some(h) = decode::<HttpConnectionManager>(sh, &tc.value)
+            && let Some(RouteSpecifier::Rds(rds_cfg)) = h.route_specifier
+        {
+            rds.push(rds_cfg.route_config_name);
+        }
+    }
+    Some((l.name, rds))
+}
+
+/// From one sorted name list to another: what to subscribe and unsubscribe.
+fn diff(old: &[String], new: &[String]) -> Resubscribe {
+    Resubscribe {
+        subscribe: new
+            .iter()
+            .filter(|n| old.binary_search(n).is_err())
+            .cloned()
+            .collect(),
+        unsubscribe: old
+            .iter()
+            .filter(|n| new.binary_search(n).is_err())
+            .cloned()
+            .collect(),
+    }
+}
+
+/// One ADS variant's requests and responses, for [`exchange`].
+trait Variant: Sized + Send + 'static {
+    type Resp: Send + 'static;
+    /// The requests that open the stream: Envoy's start, CDS then LDS,
+    /// both wildcard.
+    fn first(p: &mut Proxy) -> Vec<Self>;
+    fn handle(p: &mut Proxy, r: Self::Resp) -> Vec<Self>;
+    fn open(
+        client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+        requests: impl futures_util::Stream<Item = Self> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<tonic::Streaming<Self::Resp>, tonic::Status>> + Send;
+}
+
+impl Variant for DiscoveryRequest {
+    type Resp = DiscoveryResponse;
+    fn first(p: &mut Proxy) -> Vec<Self> {
+        vec![
+            p.sotw_request(CLUSTER, Vec::new()),
+            p.sotw_request(LISTENER, Vec::new()),
+        ]
+    }
+    fn handle(p: &mut Proxy, r: DiscoveryResponse) -> Vec<Self> {
+        p.on_sotw(r)
+    }
+    async fn open(
+        client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+        requests: impl futures_util::Stream<Item = Self> + Send + 'static,
+    ) -> Result<tonic::Streaming<DiscoveryResponse>, tonic::Status> {
+        Ok(client
+            .stream_aggregated_resources(requests)
+            .await?
+            .into_inner())
+    }
+}
+
+impl Variant for DeltaDiscoveryRequest {
+    type Resp = DeltaDiscoveryResponse;
+    fn first(p: &mut Proxy) -> Vec<Self> {
+        vec![p.delta_request(CLUSTER), p.delta_request(LISTENER)]
+    }
+    fn handle(p: &mut Proxy, r: DeltaDiscoveryResponse) -> Vec<Self> {
+        p.on_delta(r)
+    }
+    async fn open(
+        client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+        requests: impl futures_util::Stream<Item = Self> + Send + 'static,
+    ) -> Result<tonic::Streaming<DeltaDiscoveryResponse>, tonic::Status> {
+        Ok(client
+            .delta_aggregated_resources(requests)
+            .await?
+            .into_inner())
+    }
+}
+
+/// How a stream ended.
+enum Ended {
+    /// `stop` turned true: the proxy is done.
+    Stopped,
+    /// The stream failed or the server ended it: reconnect.
+    Broken,
+}
+
 /// Runs one proxy until `stop` turns true (then its stream is dropped and
 /// its connection closed). Reconnects after errors.
 pub async fn run(sh: Arc<Shared>, role: Role, mut stop: watch::Receiver<bool>) {
@@ -497,6 +786,7 @@ pub async fn run(sh: Arc<Shared>, role: Role, mut stop: watch::Receiver<bool>) {
         Role::Churn(k) => Identity::churn(&sh.mesh, k),
     };
     let node = ident.node(&sh.mesh);
+    let expected = sh.expected_by_ns[sh.mesh.ns_index(ident.service)];
     let mut attempt = 0u32;
     loop {
         if *stop.borrow() {
@@ -530,92 +820,86 @@ pub async fn run(sh: Arc<Shared>, role: Role, mut stop: watch::Receiver<bool>) {
         let mut client = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20);
-        let mut p = Proxy {
-            sh: sh.clone(),
-            role,
-            node: Some(node.clone()),
-            cds: TypeState::default(),
-            lds: TypeState::default(),
-            rds: TypeState::default(),
-            eds: TypeState::default(),
-            eds_names: Arc::new(Vec::new()),
-            rds_names: Vec::new(),
-            per_service: vec![0; sh.mesh.services].into_boxed_slice(),
-            endpoints: 0,
-            churn: Vec::new(),
-            churn_by_service: std::collections::HashMap::new(),
-            marker: 0,
-            expected: sh.expected_by_ns[sh.mesh.ns_index(ident.service)],
-        };
-        let (tx, mut rx) = mpsc::channel::<DiscoveryRequest>(8);
-        // Envoy's start: CDS, then LDS, both wildcard (no names).
-        let first = [
-            p.request(CLUSTER, Vec::new()),
-            p.request(LISTENER, Vec::new()),
-        ];
-        for r in first {
-            let _ = tx.try_send(r);
-        }
-        if let Role::Churn(k) = role {
+        let p = Proxy::new(sh.clone(), role, node.clone(), expected);
+        if let Role::Churn(_) = role {
             let addr = u32::from(ident.address);
             let mut agg = sh.churn.lock().unwrap_or_else(|e| e.into_inner());
             let ev = agg.events.entry(addr).or_default();
             ev.joined = Some(sh.now());
             ev.observers = sh.observers_by_ns[sh.mesh.ns_index(ident.service)];
-            let _ = k;
         }
-        let requests = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        let resp = tokio::select! {
-            r = client.stream_aggregated_resources(requests) => r,
-            _ = stop.wait_for(|s| *s) => return,
+        let ended = match sh.wire {
+            Wire::Sotw => exchange::<DiscoveryRequest>(&mut client, p, &mut stop).await,
+            Wire::Delta => exchange::<DeltaDiscoveryRequest>(&mut client, p, &mut stop).await,
         };
-        let mut responses = match resp {
-            Ok(r) => r.into_inner(),
-            Err(e) => {
-                sh.stats.stream_errors.fetch_add(1, Relaxed);
-                sh.stats.error("stream start", &e);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
+        match ended {
+            Ended::Stopped => {
+                if let Role::Churn(_) = role {
+                    let addr = u32::from(ident.address);
+                    let mut agg = sh.churn.lock().unwrap_or_else(|e| e.into_inner());
+                    agg.events.entry(addr).or_default().left = Some(sh.now());
+                }
+                return;
             }
-        };
-        if let Some(rec) = p.rec() {
-            rec.connected.store(true, Relaxed);
-        }
-        attempt = 0;
-        loop {
-            let msg = tokio::select! {
-                m = responses.message() => m,
-                _ = stop.wait_for(|s| *s) => {
-                    if let Role::Churn(_) = role {
-                        let addr = u32::from(ident.address);
-                        let mut agg = sh.churn.lock().unwrap_or_else(|e| e.into_inner());
-                        agg.events.entry(addr).or_default().left = Some(sh.now());
-                    }
-                    return;
-                }
-            };
-            match msg {
-                Ok(Some(r)) => {
-                    for req in p.on_response(r) {
-                        if tx.send(req).await.is_err() {
-                            break;
-                        }
-                    }
-                    p.record();
-                }
-                Ok(None) | Err(_) => {
-                    sh.stats.stream_errors.fetch_add(1, Relaxed);
-                    match &msg {
-                        Err(e) => sh.stats.error("stream", e),
-                        _ => sh.stats.error("stream", &"ended by the server"),
-                    }
-                    if let Some(rec) = p.rec() {
-                        rec.connected.store(false, Relaxed);
-                    }
-                    break;
-                }
-            }
+            Ended::Broken => attempt = 0,
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One ADS stream: the opening requests, then each response decoded and
+/// answered, until `stop` or an error.
+async fn exchange<V: Variant>(
+    client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    mut p: Proxy,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended {
+    let sh = p.sh.clone();
+    let (tx, mut rx) = mpsc::channel::<V>(8);
+    for r in V::first(&mut p) {
+        let _ = tx.try_send(r);
+    }
+    let requests = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let opened = tokio::select! {
+        r = V::open(client, requests) => r,
+        _ = stop.wait_for(|s| *s) => return Ended::Stopped,
+    };
+    let mut responses = match opened {
+        Ok(r) => r,
+        Err(e) => {
+            sh.stats.stream_errors.fetch_add(1, Relaxed);
+            sh.stats.error("stream start", &e);
+            return Ended::Broken;
+        }
+    };
+    if let Some(rec) = p.rec() {
+        rec.connected.store(true, Relaxed);
+    }
+    loop {
+        let msg = tokio::select! {
+            m = responses.message() => m,
+            _ = stop.wait_for(|s| *s) => return Ended::Stopped,
+        };
+        match msg {
+            Ok(Some(r)) => {
+                for req in V::handle(&mut p, r) {
+                    if tx.send(req).await.is_err() {
+                        break;
+                    }
+                }
+                p.record();
+            }
+            Ok(None) | Err(_) => {
+                sh.stats.stream_errors.fetch_add(1, Relaxed);
+                match &msg {
+                    Err(e) => sh.stats.error("stream", e),
+                    _ => sh.stats.error("stream", &"ended by the server"),
+                }
+                if let Some(rec) = p.rec() {
+                    rec.connected.store(false, Relaxed);
+                }
+                return Ended::Broken;
+            }
+        }
     }
 }

@@ -70,6 +70,12 @@ struct TypeState {
     /// nothing dirty means nothing to send, without walking the map.
     computed_from: Option<Arc<Resources>>,
     computed: bool,
+    /// `known` is exactly what the subscription selects from `sent_from`
+    /// (so are `told_absent` and `must_report` settled): the next push is
+    /// then what changed between the two maps, found once per pair of maps
+    /// for every stream that holds the same one, not by walking every name
+    /// the stream holds.
+    in_sync: bool,
     /// What was sent last and what the client said of it.
     ack: Acks,
     /// The type's map of the last response: the bodies of what `known`
@@ -124,6 +130,7 @@ impl DeltaStream {
         if first {
             state.force = true;
             state.dirty = true;
+            state.in_sync = false;
             state.known.extend(
                 req.initial_resource_versions
                     .iter()
@@ -272,7 +279,33 @@ fn push(
     }
     state.computed = true;
     state.computed_from = source.clone();
-    state.dirty = false;
+    let dirty = std::mem::take(&mut state.dirty);
+    if state.in_sync
+        && !dirty
+        && !state.force
+        && let (Some(held), Some(now), Some(memo)) =
+            (&state.sent_from, &source, snapshot.memo_of(type_url))
+    {
+        let changed = memo.changed_since(held, now);
+        let gone = memo.removed_since(held, now);
+        let updates: Vec<(&String, &crate::resource::Resource)> = changed
+            .iter()
+            .filter(|n| state.sub.wants(n))
+            .filter_map(|n| now.get_key_value(n))
+            .collect();
+        let removed: BTreeSet<String> = gone
+            .iter()
+            .filter(|n| state.known.contains_key(*n))
+            .cloned()
+            .collect();
+        if updates.is_empty() && removed.is_empty() {
+            // The client holds exactly this map's view too.
+            state.sent_from = source;
+            return None;
+        }
+        let source = source.clone();
+        return Some(respond(type_url, state, nonces, updates, removed, source));
+    }
     let empty = Resources::new();
     let resources = source.as_deref().unwrap_or(&empty);
 
@@ -316,9 +349,25 @@ fn push(
     }
 
     if updates.is_empty() && removed.is_empty() && !state.force {
+        state.in_sync = true;
+        state.must_report.clear();
+        state.sent_from = source;
         return None;
     }
+    let source = source.clone();
+    Some(respond(type_url, state, nonces, updates, removed, source))
+}
 
+/// Records `updates` and `removed` as sent (the client holds them once it
+/// answers) and builds the response.
+fn respond(
+    type_url: &str,
+    state: &mut TypeState,
+    nonces: &mut Nonces,
+    updates: Vec<(&String, &crate::resource::Resource)>,
+    removed: BTreeSet<String>,
+    source: Option<Arc<Resources>>,
+) -> DeltaDiscoveryResponse {
     let mut h = Fnv64::new();
     let mut out_resources = Vec::with_capacity(updates.len());
     for (name, r) in updates {
@@ -345,20 +394,22 @@ fn push(
     state.force = false;
     state.resources_sent += out_resources.len() as u64;
 
+    // `known` is now the subscription's view of `source`.
+    state.in_sync = source.is_some();
     state.sent_from = source;
     let nonce = nonces.next();
     let version = h.hex();
     state.ack.sent = Some((version.clone(), nonce.clone()));
     state.ack.pending = true;
     state.pushes += 1;
-    Some(DeltaDiscoveryResponse {
+    DeltaDiscoveryResponse {
         system_version_info: version,
         resources: out_resources,
         type_url: type_url.to_string(),
         removed_resources: removed.into_iter().collect(),
         nonce,
         ..Default::default()
-    })
+    }
 }
 
 #[cfg(test)]

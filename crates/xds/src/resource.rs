@@ -158,6 +158,9 @@ pub(crate) struct MapMemo {
     /// another version), for the last older map asked about: the streams
     /// sharing this map mostly hold the same older one.
     changed: Mutex<Option<ChangedFrom>>,
+    /// The names an older map has and this one lacks, for the last older
+    /// map asked about (delta streams: `removed_resources`).
+    removed: Mutex<Option<ChangedFrom>>,
 }
 
 /// The names of `now` that `held` lacks or has another version of: one
@@ -171,6 +174,18 @@ pub(crate) fn changed_names(held: &Resources, now: &Resources) -> Vec<String> {
             !matches!(old.peek(), Some((n, o)) if n == name && o.version == r.version)
         })
         .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// The names of `held` that `now` lacks: one ordered walk of both maps.
+pub(crate) fn removed_names(held: &Resources, now: &Resources) -> Vec<String> {
+    let mut new = now.keys().peekable();
+    held.keys()
+        .filter(|name| {
+            while new.next_if(|n| n < name).is_some() {}
+            new.peek() != Some(name)
+        })
+        .cloned()
         .collect()
 }
 
@@ -203,6 +218,20 @@ impl MapMemo {
         }
         let names = changed_names(held, now);
         let names = Arc::new(names);
+        *cached = Some((held.clone(), names.clone()));
+        names
+    }
+
+    /// [`removed_names`] from `held` to `now` (the map this memo is for),
+    /// computed once per `held` map.
+    pub(crate) fn removed_since(&self, held: &Arc<Resources>, now: &Resources) -> Arc<Vec<String>> {
+        let mut cached = self.removed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((old, names)) = cached.as_ref()
+            && Arc::ptr_eq(old, held)
+        {
+            return names.clone();
+        }
+        let names = Arc::new(removed_names(held, now));
         *cached = Some((held.clone(), names.clone()));
         names
     }

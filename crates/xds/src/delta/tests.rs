@@ -434,3 +434,153 @@ fn sent_is_what_the_client_holds_as_sent() {
     assert_eq!(sent(&c), ["a@2", "b@1"]);
     assert!(!c.stream.sent().contains_key(url("EDS")));
 }
+
+/// Streams sharing one sequence of snapshots, each with its own
+/// subscription and ACK timing, against a model of what the client holds:
+/// whenever a stream has no response pending, its client holds exactly what
+/// its subscription selects from the newest snapshot. Exercises the push
+/// computed from the difference of two maps (`in_sync`), shared by streams
+/// that held the same map, against the full walk it replaces.
+#[test]
+fn clients_converge_on_every_snapshot_through_shared_differences() {
+    use crate::resource::{Resource, Resources, Snapshot, type_url};
+    use envoy_types::pb::google::protobuf::Any;
+    use std::collections::BTreeSet;
+
+    // A fixed xorshift: the same sequence on every run.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut roll = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let names: Vec<String> = (0..24).map(|i| format!("r{i:02}")).collect();
+    let resource = |name: &str, v: u64| {
+        Resource::with_version(
+            Any {
+                type_url: type_url::ENDPOINT.into(),
+                value: format!("{name}@{v}").into_bytes(),
+            },
+            v.to_string(),
+        )
+    };
+    struct Model {
+        stream: DeltaStream,
+        sub: BTreeSet<String>,
+        wildcard: bool,
+        held: BTreeMap<String, String>,
+        nonce: Option<String>,
+    }
+    let apply = |m: &mut Model, out: Output<DeltaDiscoveryResponse>| {
+        for r in out.responses {
+            assert!(m.nonce.is_none(), "two responses pending");
+            for res in &r.resources {
+                m.held.insert(res.name.clone(), res.version.clone());
+            }
+            for name in &r.removed_resources {
+                m.held.remove(name);
+            }
+            m.nonce = Some(r.nonce.clone());
+        }
+    };
+    let mut map: Resources = names.iter().map(|n| (n.clone(), resource(n, 0))).collect();
+    let mut shared = Arc::new(map.clone());
+    let snap = |m: &Arc<Resources>| {
+        let mut s = Snapshot::new();
+        s.set_type(type_url::ENDPOINT, m.clone());
+        Arc::new(s)
+    };
+    let mut current = snap(&shared);
+    let mut models: Vec<Model> = (0..4)
+        .map(|i| Model {
+            stream: DeltaStream::new(current.clone()),
+            sub: names.iter().skip(i).step_by(i + 1).cloned().collect(),
+            wildcard: i == 3,
+            held: BTreeMap::new(),
+            nonce: None,
+        })
+        .collect();
+    for m in &mut models {
+        let mut subscribe: Vec<String> = m.sub.iter().cloned().collect();
+        if m.wildcard {
+            subscribe.push("*".into());
+        }
+        let req = DeltaDiscoveryRequest {
+            type_url: type_url::ENDPOINT.into(),
+            resource_names_subscribe: subscribe,
+            ..Default::default()
+        };
+        let out = m.stream.on_request(&req).expect("valid");
+        apply(m, out);
+    }
+    let mut version = 1;
+    for step in 0..600 {
+        if roll(3) == 0 {
+            // A new generation: some resources change, appear or go.
+            for _ in 0..=roll(3) {
+                let name = &names[roll(names.len() as u64) as usize];
+                match roll(4) {
+                    0 => {
+                        map.remove(name);
+                    }
+                    _ => {
+                        map.insert(name.clone(), resource(name, version));
+                    }
+                }
+                version += 1;
+            }
+            // Sometimes the generation leaves the map as it was: same Arc.
+            if roll(4) != 0 {
+                shared = Arc::new(map.clone());
+            }
+            current = snap(&shared);
+            for m in &mut models {
+                let out = m.stream.on_snapshot(current.clone());
+                apply(m, out);
+            }
+        }
+        for m in &mut models {
+            let mut req = DeltaDiscoveryRequest {
+                type_url: type_url::ENDPOINT.into(),
+                ..Default::default()
+            };
+            if m.nonce.is_some() && roll(3) != 0 {
+                req.response_nonce = m.nonce.take().expect("pending");
+            }
+            if roll(10) == 0 {
+                let name = names[roll(names.len() as u64) as usize].clone();
+                if m.sub.remove(&name) {
+                    // The client drops what it unsubscribed from, unless
+                    // the wildcard keeps it (then the server says which).
+                    if !m.wildcard {
+                        m.held.remove(&name);
+                    }
+                    req.resource_names_unsubscribe.push(name);
+                } else {
+                    m.sub.insert(name.clone());
+                    req.resource_names_subscribe.push(name);
+                }
+            }
+            if req.response_nonce.is_empty()
+                && req.resource_names_subscribe.is_empty()
+                && req.resource_names_unsubscribe.is_empty()
+            {
+                continue;
+            }
+            let out = m.stream.on_request(&req).expect("valid");
+            apply(m, out);
+        }
+        for (i, m) in models.iter().enumerate() {
+            if m.nonce.is_some() {
+                continue;
+            }
+            let want: BTreeMap<String, String> = shared
+                .iter()
+                .filter(|(n, _)| m.wildcard || m.sub.contains(*n))
+                .map(|(n, r)| (n.clone(), r.version.clone()))
+                .collect();
+            assert_eq!(m.held, want, "stream {i} after step {step}");
+        }
+    }
+}
