@@ -356,6 +356,10 @@ pub struct Registration {
     pub restored: bool,
     /// The node metadata `info` was read from: what is persisted.
     pub metadata: Struct,
+    /// Changes whenever `info` is replaced (a stream of the node opened),
+    /// unique among every registration of the process: what is derived from
+    /// `info` alone can be kept while it is the same.
+    pub revision: u64,
 }
 
 /// Whether `info` is a healthy workload (an unusable node counts as healthy:
@@ -371,9 +375,16 @@ pub struct Registrations {
     /// Node ids whose stored form may be out of date (changed, added or
     /// removed since the last [`Registrations::take_unsaved`]).
     unsaved: BTreeSet<String>,
+    /// The last [`Registration::revision`] given.
+    revisions: u64,
 }
 
 impl Registrations {
+    fn next_revision(&mut self) -> u64 {
+        self.revisions += 1;
+        self.revisions
+    }
+
     /// A stream of `node` opened. Returns whether the registry changed
     /// (a new workload, or one whose metadata changed).
     pub fn connect(&mut self, conn_id: u64, node: &Node) -> bool {
@@ -381,6 +392,7 @@ impl Registrations {
         let metadata = node.metadata.clone().unwrap_or_default();
         let workload =
             |i: &Result<NodeInfo, MetadataError>| i.as_ref().ok().map(|i| i.workload.clone());
+        let revision = self.next_revision();
         match self.by_node.get_mut(&node.id) {
             Some(r) => {
                 let mut info = info;
@@ -403,6 +415,7 @@ impl Registrations {
                 }
                 r.info = info;
                 r.metadata = metadata;
+                r.revision = revision;
                 r.streams.insert(conn_id);
                 r.gone_since = None;
                 r.restored = false;
@@ -418,6 +431,7 @@ impl Registrations {
                         gone_since: None,
                         restored: false,
                         metadata,
+                        revision,
                     },
                 );
                 self.unsaved.insert(node.id.clone());
@@ -498,6 +512,7 @@ impl Registrations {
             if let Ok(i) = &mut info {
                 Arc::make_mut(&mut i.workload).healthy = was_healthy;
             }
+            let revision = self.next_revision();
             self.by_node.insert(
                 node_id.clone(),
                 Registration {
@@ -506,6 +521,7 @@ impl Registrations {
                     gone_since: Some(now),
                     restored: true,
                     metadata,
+                    revision,
                 },
             );
             restored.push(node_id);

@@ -54,7 +54,7 @@ pub struct Served {
     /// The store generation inside it.
     pub store_generation: u64,
     /// What the node's view was made for (namespace, labels, Sidecar).
-    pub viewer: crate::reach::Viewer,
+    pub viewer: Arc<crate::reach::Viewer>,
     /// The snapshot itself (weak: the stream holds it): until the stream
     /// serves this one ([`Served::taken_by`]), its versions and ACKs are
     /// those of an older generation.
@@ -104,11 +104,10 @@ struct State {
     views: HashMap<ViewClass, Arc<trellis_xds::Snapshot>>,
     cache: HashMap<(&'static str, u64), Cached>,
     served: HashMap<String, Served>,
-    /// Each sidecar's own listeners, kept while its identity and the
-    /// stored config are unchanged: they depend on no registry data, so a
-    /// connect storm or endpoint churn (a new generation every debounce)
-    /// does not re-encode 2 listeners per stream per generation.
-    own: HashMap<String, OwnListeners>,
+    /// Per registered node, what its snapshot takes besides its class's
+    /// view (identity, Sidecar, class, its own two listeners), kept while
+    /// its registration and the stored config are unchanged.
+    nodes: HashMap<String, NodeView>,
     /// The health-check prober of each registered workload that asks for
     /// one: what it probes, and the task.
     probers: HashMap<String, Prober>,
@@ -128,11 +127,27 @@ struct Prober {
     task: tokio::task::AbortHandle,
 }
 
-#[derive(Debug)]
-struct OwnListeners {
+/// What a registered node's snapshot takes besides its class's view: all
+/// derived from its registration and the stored config, none from the
+/// registry, so kept across registry generations (a connect storm or
+/// endpoint churn makes one every 100-300 ms, and each used to compute this
+/// again for every stream, under the mesh's lock).
+#[derive(Debug, Clone)]
+struct NodeView {
     store_generation: u64,
+    /// [`crate::registry::Registration::revision`] it was made from.
+    revision: u64,
+    facts: Arc<NodeFacts>,
+    /// The sidecar's own listeners, once made (`Some(None)`: it has none).
+    own: Option<Option<Arc<trellis_xds::Resources>>>,
+}
+
+#[derive(Debug)]
+struct NodeFacts {
+    /// The node's identity, with the egress hosts of its Sidecar.
     identity: ProxyIdentity,
-    listeners: Arc<trellis_xds::Resources>,
+    viewer: Arc<crate::reach::Viewer>,
+    class: ViewClass,
 }
 
 #[derive(Debug)]
@@ -143,6 +158,66 @@ struct Cached {
 }
 
 impl Mesh {
+    /// `node`'s [`NodeView`], from the cache while its registration and the
+    /// stored config are those it was made from. Err for a node without a
+    /// usable registration: its stand-in identity and what it may see.
+    fn node_view(
+        st: &mut State,
+        node: &Node,
+    ) -> Result<NodeView, (ProxyIdentity, Arc<crate::reach::Viewer>)> {
+        let store_generation = st.store.generation;
+        let registration = st.registrations.get(&node.id);
+        let revision = registration.map(|r| r.revision);
+        if let (Some(revision), Some(v)) = (revision, st.nodes.get(&node.id))
+            && v.revision == revision
+            && v.store_generation == store_generation
+        {
+            return Ok(v.clone());
+        }
+        let parsed;
+        let info = match registration {
+            Some(r) => &r.info,
+            None => {
+                parsed = crate::registry::parse_node(node);
+                &parsed
+            }
+        };
+        // The Sidecar that applies to the workload limits what it sees.
+        let (mut identity, labels) = match info {
+            Ok(i) => (i.identity.clone(), i.workload.labels.clone()),
+            Err(_) => (placeholder_identity(node), BTreeMap::new()),
+        };
+        let usable = info.is_ok();
+        identity.egress = trellis_model::sidecar::egress_hosts(
+            &st.store.validated.sidecars,
+            &identity.namespace,
+            &labels,
+        );
+        let viewer = Arc::new(crate::reach::Viewer {
+            namespace: identity.namespace.clone(),
+            labels,
+            egress: identity.egress.clone(),
+        });
+        if !usable {
+            return Err((identity, viewer));
+        }
+        let view = NodeView {
+            store_generation,
+            revision: revision.unwrap_or(0),
+            facts: Arc::new(NodeFacts {
+                class: ViewClass::of(&identity),
+                identity,
+                viewer,
+            }),
+            own: None,
+        };
+        // A node that is not registered (yet) is computed each time.
+        if revision.is_some() {
+            st.nodes.insert(node.id.clone(), view.clone());
+        }
+        Ok(view)
+    }
+
     pub fn new(store: Arc<store::Snapshot>, grace: Duration) -> Arc<Mesh> {
         let mut changed_at = HashMap::new();
         update_changed_at(&mut changed_at, &store);
@@ -158,7 +233,7 @@ impl Mesh {
                 views: HashMap::new(),
                 cache: HashMap::new(),
                 served: HashMap::new(),
-                own: HashMap::new(),
+                nodes: HashMap::new(),
                 probers: HashMap::new(),
                 last_registry_flush: Instant::now()
                     .checked_sub(REGISTRY_COALESCE)
@@ -422,7 +497,7 @@ impl Mesh {
             if st.registrations.expire(&node_id, grace, Instant::now()) {
                 tracing::info!(node = %node_id, "workload deregistered (disconnected for the grace period)");
                 st.served.remove(&node_id);
-                st.own.remove(&node_id);
+                st.nodes.remove(&node_id);
                 me.sync_prober(&mut st, &node_id);
                 me.registry_changed(&mut st);
             }
@@ -553,7 +628,7 @@ impl State {
 
 impl Snapshots for Mesh {
     fn snapshot(&self, node: &Node) -> Arc<trellis_xds::Snapshot> {
-        let (shared, info, identity, viewer, class, cached, own, generation, store_generation) = {
+        let (shared, node_view, cached, generation, store_generation) = {
             let mut st = self.lock();
             let shared = match &st.shared {
                 Some(s) => s.clone(),
@@ -580,85 +655,59 @@ impl Snapshots for Mesh {
                     s
                 }
             };
-            let info = st
-                .registrations
-                .get(&node.id)
-                .map(|r| r.info.clone())
-                .unwrap_or_else(|| crate::registry::parse_node(node));
-            // The Sidecar that applies to the workload limits what it sees.
-            let (mut identity, labels) = match &info {
-                Ok(i) => (i.identity.clone(), i.workload.labels.clone()),
-                Err(_) => (placeholder_identity(node), BTreeMap::new()),
+            let node_view = Self::node_view(&mut st, node);
+            let cached = match &node_view {
+                Ok(v) => st.views.get(&v.facts.class).cloned(),
+                Err(_) => None,
             };
-            identity.egress = trellis_model::sidecar::egress_hosts(
-                &st.store.validated.sidecars,
-                &identity.namespace,
-                &labels,
-            );
-            let viewer = crate::reach::Viewer {
-                namespace: identity.namespace.clone(),
-                labels,
-                egress: identity.egress.clone(),
-            };
-            let class = ViewClass::of(&identity);
-            let cached = info
-                .is_ok()
-                .then(|| st.views.get(&class).cloned())
-                .flatten();
-            let own = st
-                .own
-                .get(&node.id)
-                .filter(|o| o.store_generation == st.store.generation && o.identity == identity)
-                .map(|o| o.listeners.clone());
             (
                 shared,
-                info,
-                identity,
-                viewer,
-                class,
+                node_view,
                 cached,
-                own,
                 st.generation,
                 st.store.generation,
             )
         };
         // The class's view, unless another proxy of the class already made
         // it for this generation; computed without the lock.
-        let class_view = match (cached, &info) {
+        let class_view = match (cached, &node_view) {
             (Some(v), _) => v,
-            (None, Ok(_)) => {
-                let view = trellis_translate::class_view(&shared, &identity);
+            (None, Ok(nv)) => {
+                let view = trellis_translate::class_view(&shared, &nv.facts.identity);
                 let mut st = self.lock();
                 let out = Arc::new(st.convert(&view, generation));
                 if st.generation == generation {
-                    st.views.insert(class, out.clone());
+                    st.views.insert(nv.facts.class.clone(), out.clone());
                 }
                 out
             }
-            (None, Err(_)) => {
-                let view = without_listeners(trellis_translate::class_view(&shared, &identity));
+            (None, Err((identity, _))) => {
+                let view = without_listeners(trellis_translate::class_view(&shared, identity));
                 Arc::new(self.lock().convert(&view, generation))
             }
         };
-        let own = match (own, &info) {
-            (Some(own), _) => Some(own),
-            (None, Ok(_)) => {
-                let made = trellis_translate::own_listeners(&shared, &identity);
-                (!made.is_empty()).then(|| {
-                    let listeners: Arc<trellis_xds::Resources> =
-                        Arc::new(made.iter().map(|r| (r.name.clone(), served(r))).collect());
-                    self.lock().own.insert(
-                        node.id.clone(),
-                        OwnListeners {
-                            store_generation,
-                            identity: identity.clone(),
-                            listeners: listeners.clone(),
-                        },
-                    );
-                    listeners
-                })
+        let (own, viewer) = match node_view {
+            Ok(nv) => {
+                let own = match nv.own {
+                    Some(own) => own,
+                    None => {
+                        let made = trellis_translate::own_listeners(&shared, &nv.facts.identity);
+                        let own = (!made.is_empty()).then(|| {
+                            Arc::new(made.iter().map(|r| (r.name.clone(), served(r))).collect())
+                        });
+                        let mut st = self.lock();
+                        if let Some(v) = st.nodes.get_mut(&node.id)
+                            && v.revision == nv.revision
+                            && v.store_generation == nv.store_generation
+                        {
+                            v.own = Some(own.clone());
+                        }
+                        own
+                    }
+                };
+                (own, nv.facts.viewer.clone())
             }
-            (None, Err(_)) => None,
+            Err((_, viewer)) => (None, viewer),
         };
         let out = match own {
             None => class_view,
@@ -688,15 +737,19 @@ impl Snapshots for Mesh {
                 Arc::new(with)
             }
         };
-        self.lock().served.insert(
-            node.id.clone(),
-            Served {
-                generation,
-                store_generation,
-                viewer,
-                snapshot: Arc::downgrade(&out),
-            },
-        );
+        let served = Served {
+            generation,
+            store_generation,
+            viewer,
+            snapshot: Arc::downgrade(&out),
+        };
+        let mut st = self.lock();
+        match st.served.get_mut(&node.id) {
+            Some(s) => *s = served,
+            None => {
+                st.served.insert(node.id.clone(), served);
+            }
+        }
         out
     }
 
@@ -919,12 +972,15 @@ spec:
             let s = mesh.snapshot(&node(id, "default", address));
             s.of_type(LISTENER_TYPE).unwrap().clone()
         };
+        mesh.on_connect_for_test(1, &node("a", "default", "127.0.0.2"));
         let first = listeners("a", "127.0.0.2");
         // A registry-only generation (a workload joined elsewhere): the
         // same listeners, not encoded again.
+        mesh.on_connect_for_test(2, &node("b", "default", "127.0.0.3"));
         mesh.bump(&mut mesh.lock());
         assert!(Arc::ptr_eq(&first, &listeners("a", "127.0.0.2")));
         // The proxy's identity changed (it reconnected with another address).
+        mesh.on_connect_for_test(3, &node("a", "default", "127.0.0.9"));
         let moved = listeners("a", "127.0.0.9");
         assert!(!Arc::ptr_eq(&first, &moved));
         assert_ne!(first, moved);

@@ -51,7 +51,11 @@ pub struct DeltaStream {
 #[derive(Debug, Default)]
 struct TypeState {
     sub: Subscription,
-    /// Resource versions the client holds (as sent, or as it told us).
+    /// Resource versions the client holds (as sent, or as it told us),
+    /// while not `in_sync`; empty while it is (then they are those of
+    /// `sent_from` that the subscription selects: [`TypeState::known`]).
+    /// 10,000 streams each holding a copy of ~500 names and versions took
+    /// more memory than the rest of the control plane.
     known: BTreeMap<String, String>,
     /// Explicit names already reported as not existing, so they are not
     /// reported in every response.
@@ -70,11 +74,11 @@ struct TypeState {
     /// nothing dirty means nothing to send, without walking the map.
     computed_from: Option<Arc<Resources>>,
     computed: bool,
-    /// `known` is exactly what the subscription selects from `sent_from`
-    /// (so are `told_absent` and `must_report` settled): the next push is
-    /// then what changed between the two maps, found once per pair of maps
-    /// for every stream that holds the same one, not by walking every name
-    /// the stream holds.
+    /// The client holds exactly what the subscription selects from
+    /// `sent_from` (and `told_absent` and `must_report` are settled): the
+    /// next push is then what changed between the two maps, found once per
+    /// pair of maps for every stream that holds the same one, not by walking
+    /// every name the stream holds; and `known` is not kept.
     in_sync: bool,
     /// What was sent last and what the client said of it.
     ack: Acks,
@@ -83,6 +87,46 @@ struct TypeState {
     sent_from: Option<Arc<Resources>>,
     pushes: u64,
     resources_sent: u64,
+}
+
+impl TypeState {
+    /// The version of `name` the client holds, as far as the server knows.
+    fn known(&self, name: &str) -> Option<&str> {
+        if self.in_sync {
+            self.sent_from
+                .as_deref()
+                .and_then(|m| m.get(name))
+                .filter(|_| self.sub.wants(name))
+                .map(|r| r.version.as_str())
+        } else {
+            self.known.get(name).map(String::as_str)
+        }
+    }
+
+    /// Every held name and version.
+    fn known_all(&self) -> BTreeMap<String, String> {
+        if !self.in_sync {
+            return self.known.clone();
+        }
+        self.sent_from
+            .as_deref()
+            .map(|m| {
+                m.iter()
+                    .filter(|(n, _)| self.sub.wants(n))
+                    .map(|(n, r)| (n.clone(), r.version.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Makes `known` explicit before the subscription changes what it
+    /// selects.
+    fn leave_sync(&mut self) {
+        if self.in_sync {
+            self.known = self.known_all();
+            self.in_sync = false;
+        }
+    }
 }
 
 impl DeltaStream {
@@ -127,6 +171,12 @@ impl DeltaStream {
             }
         }
 
+        if !first
+            && (!req.resource_names_subscribe.is_empty()
+                || !req.resource_names_unsubscribe.is_empty())
+        {
+            state.leave_sync();
+        }
         if first {
             state.force = true;
             state.dirty = true;
@@ -239,7 +289,7 @@ impl DeltaStream {
                     .as_deref()
                     .map(|m| {
                         m.iter()
-                            .filter(|(n, r)| s.known.get(*n) == Some(&r.version))
+                            .filter(|(n, r)| s.known(n) == Some(r.version.as_str()))
                             .map(|(n, r)| (n.clone(), r.clone()))
                             .collect()
                     })
@@ -254,7 +304,7 @@ impl DeltaStream {
     pub fn known(&self, type_url: &str) -> BTreeMap<String, String> {
         self.types
             .get(type_url)
-            .map(|s| s.known.clone())
+            .map(TypeState::known_all)
             .unwrap_or_default()
     }
 }
@@ -295,7 +345,7 @@ fn push(
             .collect();
         let removed: BTreeSet<String> = gone
             .iter()
-            .filter(|n| state.known.contains_key(*n))
+            .filter(|n| state.sub.wants(n))
             .cloned()
             .collect();
         if updates.is_empty() && removed.is_empty() {
@@ -306,6 +356,8 @@ fn push(
         let source = source.clone();
         return Some(respond(type_url, state, nonces, updates, removed, source));
     }
+    // The full walk below reads and edits `known`.
+    state.leave_sync();
     let empty = Resources::new();
     let resources = source.as_deref().unwrap_or(&empty);
 
@@ -349,7 +401,11 @@ fn push(
     }
 
     if updates.is_empty() && removed.is_empty() && !state.force {
-        state.in_sync = true;
+        // The client holds exactly this map's view.
+        if source.is_some() {
+            state.in_sync = true;
+            state.known.clear();
+        }
         state.must_report.clear();
         state.sent_from = source;
         return None;
@@ -368,12 +424,17 @@ fn respond(
     removed: BTreeSet<String>,
     source: Option<Arc<Resources>>,
 ) -> DeltaDiscoveryResponse {
+    // Once answered, the client holds the subscription's view of `source`:
+    // `known` need not be kept.
+    let sync = source.is_some();
     let mut h = Fnv64::new();
     let mut out_resources = Vec::with_capacity(updates.len());
     for (name, r) in updates {
         h.write_str(name);
         h.write_str(&r.version);
-        state.known.insert(name.clone(), r.version.clone());
+        if !sync {
+            state.known.insert(name.clone(), r.version.clone());
+        }
         state.told_absent.remove(name);
         out_resources.push(DeltaResource {
             name: name.clone(),
@@ -385,7 +446,9 @@ fn respond(
     for name in &removed {
         h.write_str("-");
         h.write_str(name);
-        state.known.remove(name);
+        if !sync {
+            state.known.remove(name);
+        }
         if state.sub.names.contains(name) {
             state.told_absent.insert(name.clone());
         }
@@ -394,8 +457,10 @@ fn respond(
     state.force = false;
     state.resources_sent += out_resources.len() as u64;
 
-    // `known` is now the subscription's view of `source`.
-    state.in_sync = source.is_some();
+    if sync {
+        state.known.clear();
+    }
+    state.in_sync = sync;
     state.sent_from = source;
     let nonce = nonces.next();
     let version = h.hex();
