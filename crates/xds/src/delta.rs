@@ -31,14 +31,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use crate::protocol::{
     Acks, Event, Nonces, Output, ProtocolError, Subscription, TypeStatus, WILDCARD,
 };
 use crate::resource::{Fnv64, Resources, Snapshot, TypeUrl, type_url};
+
+pub mod response;
+pub use response::DeltaResponse;
 
 /// One delta ADS stream.
 #[derive(Debug)]
@@ -147,7 +148,7 @@ impl DeltaStream {
     pub fn on_request(
         &mut self,
         req: &DeltaDiscoveryRequest,
-    ) -> Result<Output<DeltaDiscoveryResponse>, ProtocolError> {
+    ) -> Result<Output<DeltaResponse>, ProtocolError> {
         if req.type_url.is_empty() {
             return Err(ProtocolError::MissingTypeUrl);
         }
@@ -235,7 +236,7 @@ impl DeltaStream {
     /// Takes a newer snapshot and returns the responses it calls for: one
     /// per type with changes for the client and no response pending, in
     /// make-before-break order (CDS, EDS, LDS, RDS, ...).
-    pub fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<DeltaDiscoveryResponse> {
+    pub fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<DeltaResponse> {
         self.snapshot = snapshot;
         let mut out = Output::default();
         let mut order: Vec<TypeUrl> = self.types.keys().cloned().collect();
@@ -316,7 +317,7 @@ fn push(
     type_url: &str,
     state: &mut TypeState,
     nonces: &mut Nonces,
-) -> Option<DeltaDiscoveryResponse> {
+) -> Option<DeltaResponse> {
     let source = snapshot.of_type(type_url).cloned();
     let same_source = state.computed
         && match (&state.computed_from, &source) {
@@ -423,12 +424,12 @@ fn respond(
     updates: Vec<(&String, &crate::resource::Resource)>,
     removed: BTreeSet<String>,
     source: Option<Arc<Resources>>,
-) -> DeltaDiscoveryResponse {
+) -> DeltaResponse {
     // Once answered, the client holds the subscription's view of `source`:
     // `known` need not be kept.
     let sync = source.is_some();
     let mut h = Fnv64::new();
-    let mut out_resources = Vec::with_capacity(updates.len());
+    let mut names = Vec::with_capacity(updates.len());
     for (name, r) in updates {
         h.write_str(name);
         h.write_str(&r.version);
@@ -436,12 +437,7 @@ fn respond(
             state.known.insert(name.clone(), r.version.clone());
         }
         state.told_absent.remove(name);
-        out_resources.push(DeltaResource {
-            name: name.clone(),
-            version: r.version.clone(),
-            resource: Some(r.body.clone()),
-            ..Default::default()
-        });
+        names.push(name.clone());
     }
     for name in &removed {
         h.write_str("-");
@@ -455,26 +451,26 @@ fn respond(
     }
     state.must_report.clear();
     state.force = false;
-    state.resources_sent += out_resources.len() as u64;
+    state.resources_sent += names.len() as u64;
 
     if sync {
         state.known.clear();
     }
     state.in_sync = sync;
-    state.sent_from = source;
+    state.sent_from.clone_from(&source);
     let nonce = nonces.next();
     let version = h.hex();
     state.ack.sent = Some((version.clone(), nonce.clone()));
     state.ack.pending = true;
     state.pushes += 1;
-    DeltaDiscoveryResponse {
-        system_version_info: version,
-        resources: out_resources,
-        type_url: type_url.to_string(),
-        removed_resources: removed.into_iter().collect(),
+    DeltaResponse::new(
+        version,
+        type_url.to_string(),
         nonce,
-        ..Default::default()
-    }
+        source,
+        names,
+        removed.into_iter().collect(),
+    )
 }
 
 #[cfg(test)]

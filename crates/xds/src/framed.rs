@@ -4,9 +4,8 @@
 //! stream lives as long as its proxy and its first CDS response is the
 //! whole mesh (about 1 MB at 1,000 services), so 10,000 proxies held 10+
 //! GB of idle buffers (bench/SCALE.md). Here a state-of-the-world response
-//! is encoded a chunk at a time as HTTP/2 takes it (`sotw/response.rs`), and
-//! a delta response into one buffer of its exact size; either is freed once
-//! written.
+//! is encoded a chunk at a time as HTTP/2 takes it (`sotw/response.rs`,
+//! `delta/response.rs`), each chunk freed once written.
 //!
 //! Requests are decoded here too ([`Requests`]): tonic's `Streaming` keeps
 //! a buffer as large as the stream's largest request, and a sidecar's EDS
@@ -28,8 +27,8 @@ use tonic::codegen::Service;
 use tonic::server::NamedService;
 use tonic::transport::server::TcpConnectInfo;
 
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
-
+use crate::delta::DeltaResponse;
+use crate::delta::response::DeltaFrames;
 use crate::server::XdsServer;
 use crate::sotw::SotwResponse;
 use crate::sotw::response::SotwFrames;
@@ -102,11 +101,10 @@ impl IntoFrames for SotwResponse {
     }
 }
 
-/// Delta responses carry only what changed; one exact-size buffer each.
-impl IntoFrames for DeltaDiscoveryResponse {
-    type Frames = std::iter::Once<Bytes>;
-    fn into_frames(self) -> Self::Frames {
-        std::iter::once(frame(&self))
+impl IntoFrames for DeltaResponse {
+    type Frames = DeltaFrames;
+    fn into_frames(self) -> DeltaFrames {
+        DeltaResponse::into_frames(self)
     }
 }
 
@@ -131,17 +129,6 @@ struct FramedBody<T: IntoFrames> {
     /// The rest of the message being written.
     current: Option<T::Frames>,
     done: bool,
-}
-
-/// `message` as a gRPC frame: uncompressed flag, big-endian length, bytes.
-pub(crate) fn frame<T: prost::Message>(message: &T) -> Bytes {
-    let len = message.encoded_len();
-    let mut buf = Vec::with_capacity(5 + len);
-    buf.push(0);
-    // A message over 4 GiB cannot be framed; prost would have failed first.
-    buf.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
-    message.encode_raw(&mut buf);
-    Bytes::from(buf)
 }
 
 /// The request messages of a stream, decoded from its HTTP/2 body. Between

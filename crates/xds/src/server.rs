@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
+    DeltaDiscoveryRequest, DiscoveryRequest,
 };
 use futures_util::StreamExt;
 use tokio::net::TcpListener;
@@ -24,7 +24,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
 
 use crate::debounce;
-use crate::delta::DeltaStream;
+use crate::delta::{DeltaResponse, DeltaStream};
 use crate::framed::{IntoFrames, Requests};
 use crate::metrics::{Mode, XdsMetrics};
 use crate::protocol::{Event, Nack, Output, ProtocolError, TypeStatus};
@@ -368,7 +368,7 @@ impl XdsServer {
         requests: Requests<DeltaDiscoveryRequest>,
         peer: Option<SocketAddr>,
         bearer: Option<Bearer>,
-    ) -> mpsc::Receiver<Result<DeltaDiscoveryResponse, Status>> {
+    ) -> mpsc::Receiver<Result<DeltaResponse, Status>> {
         self.spawn::<DeltaStream>(requests, peer, bearer)
     }
 
@@ -440,7 +440,7 @@ impl Protocol for SotwStream {
 
 impl Protocol for DeltaStream {
     type Req = DeltaDiscoveryRequest;
-    type Resp = DeltaDiscoveryResponse;
+    type Resp = DeltaResponse;
     const MODE: Mode = Mode::Delta;
     fn new(snapshot: Arc<Snapshot>) -> Self {
         DeltaStream::new(snapshot)
@@ -448,16 +448,16 @@ impl Protocol for DeltaStream {
     fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
         req.node.as_ref()
     }
-    fn type_of(resp: &DeltaDiscoveryResponse) -> &str {
+    fn type_of(resp: &DeltaResponse) -> &str {
         &resp.type_url
     }
     fn on_request(
         &mut self,
         req: &DeltaDiscoveryRequest,
-    ) -> Result<Output<DeltaDiscoveryResponse>, ProtocolError> {
+    ) -> Result<Output<DeltaResponse>, ProtocolError> {
         DeltaStream::on_request(self, req)
     }
-    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<DeltaDiscoveryResponse> {
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Output<DeltaResponse> {
         DeltaStream::on_snapshot(self, snapshot)
     }
     fn status(&self) -> BTreeMap<TypeUrl, TypeStatus> {

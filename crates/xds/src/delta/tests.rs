@@ -6,12 +6,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::rpc::Status;
 
-use super::DeltaStream;
+use super::{DeltaResponse, DeltaStream};
 use crate::protocol::{Event, Output, ProtocolError};
 use crate::testutil::{alias, label, snapshot, strings, url};
 
@@ -105,11 +103,11 @@ impl Client {
         self.print(out)
     }
 
-    fn send(&mut self, req: DeltaDiscoveryRequest) -> Output<DeltaDiscoveryResponse> {
+    fn send(&mut self, req: DeltaDiscoveryRequest) -> Output<DeltaResponse> {
         self.stream.on_request(&req).expect("valid request")
     }
 
-    fn print(&mut self, out: Output<DeltaDiscoveryResponse>) -> Vec<String> {
+    fn print(&mut self, out: Output<DeltaResponse>) -> Vec<String> {
         let mut lines = Vec::new();
         for e in &out.events {
             lines.push(match e {
@@ -119,6 +117,7 @@ impl Client {
             });
         }
         for r in out.responses {
+            let r = r.to_message();
             let mut line = format!("push {}", alias(&r.type_url));
             for res in &r.resources {
                 let body = res.resource.as_ref().expect("resource body");
@@ -472,8 +471,9 @@ fn clients_converge_on_every_snapshot_through_shared_differences() {
         held: BTreeMap<String, String>,
         nonce: Option<String>,
     }
-    let apply = |m: &mut Model, out: Output<DeltaDiscoveryResponse>| {
+    let apply = |m: &mut Model, out: Output<DeltaResponse>| {
         for r in out.responses {
+            let r = r.to_message();
             assert!(m.nonce.is_none(), "two responses pending");
             for res in &r.resources {
                 m.held.insert(res.name.clone(), res.version.clone());

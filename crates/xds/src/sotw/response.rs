@@ -30,8 +30,8 @@ const RESOURCES: u32 = 2;
 const TYPE_URL: u32 = 4;
 const NONCE: u32 = 5;
 /// `google.protobuf.Any` field numbers.
-const ANY_TYPE_URL: u32 = 1;
-const ANY_VALUE: u32 = 2;
+pub(crate) const ANY_TYPE_URL: u32 = 1;
+pub(crate) const ANY_VALUE: u32 = 2;
 
 /// One state-of-the-world response: header fields, and the resources as
 /// names into a shared map.
@@ -199,11 +199,11 @@ impl Iterator for SotwFrames {
 }
 
 /// The encoded length of an `Any` (proto3: empty fields are left out).
-fn any_len(any: &Any) -> usize {
+pub(crate) fn any_len(any: &Any) -> usize {
     string_field_len(ANY_TYPE_URL, &any.type_url) + bytes_field_len(ANY_VALUE, &any.value)
 }
 
-fn string_field_len(tag: u32, s: &str) -> usize {
+pub(crate) fn string_field_len(tag: u32, s: &str) -> usize {
     bytes_field_len(tag, s.as_bytes())
 }
 
@@ -215,7 +215,7 @@ fn bytes_field_len(tag: u32, b: &[u8]) -> usize {
     }
 }
 
-fn put_string_field(buf: &mut BytesMut, tag: u32, s: &str) {
+pub(crate) fn put_string_field(buf: &mut BytesMut, tag: u32, s: &str) {
     if !s.is_empty() {
         encode_key(tag, WireType::LengthDelimited, buf);
         encode_varint(s.len() as u64, buf);
