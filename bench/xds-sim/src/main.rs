@@ -480,6 +480,7 @@ async fn churn(sh: &Arc<Shared>, a: &RunArgs, sampler: &Sampler, timeout: Durati
         "workloads": spawned,
         "events": agg.events.len(),
         "per_proxy_join": h(&agg.join),
+        "churn_first_response": h(&agg.first_response),
         "per_proxy_leave": h(&agg.leave),
         "join_seen_by_all": dist(join_all),
         "leave_seen_by_all": dist(leave_all),

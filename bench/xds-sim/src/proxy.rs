@@ -122,6 +122,10 @@ pub struct ChurnAgg {
     /// of an EDS response with (without) the endpoint.
     pub join: Histogram<u64>,
     pub leave: Histogram<u64>,
+    /// Per churn workload: µs from its join to its own first response (the
+    /// control plane accepted the stream and registered it): the part of a
+    /// join's propagation spent before any observer could be told.
+    pub first_response: Histogram<u64>,
 }
 
 #[derive(Default, Debug, Clone)]
@@ -171,6 +175,7 @@ impl Shared {
                 events: HashMap::new(),
                 join: hist(),
                 leave: hist(),
+                first_response: hist(),
             }),
             eds_names: Mutex::new(HashMap::new()),
         }
@@ -225,7 +230,7 @@ struct Proxy {
     eds: TypeState,
     /// Delta only (a SotW response holds every cluster and listener): the
     /// EDS service each held cluster names, the routes each listener names.
-    cluster_eds: HashMap<String, Option<String>>,
+    cluster_eds: HashMap<String, Eds>,
     listener_rds: HashMap<String, Vec<String>>,
     /// Sorted.
     eds_names: Arc<Vec<String>>,
@@ -241,6 +246,15 @@ struct Proxy {
     marker: i64,
     /// Base endpoints this proxy must hold to count as converged.
     expected: u64,
+}
+
+/// The assignment a held cluster loads (delta only). Mostly under the
+/// cluster's own name: not stored twice, as 10,000 proxies of ~240
+/// clusters each made that 2.4 million strings.
+enum Eds {
+    None,
+    SameName,
+    Named(String),
 }
 
 /// What a response changes in the EDS or RDS subscription.
@@ -521,13 +535,26 @@ impl Proxy {
             CLUSTER => {
                 for a in bodies {
                     if let Some((name, eds)) = cluster_eds(&self.sh, &a.value) {
+                        let eds = match eds {
+                            None => Eds::None,
+                            Some(e) if e == name => Eds::SameName,
+                            Some(e) => Eds::Named(e),
+                        };
                         self.cluster_eds.insert(name, eds);
                     }
                 }
                 for name in &r.removed_resources {
                     self.cluster_eds.remove(name);
                 }
-                let eds = self.cluster_eds.values().flatten().cloned().collect();
+                let eds = self
+                    .cluster_eds
+                    .iter()
+                    .filter_map(|(name, eds)| match eds {
+                        Eds::None => None,
+                        Eds::SameName => Some(name.clone()),
+                        Eds::Named(e) => Some(e.clone()),
+                    })
+                    .collect();
                 change = self.set_eds(eds).map(|c| (ENDPOINT, c));
             }
             LISTENER => {
@@ -590,6 +617,28 @@ impl Proxy {
         if rec.marker.load(Relaxed) != self.marker {
             rec.marker.store(self.marker, Relaxed);
             rec.marker_at.store(now, Relaxed);
+        }
+    }
+
+    /// A churn workload's first response: time since its join.
+    fn first_response(&self) {
+        let Some(node) = self.node_address() else {
+            return;
+        };
+        let now = self.sh.now();
+        let mut agg = self.sh.churn.lock().unwrap_or_else(|e| e.into_inner());
+        let joined = agg.events.get(&node).and_then(|ev| ev.joined);
+        if let Some(j) = joined {
+            let _ = agg
+                .first_response
+                .record(now.saturating_sub(j).max(1000) / 1000);
+        }
+    }
+
+    fn node_address(&self) -> Option<u32> {
+        match self.role {
+            Role::Churn(k) => Some(u32::from(Identity::churn(&self.sh.mesh, k).address)),
+            Role::Base(_) => None,
         }
     }
 
@@ -875,6 +924,7 @@ async fn exchange<V: Variant>(
     if let Some(rec) = p.rec() {
         rec.connected.store(true, Relaxed);
     }
+    let mut first_response = matches!(p.role, Role::Churn(_));
     loop {
         let msg = tokio::select! {
             m = responses.message() => m,
@@ -882,6 +932,9 @@ async fn exchange<V: Variant>(
         };
         match msg {
             Ok(Some(r)) => {
+                if std::mem::take(&mut first_response) {
+                    p.first_response();
+                }
                 for req in V::handle(&mut p, r) {
                     if tx.send(req).await.is_err() {
                         break;
