@@ -198,6 +198,12 @@ struct ControlArgs {
     /// How long a workload stays registered after its proxy disconnected (e.g. 30s, 1m).
     #[arg(long, default_value = "30s", value_parser = trellis_model::duration::parse)]
     registration_grace: Duration,
+    /// Shortest time between two pushes of new config to one proxy (e.g. 0s, 500ms); changes meanwhile go out together.
+    #[arg(long, default_value = "0s", value_parser = trellis_model::duration::parse)]
+    min_push_interval: Duration,
+    /// ...or this much per connected proxy, if longer (100us: 1 s at 10,000 proxies); 0s turns it off.
+    #[arg(long, default_value = "100us", value_parser = trellis_model::duration::parse)]
+    push_interval_per_stream: Duration,
     /// The trust domain of workload identities (spiffe://<trust-domain>/ns/<ns>/sa/<sa>).
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
@@ -421,6 +427,8 @@ fn control(a: ControlArgs) -> Result<(), Failure> {
         addr_file: a.addr_file,
         poll: Duration::from_millis(200),
         registration_grace: a.registration_grace,
+        min_push_interval: a.min_push_interval,
+        push_interval_per_stream: a.push_interval_per_stream,
         identity: trellis_control::identity::IdentitySettings {
             trust_domain: a.trust_domain,
             operator_ca: a.ca_cert.zip(a.ca_key).map(|(cert, key)| {

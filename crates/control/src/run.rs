@@ -40,6 +40,10 @@ pub struct Settings {
     pub poll: Duration,
     /// How long a workload stays registered after its proxy disconnected.
     pub registration_grace: Duration,
+    /// Shortest time between two pushes of new config to one proxy...
+    pub min_push_interval: Duration,
+    /// ...or this much per connected proxy, if longer.
+    pub push_interval_per_stream: Duration,
     /// The trust domain and where the CA comes from.
     pub identity: IdentitySettings,
 }
@@ -200,6 +204,11 @@ pub fn run(settings: Settings) -> Result<(), StartError> {
         let (saver_stop, saver_stopped) = tokio::sync::watch::channel(false);
         let saver = tokio::spawn(save_registrations(plane.clone(), saver_stopped));
         let xds_server = trellis_xds::XdsServer::builder(plane.mesh.clone())
+            .options(trellis_xds::XdsOptions {
+                min_push_interval: settings.min_push_interval,
+                push_interval_per_stream: settings.push_interval_per_stream,
+                ..trellis_xds::XdsOptions::default()
+            })
             .hooks(plane.mesh.clone())
             .metrics(plane.metrics.xds.clone())
             .build();

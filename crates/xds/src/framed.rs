@@ -272,6 +272,14 @@ impl<T: IntoFrames> http_body::Body for FramedBody<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `message` as a gRPC frame: uncompressed flag, big-endian length, bytes.
+    fn frame<T: prost::Message>(message: &T) -> Bytes {
+        let mut buf = vec![0];
+        buf.extend_from_slice(&(message.encoded_len() as u32).to_be_bytes());
+        message.encode_raw(&mut buf);
+        Bytes::from(buf)
+    }
     use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
     use futures_util::StreamExt;
     use prost::Message;
