@@ -715,7 +715,6 @@ fn marker_weight(rc: &RouteConfiguration, domain: &str) -> Option<i64> {
     }
 }
 
-
 /// A cluster's name and, if it is an EDS cluster, the service name its
 /// assignment goes by.
 fn cluster_eds(sh: &Shared, bytes: &[u8]) -> Option<(String, Option<String>)> {

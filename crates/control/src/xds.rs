@@ -142,6 +142,14 @@ struct NodeView {
     own: Option<Option<Arc<trellis_xds::Resources>>>,
 }
 
+/// A node as [`Mesh::node_view`] found it.
+enum NodeParts {
+    Usable(NodeView),
+    /// No usable registration: a stand-in identity (its class's view
+    /// without listeners) and what it may see.
+    Unusable(Box<ProxyIdentity>, Arc<crate::reach::Viewer>),
+}
+
 #[derive(Debug)]
 struct NodeFacts {
     /// The node's identity, with the egress hosts of its Sidecar.
@@ -159,12 +167,8 @@ struct Cached {
 
 impl Mesh {
     /// `node`'s [`NodeView`], from the cache while its registration and the
-    /// stored config are those it was made from. Err for a node without a
-    /// usable registration: its stand-in identity and what it may see.
-    fn node_view(
-        st: &mut State,
-        node: &Node,
-    ) -> Result<NodeView, (ProxyIdentity, Arc<crate::reach::Viewer>)> {
+    /// stored config are those it was made from.
+    fn node_view(st: &mut State, node: &Node) -> NodeParts {
         let store_generation = st.store.generation;
         let registration = st.registrations.get(&node.id);
         let revision = registration.map(|r| r.revision);
@@ -172,7 +176,7 @@ impl Mesh {
             && v.revision == revision
             && v.store_generation == store_generation
         {
-            return Ok(v.clone());
+            return NodeParts::Usable(v.clone());
         }
         let parsed;
         let info = match registration {
@@ -199,7 +203,7 @@ impl Mesh {
             egress: identity.egress.clone(),
         });
         if !usable {
-            return Err((identity, viewer));
+            return NodeParts::Unusable(Box::new(identity), viewer);
         }
         let view = NodeView {
             store_generation,
@@ -215,7 +219,7 @@ impl Mesh {
         if revision.is_some() {
             st.nodes.insert(node.id.clone(), view.clone());
         }
-        Ok(view)
+        NodeParts::Usable(view)
     }
 
     pub fn new(store: Arc<store::Snapshot>, grace: Duration) -> Arc<Mesh> {
@@ -657,8 +661,8 @@ impl Snapshots for Mesh {
             };
             let node_view = Self::node_view(&mut st, node);
             let cached = match &node_view {
-                Ok(v) => st.views.get(&v.facts.class).cloned(),
-                Err(_) => None,
+                NodeParts::Usable(v) => st.views.get(&v.facts.class).cloned(),
+                NodeParts::Unusable(..) => None,
             };
             (
                 shared,
@@ -672,7 +676,7 @@ impl Snapshots for Mesh {
         // it for this generation; computed without the lock.
         let class_view = match (cached, &node_view) {
             (Some(v), _) => v,
-            (None, Ok(nv)) => {
+            (None, NodeParts::Usable(nv)) => {
                 let view = trellis_translate::class_view(&shared, &nv.facts.identity);
                 let mut st = self.lock();
                 let out = Arc::new(st.convert(&view, generation));
@@ -681,13 +685,13 @@ impl Snapshots for Mesh {
                 }
                 out
             }
-            (None, Err((identity, _))) => {
+            (None, NodeParts::Unusable(identity, _)) => {
                 let view = without_listeners(trellis_translate::class_view(&shared, identity));
                 Arc::new(self.lock().convert(&view, generation))
             }
         };
         let (own, viewer) = match node_view {
-            Ok(nv) => {
+            NodeParts::Usable(nv) => {
                 let own = match nv.own {
                     Some(own) => own,
                     None => {
@@ -707,7 +711,7 @@ impl Snapshots for Mesh {
                 };
                 (own, nv.facts.viewer.clone())
             }
-            Err((_, viewer)) => (None, viewer),
+            NodeParts::Unusable(_, viewer) => (None, viewer),
         };
         let out = match own {
             None => class_view,

@@ -118,13 +118,21 @@ struct Harness {
 }
 
 async fn start(initial: Snapshot) -> Harness {
+    start_with(
+        initial,
+        XdsOptions {
+            debounce: Duration::from_millis(50),
+            ..XdsOptions::default()
+        },
+    )
+    .await
+}
+
+async fn start_with(initial: Snapshot, options: XdsOptions) -> Harness {
     let snapshots = Arc::new(MemorySnapshots::new(initial));
     let hooks = Arc::new(Recorder::default());
     let server = XdsServer::builder(snapshots.clone())
-        .options(XdsOptions {
-            debounce: Duration::from_millis(50),
-            ..XdsOptions::default()
-        })
+        .options(options)
         .hooks(hooks.clone())
         .build();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -322,6 +330,65 @@ async fn a_stream_awaiting_its_ack_takes_the_newest_snapshot_when_the_ack_comes(
     assert_eq!(h.snapshots.taken("n1"), 2);
     let nothing = tokio::time::timeout(Duration::from_millis(300), responses.next()).await;
     assert!(nothing.is_err(), "one push for both generations");
+}
+
+#[tokio::test]
+async fn pushes_of_new_generations_are_paced_per_stream_but_answers_are_not() {
+    let pace = Duration::from_millis(600);
+    let h = start_with(
+        clusters(&[("a", "1")]),
+        XdsOptions {
+            debounce: Duration::from_millis(20),
+            debounce_max: Duration::from_millis(40),
+            min_push_interval: pace,
+            ..XdsOptions::default()
+        },
+    )
+    .await;
+    let t0 = Instant::now();
+    let (tx, mut responses) = open_sotw(h.addr, sotw(Some(node("n1")), "", "", None)).await;
+    let r1 = next(&mut responses).await;
+    assert!(t0.elapsed() < pace, "the first response is not paced");
+    tx.send(sotw(None, &r1.version_info, &r1.nonce, None))
+        .await
+        .unwrap();
+
+    // A new generation right away: it waits for the interval since the
+    // last push of a generation... (the first response counts as none, so
+    // this one goes at once).
+    h.snapshots.set(clusters(&[("a", "2")]));
+    let r2 = next(&mut responses).await;
+    let pushed = Instant::now();
+    assert_eq!(labels(&r2), ["a@2"]);
+    tx.send(sotw(None, &r2.version_info, &r2.nonce, None))
+        .await
+        .unwrap();
+    // ...so the next two wait, and go out as one push with the newest.
+    h.snapshots.set(clusters(&[("a", "3")]));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.snapshots.set(clusters(&[("a", "4")]));
+    let r3 = next(&mut responses).await;
+    let waited = pushed.elapsed();
+    assert_eq!(labels(&r3), ["a@4"], "one push with the newest");
+    assert!(
+        waited >= pace - Duration::from_millis(50),
+        "paced: {waited:?}"
+    );
+
+    // A request is answered at once, paced or not: a new subscription on
+    // another type while the interval runs.
+    let asked = Instant::now();
+    tx.send(DiscoveryRequest {
+        node: None,
+        type_url: type_url::ENDPOINT.into(),
+        resource_names: vec!["x".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let r4 = next(&mut responses).await;
+    assert_eq!(r4.type_url, type_url::ENDPOINT);
+    assert!(asked.elapsed() < pace / 2, "{:?}", asked.elapsed());
 }
 
 #[tokio::test]
