@@ -558,6 +558,16 @@ impl Registrations {
         self.by_node.get(node_id)
     }
 
+    /// How many nodes are registered.
+    pub fn len(&self) -> usize {
+        self.by_node.len()
+    }
+
+    /// Whether no node is registered.
+    pub fn is_empty(&self) -> bool {
+        self.by_node.is_empty()
+    }
+
     /// Every registration, by node id.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Registration)> {
         self.by_node.iter()

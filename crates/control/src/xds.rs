@@ -40,14 +40,29 @@ use crate::health::HealthCheck;
 use crate::registry::{MetadataError, NodeInfo, Registrations};
 use crate::store::{self, Key};
 
-/// The shortest time between two generations made by registry changes.
-/// A lone change is a generation at once; under churn, each generation
-/// costs a registry rebuild and every class's view however few workloads
-/// it carries: at 10,000 proxies that was ~20 % of the control plane's CPU
-/// at 100 ms, and the CPUs saturated; at 300 ms churn propagation p99 went
-/// from 2.8-3.4 s to 1.4 s (bench/SCALE.md). Proxies are paced to about a
-/// push a second at that size anyway (`push_interval_per_stream`).
-pub const REGISTRY_COALESCE: Duration = Duration::from_millis(300);
+/// The shortest time between two generations made by registry changes:
+/// [`REGISTRY_COALESCE_PER_WORKLOAD`] per registered workload, within
+/// these bounds. A lone change is a generation at once; under churn, each
+/// generation costs a registry rebuild and every class's view however few
+/// workloads it carries, and that cost grows with the mesh: at 10,000
+/// proxies it was ~20 % of the control plane's CPU at 100 ms and the CPUs
+/// saturated; at 300 ms churn propagation p99 went from 2.8-3.4 s to
+/// 1.4-1.7 s (bench/SCALE.md). Proxies are paced to about a push a second
+/// at that size anyway (`push_interval_per_stream`). A small mesh keeps
+/// 100 ms: its generations are cheap, and a change waits less.
+pub const REGISTRY_COALESCE: Duration = Duration::from_millis(100);
+/// See [`REGISTRY_COALESCE`].
+pub const REGISTRY_COALESCE_MAX: Duration = Duration::from_millis(300);
+/// See [`REGISTRY_COALESCE`]: 300 ms at 10,000 workloads.
+pub const REGISTRY_COALESCE_PER_WORKLOAD: Duration = Duration::from_micros(30);
+
+/// The coalescing period for a registry of `workloads`.
+fn registry_coalesce(workloads: usize) -> Duration {
+    let n = u32::try_from(workloads).unwrap_or(u32::MAX);
+    REGISTRY_COALESCE_PER_WORKLOAD
+        .saturating_mul(n)
+        .clamp(REGISTRY_COALESCE, REGISTRY_COALESCE_MAX)
+}
 
 /// The default `--registration-grace`.
 pub const DEFAULT_REGISTRATION_GRACE: Duration = Duration::from_secs(30);
@@ -246,7 +261,7 @@ impl Mesh {
                 nodes: HashMap::new(),
                 probers: HashMap::new(),
                 last_registry_flush: Instant::now()
-                    .checked_sub(REGISTRY_COALESCE)
+                    .checked_sub(REGISTRY_COALESCE_MAX)
                     .unwrap_or_else(Instant::now),
                 registry_flush_scheduled: false,
                 secrets: Arc::default(),
@@ -365,17 +380,18 @@ impl Mesh {
             return;
         }
         let since = st.last_registry_flush.elapsed();
+        let period = registry_coalesce(st.registrations.len());
         let (Some(me), Ok(rt), true) = (
             self.me.upgrade(),
             tokio::runtime::Handle::try_current(),
-            since < REGISTRY_COALESCE,
+            since < period,
         ) else {
             self.flush_registry(st);
             return;
         };
         st.registry_flush_scheduled = true;
         rt.spawn(async move {
-            tokio::time::sleep(REGISTRY_COALESCE - since).await;
+            tokio::time::sleep(period - since).await;
             let mut st = me.lock();
             st.registry_flush_scheduled = false;
             me.flush_registry(&mut st);
@@ -973,6 +989,23 @@ spec:
             mesh.changed_at(&key(Kind::VirtualService, "reviews")),
             Some(2)
         );
+    }
+
+    #[test]
+    fn registry_changes_coalesce_longer_in_a_larger_mesh() {
+        for (workloads, ms) in [
+            (0, 100),
+            (1_000, 100),
+            (5_000, 150),
+            (10_000, 300),
+            (50_000, 300),
+        ] {
+            assert_eq!(
+                registry_coalesce(workloads),
+                Duration::from_millis(ms),
+                "{workloads} workloads"
+            );
+        }
     }
 
     #[test]
