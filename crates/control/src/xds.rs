@@ -321,6 +321,18 @@ impl Mesh {
         self.lock().served.get(node_id).cloned()
     }
 
+    /// Whether `node_id` was last given the newest generation, with no
+    /// registry change waiting to become a generation (coalesced, up to
+    /// 300 ms): then nothing newer is on its way to it.
+    pub fn current(&self, node_id: &str) -> bool {
+        let st = self.lock();
+        !st.registry_flush_scheduled
+            && st
+                .served
+                .get(node_id)
+                .is_some_and(|s| s.generation == st.generation)
+    }
+
     /// The store generation of what `node_id` was last given, and whether
     /// `key` (as in effect now) is part of it ([`crate::reach`]).
     pub fn holds(&self, node_id: &str, key: &Key) -> Option<(u64, bool)> {

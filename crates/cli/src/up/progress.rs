@@ -68,9 +68,14 @@ pub fn statuses(
                 w["connected"].as_bool() == Some(true) && w["workload"].is_object()
             });
             let healthy = w.is_some_and(|w| w["workload"]["healthy"].as_bool() == Some(true));
-            let acked = proxies
-                .get(n)
-                .is_some_and(|p| p["acked"].as_bool() == Some(true) && p["error"].is_null());
+            // ACKed what it was given, and that is the newest config: a
+            // registry change (its own endpoints, say) may still be on
+            // its way to the others.
+            let acked = proxies.get(n).is_some_and(|p| {
+                p["acked"].as_bool() == Some(true)
+                    && p["current"].as_bool() == Some(true)
+                    && p["error"].is_null()
+            });
             (
                 n.clone(),
                 Status {
@@ -91,26 +96,36 @@ mod tests {
 
     #[test]
     fn ready_needs_all_four() {
-        let nodes: Vec<String> = ["a-0.default", "b-0.default", "c-0.default", "d-0.default"]
-            .map(String::from)
-            .to_vec();
+        let nodes: Vec<String> = [
+            "a-0.default",
+            "b-0.default",
+            "c-0.default",
+            "d-0.default",
+            "e-0.default",
+        ]
+        .map(String::from)
+        .to_vec();
         let proxies = json!({"items": [
-            {"node": "a-0.default", "acked": true, "error": null},
-            {"node": "b-0.default", "acked": false, "error": null},
-            {"node": "c-0.default", "acked": true, "error": null},
+            {"node": "a-0.default", "acked": true, "current": true, "error": null},
+            {"node": "b-0.default", "acked": false, "current": true, "error": null},
+            {"node": "c-0.default", "acked": true, "current": true, "error": null},
+            // ACKed, but a newer config is on its way.
+            {"node": "e-0.default", "acked": true, "current": false, "error": null},
         ]});
         let workloads = json!({"items": [
             {"node": "a-0.default", "connected": true, "workload": {"healthy": true}},
             {"node": "b-0.default", "connected": true, "workload": {"healthy": true}},
             {"node": "c-0.default", "connected": true, "workload": {"healthy": false}},
+            {"node": "e-0.default", "connected": true, "workload": {"healthy": true}},
         ]});
-        let up: BTreeSet<String> = ["a-0.default", "b-0.default", "c-0.default"]
+        let up: BTreeSet<String> = ["a-0.default", "b-0.default", "c-0.default", "e-0.default"]
             .map(String::from)
             .into();
         let s = statuses(&nodes, &proxies, &workloads, &up);
         assert!(s["a-0.default"].ready());
         assert_eq!(s["b-0.default"].describe(), "waiting: config not ACKed");
         assert_eq!(s["c-0.default"].describe(), "waiting: unhealthy");
+        assert_eq!(s["e-0.default"].describe(), "waiting: config not ACKed");
         assert_eq!(
             s["d-0.default"].describe(),
             "waiting: app not listening yet, sidecar not registered"

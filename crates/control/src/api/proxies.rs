@@ -238,6 +238,7 @@ pub fn list(plane: &ControlPlane) -> Value {
                 "error": error,
                 "generation": served.map(|s| s.store_generation),
                 "acked": acked(plane, s),
+                "current": plane.mesh.current(&c.node.id),
                 "types": types,
             })
         })
