@@ -11,10 +11,12 @@
 //!   data and functions (no I/O), table-tested.
 //! - [`server`]: the ADS service ([`XdsServer`]), one task per stream,
 //!   debounced generations, hooks for connect/disconnect/NACK, metrics;
-//!   `framed`: its gRPC response framing, one exact-size buffer per message.
+//!   `framed`: the gRPC service, responses framed a chunk at a time
+//!   (`chunked`) from the snapshot's shared maps.
 //!
 //! The behaviour is described in `docs/xds-server.md`.
 
+mod chunked;
 mod debounce;
 pub mod delta;
 mod framed;

@@ -11,16 +11,16 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::BytesMut;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryResponse, Resource as DeltaResource,
 };
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
-use crate::resource::{Resource, Resources};
-use crate::sotw::response::{
-    ANY_TYPE_URL, ANY_VALUE, CHUNK, any_len, put_string_field, string_field_len,
+use crate::chunked::{
+    Frames, Layout, any_len, message_field_len, put_message_head, put_string_field,
+    string_field_len,
 };
+use crate::resource::{Resource, Resources};
 
 /// `DeltaDiscoveryResponse` field numbers (envoy/service/discovery/v3/discovery.proto).
 const SYSTEM_VERSION_INFO: u32 = 1;
@@ -110,16 +110,37 @@ impl DeltaResponse {
         }
     }
 
-    /// The gRPC frame (flag, length, message), in chunks of about [`CHUNK`]
-    /// bytes, each encoded when asked for.
+    /// The gRPC frame (flag, length, message), in chunks of about
+    /// `chunked::CHUNK` bytes, each encoded when asked for.
     pub(crate) fn into_frames(self) -> DeltaFrames {
-        let body_len = string_field_len(SYSTEM_VERSION_INFO, &self.system_version_info)
+        Frames::new(self)
+    }
+}
+
+/// The chunks of one framed [`DeltaResponse`].
+pub(crate) type DeltaFrames = Frames<DeltaResponse>;
+
+/// The encoded length of one `Resource` (name, version, body).
+fn resource_len(name: &str, r: &Resource) -> usize {
+    string_field_len(RESOURCE_NAME, name)
+        + string_field_len(RESOURCE_VERSION, &r.version)
+        + message_field_len(RESOURCE_BODY, any_len(&r.body))
+}
+
+impl Layout for DeltaResponse {
+    fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    fn map(&self) -> Option<&Resources> {
+        self.map.as_deref()
+    }
+
+    fn body_len(&self) -> usize {
+        string_field_len(SYSTEM_VERSION_INFO, &self.system_version_info)
             + self
                 .resources()
-                .map(|(name, r)| {
-                    let len = resource_len(name, r);
-                    key_len(RESOURCES) + encoded_len_varint(len as u64) + len
-                })
+                .map(|(name, r)| message_field_len(RESOURCES, resource_len(name, r)))
                 .sum::<usize>()
             + string_field_len(TYPE_URL, &self.type_url)
             + self
@@ -127,114 +148,34 @@ impl DeltaResponse {
                 .iter()
                 .map(|n| string_field_len(REMOVED_RESOURCES, n))
                 .sum::<usize>()
-            + string_field_len(NONCE, &self.nonce);
-        DeltaFrames {
-            resp: self,
-            body_len,
-            stage: Stage::Head,
-            index: 0,
-            offset: 0,
-        }
+            + string_field_len(NONCE, &self.nonce)
     }
-}
 
-/// The encoded length of one `Resource` (name, version, body).
-fn resource_len(name: &str, r: &Resource) -> usize {
-    let any = any_len(&r.body);
-    string_field_len(RESOURCE_NAME, name)
-        + string_field_len(RESOURCE_VERSION, &r.version)
-        + key_len(RESOURCE_BODY)
-        + encoded_len_varint(any as u64)
-        + any
-}
+    fn put_head(&self, buf: &mut BytesMut) {
+        put_string_field(buf, SYSTEM_VERSION_INFO, &self.system_version_info);
+    }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    /// The gRPC prefix and `system_version_info`.
-    Head,
-    /// Resource `index`, its body's value from `offset` on.
-    Resources,
-    /// `type_url`, `removed_resources` and `nonce`.
-    Tail,
-    Done,
-}
+    fn put_resource_head(&self, name: &str, r: &Resource, buf: &mut BytesMut) {
+        put_message_head(buf, RESOURCES, resource_len(name, r));
+        put_string_field(buf, RESOURCE_NAME, name);
+        put_string_field(buf, RESOURCE_VERSION, &r.version);
+        put_message_head(buf, RESOURCE_BODY, any_len(&r.body));
+    }
 
-/// The chunks of one framed [`DeltaResponse`].
-pub(crate) struct DeltaFrames {
-    resp: DeltaResponse,
-    body_len: usize,
-    stage: Stage,
-    index: usize,
-    offset: usize,
-}
-
-impl Iterator for DeltaFrames {
-    type Item = Bytes;
-
-    fn next(&mut self) -> Option<Bytes> {
-        if self.stage == Stage::Done {
-            return None;
+    fn put_tail(&self, buf: &mut BytesMut) {
+        put_string_field(buf, TYPE_URL, &self.type_url);
+        for name in &self.removed_resources {
+            put_string_field(buf, REMOVED_RESOURCES, name);
         }
-        let mut buf = BytesMut::with_capacity(CHUNK);
-        if self.stage == Stage::Head {
-            buf.put_u8(0);
-            // A message over 4 GiB cannot be framed; clients refuse far less.
-            buf.put_u32(u32::try_from(self.body_len).unwrap_or(u32::MAX));
-            put_string_field(
-                &mut buf,
-                SYSTEM_VERSION_INFO,
-                &self.resp.system_version_info,
-            );
-            self.stage = Stage::Resources;
-        }
-        while self.stage == Stage::Resources && buf.len() < CHUNK {
-            let Some(name) = self.resp.names.get(self.index) else {
-                self.stage = Stage::Tail;
-                break;
-            };
-            let Some(r) = self.resp.map.as_deref().and_then(|m| m.get(name)) else {
-                self.index += 1;
-                continue;
-            };
-            let any = &r.body;
-            if self.offset == 0 {
-                encode_key(RESOURCES, WireType::LengthDelimited, &mut buf);
-                encode_varint(resource_len(name, r) as u64, &mut buf);
-                put_string_field(&mut buf, RESOURCE_NAME, name);
-                put_string_field(&mut buf, RESOURCE_VERSION, &r.version);
-                encode_key(RESOURCE_BODY, WireType::LengthDelimited, &mut buf);
-                encode_varint(any_len(any) as u64, &mut buf);
-                put_string_field(&mut buf, ANY_TYPE_URL, &any.type_url);
-                if !any.value.is_empty() {
-                    encode_key(ANY_VALUE, WireType::LengthDelimited, &mut buf);
-                    encode_varint(any.value.len() as u64, &mut buf);
-                }
-            }
-            let room = CHUNK.saturating_sub(buf.len()).max(1);
-            let end = any.value.len().min(self.offset + room);
-            buf.put_slice(&any.value[self.offset..end]);
-            if end == any.value.len() {
-                self.index += 1;
-                self.offset = 0;
-            } else {
-                self.offset = end;
-            }
-        }
-        if self.stage == Stage::Tail {
-            put_string_field(&mut buf, TYPE_URL, &self.resp.type_url);
-            for name in &self.resp.removed_resources {
-                put_string_field(&mut buf, REMOVED_RESOURCES, name);
-            }
-            put_string_field(&mut buf, NONCE, &self.resp.nonce);
-            self.stage = Stage::Done;
-        }
-        Some(buf.freeze())
+        put_string_field(buf, NONCE, &self.nonce);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunked::CHUNK;
+    use bytes::Bytes;
     use envoy_types::pb::google::protobuf::Any;
     use prost::Message;
 

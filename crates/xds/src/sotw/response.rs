@@ -8,30 +8,25 @@
 //! a response is the map (an `Arc` shared by every proxy of its class) and
 //! the names to send (also shared when they are the whole map or a memoised
 //! diff); its bytes are produced only when HTTP/2 has room for them,
-//! [`CHUNK`] at a time, so a stream holds at most about one chunk of
+//! 32 KiB at a time (`chunked.rs`), so a stream holds at most about one chunk of
 //! encoded data however large its response.
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::BytesMut;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
-use envoy_types::pb::google::protobuf::Any;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
+use crate::chunked::{
+    Frames, Layout, any_len, message_field_len, put_message_head, put_string_field,
+    string_field_len,
+};
 use crate::resource::{Resource, Resources};
-
-/// Bytes per chunk handed to HTTP/2: a few DATA frames (16 KiB each by
-/// default), small against a connection's flow-control window.
-pub(crate) const CHUNK: usize = 32 * 1024;
 
 /// `DiscoveryResponse` field numbers (envoy/service/discovery/v3/discovery.proto).
 const VERSION_INFO: u32 = 1;
 const RESOURCES: u32 = 2;
 const TYPE_URL: u32 = 4;
 const NONCE: u32 = 5;
-/// `google.protobuf.Any` field numbers.
-pub(crate) const ANY_TYPE_URL: u32 = 1;
-pub(crate) const ANY_VALUE: u32 = 2;
 
 /// One state-of-the-world response: header fields, and the resources as
 /// names into a shared map.
@@ -98,134 +93,55 @@ impl SotwResponse {
         }
     }
 
-    /// The gRPC frame (flag, length, message), in chunks of about [`CHUNK`]
-    /// bytes, each encoded when asked for.
+    /// The gRPC frame (flag, length, message), in chunks of about
+    /// `chunked::CHUNK` bytes, each encoded when asked for.
     pub(crate) fn into_frames(self) -> SotwFrames {
-        let body_len = string_field_len(VERSION_INFO, &self.version_info)
-            + self
-                .resources()
-                .map(|r| {
-                    let len = any_len(&r.body);
-                    key_len(RESOURCES) + encoded_len_varint(len as u64) + len
-                })
-                .sum::<usize>()
-            + string_field_len(TYPE_URL, &self.type_url)
-            + string_field_len(NONCE, &self.nonce);
-        SotwFrames {
-            resp: self,
-            body_len,
-            stage: Stage::Head,
-            index: 0,
-            offset: 0,
-        }
+        Frames::new(self)
     }
-}
-
-/// Where a [`SotwFrames`] is in its message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    /// The gRPC prefix and `version_info`.
-    Head,
-    /// Resource `index`, its value from `offset` on.
-    Resources,
-    /// `type_url` and `nonce`.
-    Tail,
-    Done,
 }
 
 /// The chunks of one framed [`SotwResponse`].
-pub(crate) struct SotwFrames {
-    resp: SotwResponse,
-    body_len: usize,
-    stage: Stage,
-    /// The next name of `resp.names` to write.
-    index: usize,
-    /// How much of the current resource's value is written (its header
-    /// goes out with offset 0).
-    offset: usize,
-}
+pub(crate) type SotwFrames = Frames<SotwResponse>;
 
-impl Iterator for SotwFrames {
-    type Item = Bytes;
-
-    fn next(&mut self) -> Option<Bytes> {
-        if self.stage == Stage::Done {
-            return None;
-        }
-        let mut buf = BytesMut::with_capacity(CHUNK);
-        if self.stage == Stage::Head {
-            buf.put_u8(0);
-            // A message over 4 GiB cannot be framed; clients refuse far less.
-            buf.put_u32(u32::try_from(self.body_len).unwrap_or(u32::MAX));
-            put_string_field(&mut buf, VERSION_INFO, &self.resp.version_info);
-            self.stage = Stage::Resources;
-        }
-        while self.stage == Stage::Resources && buf.len() < CHUNK {
-            let Some(name) = self.resp.names.get(self.index) else {
-                self.stage = Stage::Tail;
-                break;
-            };
-            let Some(r) = self.resp.map.as_deref().and_then(|m| m.get(name)) else {
-                self.index += 1;
-                continue;
-            };
-            let any = &r.body;
-            if self.offset == 0 {
-                encode_key(RESOURCES, WireType::LengthDelimited, &mut buf);
-                encode_varint(any_len(any) as u64, &mut buf);
-                put_string_field(&mut buf, ANY_TYPE_URL, &any.type_url);
-                if !any.value.is_empty() {
-                    encode_key(ANY_VALUE, WireType::LengthDelimited, &mut buf);
-                    encode_varint(any.value.len() as u64, &mut buf);
-                }
-            }
-            let room = CHUNK.saturating_sub(buf.len()).max(1);
-            let end = any.value.len().min(self.offset + room);
-            buf.put_slice(&any.value[self.offset..end]);
-            if end == any.value.len() {
-                self.index += 1;
-                self.offset = 0;
-            } else {
-                self.offset = end;
-            }
-        }
-        if self.stage == Stage::Tail {
-            put_string_field(&mut buf, TYPE_URL, &self.resp.type_url);
-            put_string_field(&mut buf, NONCE, &self.resp.nonce);
-            self.stage = Stage::Done;
-        }
-        Some(buf.freeze())
+impl Layout for SotwResponse {
+    fn names(&self) -> &[String] {
+        &self.names
     }
-}
 
-/// The encoded length of an `Any` (proto3: empty fields are left out).
-pub(crate) fn any_len(any: &Any) -> usize {
-    string_field_len(ANY_TYPE_URL, &any.type_url) + bytes_field_len(ANY_VALUE, &any.value)
-}
-
-pub(crate) fn string_field_len(tag: u32, s: &str) -> usize {
-    bytes_field_len(tag, s.as_bytes())
-}
-
-fn bytes_field_len(tag: u32, b: &[u8]) -> usize {
-    if b.is_empty() {
-        0
-    } else {
-        key_len(tag) + encoded_len_varint(b.len() as u64) + b.len()
+    fn map(&self) -> Option<&Resources> {
+        self.map.as_deref()
     }
-}
 
-pub(crate) fn put_string_field(buf: &mut BytesMut, tag: u32, s: &str) {
-    if !s.is_empty() {
-        encode_key(tag, WireType::LengthDelimited, buf);
-        encode_varint(s.len() as u64, buf);
-        buf.put_slice(s.as_bytes());
+    fn body_len(&self) -> usize {
+        string_field_len(VERSION_INFO, &self.version_info)
+            + self
+                .resources()
+                .map(|r| message_field_len(RESOURCES, any_len(&r.body)))
+                .sum::<usize>()
+            + string_field_len(TYPE_URL, &self.type_url)
+            + string_field_len(NONCE, &self.nonce)
+    }
+
+    fn put_head(&self, buf: &mut BytesMut) {
+        put_string_field(buf, VERSION_INFO, &self.version_info);
+    }
+
+    fn put_resource_head(&self, _name: &str, r: &Resource, buf: &mut BytesMut) {
+        put_message_head(buf, RESOURCES, any_len(&r.body));
+    }
+
+    fn put_tail(&self, buf: &mut BytesMut) {
+        put_string_field(buf, TYPE_URL, &self.type_url);
+        put_string_field(buf, NONCE, &self.nonce);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunked::CHUNK;
+    use bytes::Bytes;
+    use envoy_types::pb::google::protobuf::Any;
     use prost::Message;
 
     fn map(sizes: &[(&str, usize)]) -> Arc<Resources> {
