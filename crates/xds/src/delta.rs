@@ -337,14 +337,15 @@ fn push(
         && let (Some(held), Some(now), Some(memo)) =
             (&state.sent_from, &source, snapshot.memo_of(type_url))
     {
-        let changed = memo.changed_since(held, now);
-        let gone = memo.removed_since(held, now);
-        let updates: Vec<(&String, &crate::resource::Resource)> = changed
+        let diff = memo.diff_since(held, now);
+        let updates: Vec<(&String, &crate::resource::Resource)> = diff
+            .changed
             .iter()
             .filter(|n| state.sub.wants(n))
             .filter_map(|n| now.get_key_value(n))
             .collect();
-        let removed: BTreeSet<String> = gone
+        let removed: BTreeSet<String> = diff
+            .removed
             .iter()
             .filter(|n| state.sub.wants(n))
             .cloned()

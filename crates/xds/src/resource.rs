@@ -154,43 +154,46 @@ pub(crate) struct MapMemo {
     /// The same names as a set: the subscription of every stream that asks
     /// for exactly the map (`Subscription::apply_sotw`).
     name_set: OnceLock<Arc<BTreeSet<String>>>,
-    /// The names that differ from an older map (lacking there, or with
-    /// another version), for the last older map asked about: the streams
-    /// sharing this map mostly hold the same older one.
-    changed: Mutex<Option<ChangedFrom>>,
-    /// The names an older map has and this one lacks, for the last older
-    /// map asked about (delta streams: `removed_resources`).
-    removed: Mutex<Option<ChangedFrom>>,
+    /// The difference from an older map, for the last older map asked
+    /// about: the streams sharing this map mostly hold the same older one.
+    diff: Mutex<Option<DiffFrom>>,
 }
 
-/// The names of `now` that `held` lacks or has another version of: one
-/// ordered walk of both maps. A workload joining changes one assignment;
-/// a partial push then carries that one, not all of them.
-pub(crate) fn changed_names(held: &Resources, now: &Resources) -> Vec<String> {
+/// What changed from one map to a newer one.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct MapDiff {
+    /// The names of the newer map that the older lacks or has another
+    /// version of. A workload joining changes one assignment; a partial
+    /// push then carries that one, not all of them.
+    pub(crate) changed: Arc<Vec<String>>,
+    /// The names of the older map that the newer lacks (delta's
+    /// `removed_resources`).
+    pub(crate) removed: Vec<String>,
+}
+
+/// [`MapDiff`] from `held` to `now`: one ordered walk of both maps.
+pub(crate) fn map_diff(held: &Resources, now: &Resources) -> MapDiff {
+    let mut changed = Vec::new();
+    let mut removed = Vec::new();
     let mut old = held.iter().peekable();
-    now.iter()
-        .filter(|(name, r)| {
-            while old.next_if(|(n, _)| n < name).is_some() {}
-            !matches!(old.peek(), Some((n, o)) if n == name && o.version == r.version)
-        })
-        .map(|(name, _)| name.clone())
-        .collect()
+    for (name, r) in now {
+        while let Some((n, _)) = old.next_if(|(n, _)| *n < name) {
+            removed.push(n.clone());
+        }
+        match old.next_if(|(n, _)| *n == name) {
+            Some((_, o)) if o.version == r.version => {}
+            _ => changed.push(name.clone()),
+        }
+    }
+    removed.extend(old.map(|(n, _)| n.clone()));
+    MapDiff {
+        changed: Arc::new(changed),
+        removed,
+    }
 }
 
-/// The names of `held` that `now` lacks: one ordered walk of both maps.
-pub(crate) fn removed_names(held: &Resources, now: &Resources) -> Vec<String> {
-    let mut new = now.keys().peekable();
-    held.keys()
-        .filter(|name| {
-            while new.next_if(|n| n < name).is_some() {}
-            new.peek() != Some(name)
-        })
-        .cloned()
-        .collect()
-}
-
-/// An older map, and the names a newer one changed since it.
-type ChangedFrom = (Arc<Resources>, Arc<Vec<String>>);
+/// An older map, and what a newer one changed since it.
+type DiffFrom = (Arc<Resources>, Arc<MapDiff>);
 
 impl MapMemo {
     /// Every name of `map` as a set, built once.
@@ -207,33 +210,18 @@ impl MapMemo {
             .clone()
     }
 
-    /// [`changed_names`] from `held` to `now` (the map this memo is for),
+    /// [`map_diff`] from `held` to `now` (the map this memo is for),
     /// computed once per `held` map.
-    pub(crate) fn changed_since(&self, held: &Arc<Resources>, now: &Resources) -> Arc<Vec<String>> {
-        let mut cached = self.changed.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((old, names)) = cached.as_ref()
+    pub(crate) fn diff_since(&self, held: &Arc<Resources>, now: &Resources) -> Arc<MapDiff> {
+        let mut cached = self.diff.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((old, diff)) = cached.as_ref()
             && Arc::ptr_eq(old, held)
         {
-            return names.clone();
+            return diff.clone();
         }
-        let names = changed_names(held, now);
-        let names = Arc::new(names);
-        *cached = Some((held.clone(), names.clone()));
-        names
-    }
-
-    /// [`removed_names`] from `held` to `now` (the map this memo is for),
-    /// computed once per `held` map.
-    pub(crate) fn removed_since(&self, held: &Arc<Resources>, now: &Resources) -> Arc<Vec<String>> {
-        let mut cached = self.removed.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((old, names)) = cached.as_ref()
-            && Arc::ptr_eq(old, held)
-        {
-            return names.clone();
-        }
-        let names = Arc::new(removed_names(held, now));
-        *cached = Some((held.clone(), names.clone()));
-        names
+        let diff = Arc::new(map_diff(held, now));
+        *cached = Some((held.clone(), diff.clone()));
+        diff
     }
 }
 
@@ -351,6 +339,30 @@ mod tests {
             value: vec![],
         });
         assert_eq!(empty.version, "af63bd4c8601b7df");
+    }
+
+    #[test]
+    fn map_diff_names_what_changed_appeared_and_went() {
+        let map = |entries: &[(&str, &str)]| -> Resources {
+            entries
+                .iter()
+                .map(|(n, v)| (n.to_string(), Resource::with_version(Any::default(), *v)))
+                .collect()
+        };
+        let strings = |l: &[&str]| -> Vec<String> { l.iter().map(|s| s.to_string()).collect() };
+        let held = map(&[("a", "1"), ("b", "1"), ("d", "1"), ("f", "1")]);
+        let now = map(&[("b", "2"), ("c", "1"), ("d", "1"), ("e", "1")]);
+        let diff = map_diff(&held, &now);
+        assert_eq!(*diff.changed, strings(&["b", "c", "e"]));
+        assert_eq!(diff.removed, strings(&["a", "f"]));
+        assert_eq!(map_diff(&now, &now), MapDiff::default());
+        let all = map_diff(&Resources::new(), &now);
+        assert_eq!(*all.changed, strings(&["b", "c", "d", "e"]));
+        assert!(map_diff(&now, &Resources::new()).changed.is_empty());
+        assert_eq!(
+            map_diff(&now, &Resources::new()).removed,
+            strings(&["b", "c", "d", "e"])
+        );
     }
 
     #[test]

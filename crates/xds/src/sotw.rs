@@ -36,7 +36,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use crate::protocol::{Acks, Event, Nonces, Output, ProtocolError, Subscription, TypeStatus};
-use crate::resource::{Fnv64, MapMemo, Resources, Snapshot, TypeUrl, changed_names, type_url};
+use crate::resource::{Fnv64, MapMemo, Resources, Snapshot, TypeUrl, map_diff, type_url};
 
 pub mod response;
 pub use response::SotwResponse;
@@ -267,8 +267,8 @@ fn push(
     let names: Arc<Vec<String>> = match (&state.held, &source) {
         (Some(held), Some(now)) if partial_allowed(type_url) => {
             let changed = match snapshot.memo_of(type_url) {
-                Some(memo) => memo.changed_since(held, now),
-                None => Arc::new(changed_names(held, now)),
+                Some(memo) => memo.diff_since(held, now).changed.clone(),
+                None => map_diff(held, now).changed,
             };
             if changed.iter().all(|n| state.sub.wants(n)) {
                 // The common case: shared by every stream that held `held`.
