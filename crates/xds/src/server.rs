@@ -631,12 +631,12 @@ async fn drive<P: Protocol>(
     let mut last_push: Option<tokio::time::Instant> = None;
     let mut paced = false;
     loop {
-        let pace = inner.push_interval();
-        let wait_until = last_push.map_or_else(tokio::time::Instant::now, |t| t + pace);
+        let wait_until =
+            last_push.map_or_else(tokio::time::Instant::now, |t| t + inner.push_interval());
         tokio::select! {
             msg = requests.next() => match msg {
                 Some(Ok(req)) => {
-                    if deferred && !pace.is_zero() && tokio::time::Instant::now() < wait_until {
+                    if deferred && tokio::time::Instant::now() < wait_until {
                         // The ACK is handled now; the newer generation when
                         // the interval ends.
                         deferred = false;
@@ -644,12 +644,9 @@ async fn drive<P: Protocol>(
                     }
                     if std::mem::take(&mut deferred) {
                         last_push = Some(tokio::time::Instant::now());
-                        // What it takes covers every generation until now.
-                        generations.borrow_and_update();
-                        let snapshot = inner.snapshots.snapshot(&entry.conn.node);
                         // Pushes nothing for types still pending; the ACK
                         // below then pushes its type from this snapshot.
-                        if !step(&inner, &entry, &tx, |m| Ok(m.on_snapshot(snapshot))).await {
+                        if !push_newest(&inner, &entry, &tx, &mut generations).await {
                             return;
                         }
                     }
@@ -676,13 +673,12 @@ async fn drive<P: Protocol>(
                     deferred = true;
                     continue;
                 }
-                if !pace.is_zero() && tokio::time::Instant::now() < wait_until {
+                if tokio::time::Instant::now() < wait_until {
                     paced = true;
                     continue;
                 }
                 last_push = Some(tokio::time::Instant::now());
-                let snapshot = inner.snapshots.snapshot(&entry.conn.node);
-                if !step(&inner, &entry, &tx, |m| Ok(m.on_snapshot(snapshot))).await {
+                if !push_newest(&inner, &entry, &tx, &mut generations).await {
                     return;
                 }
             }
@@ -693,9 +689,7 @@ async fn drive<P: Protocol>(
                     continue;
                 }
                 last_push = Some(tokio::time::Instant::now());
-                generations.borrow_and_update();
-                let snapshot = inner.snapshots.snapshot(&entry.conn.node);
-                if !step(&inner, &entry, &tx, |m| Ok(m.on_snapshot(snapshot))).await {
+                if !push_newest(&inner, &entry, &tx, &mut generations).await {
                     return;
                 }
             }
@@ -704,6 +698,20 @@ async fn drive<P: Protocol>(
             _ = closing.changed() => return,
         }
     }
+}
+
+/// Takes the node's newest snapshot and pushes what it changes for the
+/// stream. Returns false when the stream must end.
+async fn push_newest<P: Protocol>(
+    inner: &Inner,
+    entry: &Entry<P>,
+    tx: &Tx<P::Resp>,
+    generations: &mut watch::Receiver<u64>,
+) -> bool {
+    // What it takes covers every generation until now.
+    generations.borrow_and_update();
+    let snapshot = inner.snapshots.snapshot(&entry.conn.node);
+    step(inner, entry, tx, |m| Ok(m.on_snapshot(snapshot))).await
 }
 
 /// Runs one state-machine call, records its events and sends its
