@@ -52,6 +52,8 @@ pub struct EnvoyBootstrap {
     pub admin: SocketAddr,
     /// Delta (incremental) ADS instead of state of the world.
     pub delta: bool,
+    /// Virtual hosts by VHDS (node metadata `VHDS`; needs `delta`).
+    pub vhds: bool,
     /// A bootstrap token, sent as `authorization: Bearer` on the ADS stream:
     /// the control plane then serves the `default` Secret (docs/identity.md).
     pub token: Option<Token>,
@@ -167,6 +169,9 @@ impl EnvoyBootstrap {
         if let Some(p) = self.inbound_port {
             md["INBOUND_PORT"] = json!(p);
         }
+        if self.vhds {
+            md["VHDS"] = json!(true);
+        }
         let socket = |a: SocketAddr| json!({"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}});
         let mut grpc_service = json!({"envoy_grpc": {"cluster_name": "xds_cluster"}});
         if let Some(t) = &self.token {
@@ -279,6 +284,7 @@ mod tests {
             xds: "127.0.0.1:15010".parse().unwrap(),
             admin: "127.0.0.1:15000".parse().unwrap(),
             delta: false,
+            vhds: false,
             token: None,
         }
         .to_json();
@@ -291,6 +297,7 @@ mod tests {
         assert_eq!(md["PORTS"]["http"], 9080);
         assert!(parse_ports("http=x").is_err());
         assert!(md.get("INBOUND_PORT").is_none());
+        assert!(md.get("VHDS").is_none());
         let ads = &b["dynamic_resources"]["ads_config"];
         assert_eq!(ads["api_type"], "GRPC");
         let xds = &b["static_resources"]["clusters"][0];

@@ -165,6 +165,11 @@ struct EnvoyBootstrapArgs {
     /// Use delta (incremental) ADS instead of state of the world.
     #[arg(long)]
     delta: bool,
+    /// Take the route table's virtual hosts one by one (Envoy's VHDS), so a
+    /// VirtualService change sends one virtual host, not the whole table.
+    /// Envoy supports VHDS over delta ADS only.
+    #[arg(long, requires = "delta")]
+    vhds: bool,
     /// A bootstrap token (`trellis token create`): Envoy sends it on the ADS
     /// stream and gets the `default` Secret (certificate and key). The
     /// bootstrap then holds a secret: keep the file 0600.
@@ -460,6 +465,7 @@ fn bootstrap_envoy(a: EnvoyBootstrapArgs) -> Result<(), Failure> {
         xds: a.xds,
         admin: a.admin,
         delta: a.delta,
+        vhds: a.vhds,
         token: a.token,
     };
     print_json(&b.to_json())

@@ -52,6 +52,9 @@ pub mod keys {
     /// mTLS (Istio's `security.istio.io/tlsMode` label); `disabled` or
     /// absent: plaintext.
     pub const TLS_MODE: &str = "TLS_MODE";
+    /// `true`: the proxy takes its route table's virtual hosts by VHDS
+    /// (Envoy over delta ADS: `trellis bootstrap envoy --delta --vhds`).
+    pub const VHDS: &str = "VHDS";
 }
 
 /// Where the inbound listener forwards when the node does not say (`APP`).
@@ -154,6 +157,14 @@ pub fn parse_node(node: &Node) -> Result<NodeInfo, MetadataError> {
             ));
         }
     };
+    let vhds = match md.fields.get(keys::VHDS).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::BoolValue(b)) => *b,
+        _ => match opt_string(md, keys::VHDS)?.as_deref() {
+            None | Some("" | "false") => false,
+            Some("true") => true,
+            Some(other) => return Err(invalid(keys::VHDS, other, "expected true or false")),
+        },
+    };
     Ok(NodeInfo {
         workload: Arc::new(Workload {
             name: name.clone(),
@@ -177,6 +188,7 @@ pub fn parse_node(node: &Node) -> Result<NodeInfo, MetadataError> {
             egress: None,
             proxyless,
             labels,
+            vhds,
         },
         health_check,
     })
@@ -860,6 +872,27 @@ mod tests {
             err.contains("TLS_MODE") && err.contains("istio or disabled"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn vhds_is_asked_for_with_a_bool_or_its_string() {
+        let vhds = |v: Option<Value>| {
+            let mut md = vec![("ADDRESS", s("10.0.0.1"))];
+            if let Some(v) = v {
+                md.push(("VHDS", v));
+            }
+            parse_node(&node("w", &md)).map(|i| i.identity.vhds)
+        };
+        let b = |b: bool| Value {
+            kind: Some(Kind::BoolValue(b)),
+        };
+        assert_eq!(vhds(None), Ok(false));
+        assert_eq!(vhds(Some(b(true))), Ok(true));
+        assert_eq!(vhds(Some(b(false))), Ok(false));
+        assert_eq!(vhds(Some(s("true"))), Ok(true));
+        assert_eq!(vhds(Some(s("false"))), Ok(false));
+        let err = vhds(Some(s("yes"))).unwrap_err().to_string();
+        assert!(err.contains("VHDS") && err.contains("true or false"), "{err}");
     }
 
     #[test]

@@ -625,6 +625,7 @@ fn placeholder_identity(node: &Node) -> ProxyIdentity {
         egress: None,
         proxyless: false,
         labels: Default::default(),
+        vhds: false,
     }
 }
 

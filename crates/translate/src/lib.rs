@@ -51,7 +51,7 @@ pub use trellis_model::sidecar::EgressHost;
 
 use crate::cluster::{ClusterSpec, encode_assignment, encode_cluster};
 use crate::endpoint::{EndpointInfo, LocalityPolicy};
-use crate::names::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use crate::names::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, VIRTUAL_HOST_TYPE};
 use crate::route::{PortFilter, VhostBody};
 
 /// The proxy a snapshot is for.
@@ -85,6 +85,10 @@ pub struct ProxyIdentity {
     /// PeerAuthentications apply to it. `security.istio.io/tlsMode: istio`
     /// says it has a workload certificate (mTLS on its inbound listener).
     pub labels: BTreeMap<String, String>,
+    /// The proxy takes its route table's virtual hosts by VHDS (node
+    /// metadata `VHDS`; Envoy over delta ADS): its RouteConfiguration holds
+    /// none, and each is a VirtualHost resource ([`names::vhds`]).
+    pub vhds: bool,
 }
 
 /// Istio's `exportTo`: who may see a resource. Empty means everyone.
@@ -633,14 +637,35 @@ pub fn class_view(shared: &SharedResources, proxy: &ProxyIdentity) -> Snapshot {
             }
         }
     }
-    snap.insert(
-        ROUTE_TYPE,
-        Arc::new(Resource::new(
-            names::OUTBOUND,
+    if proxy.vhds {
+        // A VirtualService change then sends one virtual host per proxy,
+        // not its whole table (~100 KB at 200 hosts).
+        snap.insert(
             ROUTE_TYPE,
-            route::assemble(names::OUTBOUND, &vhosts),
-        )),
-    );
+            Arc::new(Resource::new(
+                names::OUTBOUND,
+                ROUTE_TYPE,
+                route::assemble_vhds(names::OUTBOUND),
+            )),
+        );
+        for (body, domains) in &vhosts {
+            let name = names::vhds(names::OUTBOUND, &body.name);
+            let bytes = body.encode(&name, domains);
+            snap.insert(
+                VIRTUAL_HOST_TYPE,
+                Arc::new(Resource::new(name, VIRTUAL_HOST_TYPE, bytes)),
+            );
+        }
+    } else {
+        snap.insert(
+            ROUTE_TYPE,
+            Arc::new(Resource::new(
+                names::OUTBOUND,
+                ROUTE_TYPE,
+                route::assemble(names::OUTBOUND, &vhosts),
+            )),
+        );
+    }
 
     snap.insert(
         CLUSTER_TYPE,
@@ -705,6 +730,7 @@ pub struct ViewClass {
     pub egress: Option<Vec<EgressHost>>,
     pub proxyless: bool,
     pub app: SocketAddr,
+    pub vhds: bool,
 }
 
 impl ViewClass {
@@ -715,6 +741,7 @@ impl ViewClass {
             egress: proxy.egress.clone(),
             proxyless: proxy.proxyless,
             app: proxy.app,
+            vhds: proxy.vhds,
         }
     }
 }

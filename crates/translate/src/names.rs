@@ -12,6 +12,11 @@ pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Clus
 pub const ENDPOINT_TYPE: &str =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
+/// Type URL of `envoy.config.route.v3.VirtualHost` (VHDS): a proxy that
+/// asks for it (node metadata `VHDS`) gets its route table's virtual hosts
+/// one by one.
+pub const VIRTUAL_HOST_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.VirtualHost";
+
 /// The four resource types a snapshot holds, in the order Envoy wants them
 /// pushed (clusters before their endpoints, listeners before their routes).
 pub const TYPES: [&str; 4] = [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE];
@@ -76,6 +81,14 @@ pub fn vs_route(vs_key: &str, route_name: Option<&str>, index: usize) -> String 
         Some(n) => format!("{vs_key}|{n}"),
         None => format!("{vs_key}|http[{index}]"),
     }
+}
+
+/// A virtual host's VHDS resource name: `<route configuration>/<virtual
+/// host>`, the namespace Envoy subscribes to being the route
+/// configuration's name. Also the VirtualHost's own `name`: Envoy removes
+/// virtual hosts by it.
+pub fn vhds(route_config: &str, virtual_host: &str) -> String {
+    format!("{route_config}/{virtual_host}")
 }
 
 /// Name of the virtual host serving `host` on `port` (`*` for any port).

@@ -70,6 +70,7 @@ pub fn listener(listener: &str, route_config: &str) -> Listener {
 /// [`crate::route::vhost_body`].
 pub fn route_config(name: &str, body: &VhostBody) -> Result<Vec<u8>, prost::DecodeError> {
     let mut vh = VirtualHost::decode(body.bytes.as_slice())?;
+    vh.name.clone_from(&body.name);
     vh.domains = vec!["*".to_string()];
     // At most the fault config is left in each map, so the encoding stays
     // deterministic (prost writes HashMaps in iteration order).

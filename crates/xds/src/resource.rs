@@ -22,15 +22,22 @@ pub mod type_url {
     pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
     /// `envoy.config.endpoint.v3.ClusterLoadAssignment` (EDS).
     pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    /// `envoy.config.route.v3.VirtualHost` (VHDS, delta only): one virtual
+    /// host of a route configuration, named `<route configuration>/<name>`.
+    pub const VIRTUAL_HOST: &str = "type.googleapis.com/envoy.config.route.v3.VirtualHost";
     /// `envoy.extensions.transport_sockets.tls.v3.Secret` (SDS).
     pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
     /// Whether a first request with no resource names means "everything"
-    /// (the protocol's legacy wildcard). Only Listener and Cluster have it:
-    /// for other types an empty list means "nothing", and Envoy does send
-    /// empty EDS/RDS lists when its last cluster or route goes away.
+    /// (the protocol's legacy wildcard). Listener and Cluster have it: for
+    /// EDS and RDS an empty list means "nothing", and Envoy does send empty
+    /// EDS/RDS lists when its last cluster or route goes away. VirtualHost
+    /// has it too: Envoy's VHDS asks with an empty list (it matches what it
+    /// gets against its route configurations by name, `<route
+    /// configuration>/<host>`, and keeps the names off the wire), and a
+    /// proxy's virtual hosts are exactly those of its route tables.
     pub fn legacy_wildcard(type_url: &str) -> bool {
-        type_url == LISTENER || type_url == CLUSTER
+        type_url == LISTENER || type_url == CLUSTER || type_url == VIRTUAL_HOST
     }
 
     /// Whether a state-of-the-world response must hold every subscribed
@@ -44,15 +51,16 @@ pub mod type_url {
     /// The order in which one generation's changes go out on a stream, so a
     /// proxy learns a cluster before the endpoints, listener or route that
     /// refer to it (the protocol's "make before break"): CDS, EDS, LDS, RDS,
-    /// SDS, then anything else.
+    /// VHDS, SDS, then anything else.
     pub fn push_rank(type_url: &str) -> u8 {
         match type_url {
             CLUSTER => 0,
             ENDPOINT => 1,
             LISTENER => 2,
             ROUTE => 3,
-            SECRET => 4,
-            _ => 5,
+            VIRTUAL_HOST => 4,
+            SECRET => 5,
+            _ => 6,
         }
     }
 

@@ -14,13 +14,14 @@ pub(crate) fn url(alias: &str) -> &'static str {
         "LDS" => type_url::LISTENER,
         "RDS" => type_url::ROUTE,
         "SDS" => type_url::SECRET,
+        "VHDS" => type_url::VIRTUAL_HOST,
         other => panic!("unknown type alias {other}"),
     }
 }
 
 /// Type URL -> alias.
 pub(crate) fn alias(type_url: &str) -> &'static str {
-    ["CDS", "EDS", "LDS", "RDS", "SDS"]
+    ["CDS", "EDS", "LDS", "RDS", "SDS", "VHDS"]
         .into_iter()
         .find(|a| url(a) == type_url)
         .unwrap_or("?")

@@ -473,6 +473,121 @@ fn stock_envoy_routes_with_config_from_trellis_control() {
     drop(envoy);
 }
 
+/// Over delta ADS with `--vhds`, Envoy takes the route table's virtual
+/// hosts one by one: it routes as with a whole table, and a VirtualService
+/// change sends it the one virtual host that changed.
+#[test]
+fn stock_envoy_takes_virtual_hosts_by_vhds() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (v1, v2) =
+        rt.block_on(async { (EchoServer::start("v1").await, EchoServer::start("v2").await) });
+    let data = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let control = Control::start(data.path(), &[]);
+    let mesh = write(files.path(), "mesh.yaml", &mesh_yaml(v1.addr(), v2.addr()));
+    let vs80 = write(files.path(), "vs.yaml", &reviews_vs(80));
+    control
+        .cli(&[
+            "apply",
+            "-f",
+            mesh.to_str().unwrap(),
+            "-f",
+            vs80.to_str().unwrap(),
+        ])
+        .ok();
+    // The registered workload's app: the v1 echo server plays it.
+    let ports = format!("http={}", v1.addr().port());
+    let bootstrap = productpage_bootstrap(
+        &control.xds,
+        &[
+            "--labels",
+            "app=productpage",
+            "--ports",
+            &ports,
+            "--outbound-port",
+            "0",
+            "--delta",
+            "--vhds",
+        ],
+    );
+    let envoy = Envoy::start(&bootstrap);
+    let outbound = eventually("Envoy's outbound listener", || {
+        envoy.listener(&rt, "outbound")
+    });
+    let before = eventually("Envoy's ACKs, VirtualHost included", || {
+        proxy_status(&control)
+            .filter(|p| p["acked"] == true && p["types"]["VirtualHost"]["acked"].is_string())
+    });
+    assert_eq!(before["mode"], "delta");
+    for ty in ["RouteConfiguration", "VirtualHost"] {
+        let t = &before["types"][ty];
+        assert!(t["acked"] == t["sent"] && t["nacks"] == 0, "{ty}: {before}");
+    }
+    assert_eq!(
+        before["types"]["VirtualHost"]["resourcesSent"], 2,
+        "reviews' and productpage's virtual hosts: {before}"
+    );
+
+    let (a, b, failed) = split(&rt, outbound, 1000, None);
+    eprintln!("80/20 split over VHDS: v1 {a}, v2 {b}, failed {failed}");
+    assert_eq!(failed, 0);
+    assert!((750..=850).contains(&a), "v1 {a} of 1000");
+    let (a, b, failed) = split(&rt, outbound, 50, Some("jason"));
+    assert_eq!((a, b, failed), (0, 50, 0), "jason goes to v2");
+    assert_eq!(
+        split_host(&rt, outbound, 10, "productpage:9080"),
+        (10, 0, 0),
+        "productpage's own virtual host"
+    );
+
+    // A change sends the one virtual host it changed, not the table.
+    let vs50 = write(files.path(), "vs.yaml", &reviews_vs(50));
+    control.cli(&["apply", "-f", vs50.to_str().unwrap()]).ok();
+    let after = eventually("Envoy's ACK of the changed virtual host", || {
+        proxy_status(&control).filter(|p| {
+            let t = &p["types"]["VirtualHost"];
+            p["acked"] == true && t["acked"] != before["types"]["VirtualHost"]["acked"]
+        })
+    });
+    let sent = |p: &Value, ty: &str| p["types"][ty]["resourcesSent"].as_u64().unwrap();
+    assert_eq!(
+        sent(&after, "VirtualHost") - sent(&before, "VirtualHost"),
+        1,
+        "before {before}\nafter {after}"
+    );
+    assert_eq!(
+        after["types"]["RouteConfiguration"]["pushes"],
+        before["types"]["RouteConfiguration"]["pushes"],
+        "{after}"
+    );
+    let (a, b, failed) = split(&rt, outbound, 2000, None);
+    eprintln!("50/50 split over VHDS: v1 {a}, v2 {b}, failed {failed}");
+    assert_eq!(failed, 0);
+    assert!((900..=1100).contains(&a), "v1 {a} of 2000");
+
+    // A service that goes away takes its virtual host with it: Envoy then
+    // has no route for the host (404 from its router).
+    control.cli(&["delete", "serviceentry", "productpage"]).ok();
+    eventually("productpage's virtual host to be removed", || {
+        let (_, _, failed) = split_host(&rt, outbound, 1, "productpage:9080");
+        (failed == 1).then_some(())
+    });
+    let dump = envoy.admin_get(&rt, "/config_dump?resource=dynamic_route_configs");
+    assert!(
+        !dump.contains("productpage.default.svc.cluster.local:9080"),
+        "{dump}"
+    );
+    assert!(
+        dump.contains("outbound/reviews.default.svc.cluster.local:9080"),
+        "{dump}"
+    );
+    drop(envoy);
+}
+
 fn get_json(control: &Control, path: &str) -> Value {
     let (status, _, body) = crate::support::http(&control.api, "GET", path, "", "");
     assert_eq!(status, 200, "{path}: {body}");

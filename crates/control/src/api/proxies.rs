@@ -218,6 +218,7 @@ pub fn list(plane: &ControlPlane) -> Value {
                             "acked": st.acked_version,
                             "pending": st.pending,
                             "pushes": st.pushes,
+                            "resourcesSent": st.resources_sent,
                             "acks": st.acks,
                             "nacks": st.nacks,
                             "lastNack": st.last_nack.as_ref().map(|n| json!({

@@ -149,6 +149,7 @@ fn translated(yaml: &str) -> trellis_xds::Snapshot {
         egress: None,
         proxyless: false,
         labels: Default::default(),
+        vhds: false,
     };
     let snap = trellis_translate::translate(&v, &Registry::default(), &proxy);
     let mut out = trellis_xds::Snapshot::new();

@@ -37,9 +37,12 @@ pub use policy::{
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+use envoy_types::pb::envoy::config::core::v3::{
+    AggregatedConfigSource, ApiVersion, ConfigSource, RuntimeFractionalPercent,
+    config_source::ConfigSourceSpecifier,
+};
 use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, route,
+    Route, RouteAction, RouteConfiguration, RouteMatch, Vhds, VirtualHost, WeightedCluster, route,
     route_action, route_match, weighted_cluster::ClusterWeight,
 };
 use envoy_types::pb::google::protobuf::Any;
@@ -84,16 +87,30 @@ impl PortFilter {
 #[derive(Debug, Clone, PartialEq)]
 pub struct VhostBody {
     pub name: String,
-    /// Deterministic encoding of the VirtualHost, `domains` left empty.
+    /// Deterministic encoding of the VirtualHost, `name` and `domains` left
+    /// empty: a route table names it `name`, VHDS `<table>/<name>`.
     pub bytes: Vec<u8>,
+}
+
+impl VhostBody {
+    /// The whole VirtualHost, named `name` and serving `domains` (bytes are
+    /// copied, nothing is re-encoded).
+    pub fn encode(&self, name: &str, domains: &[String]) -> Vec<u8> {
+        let mut vh = Vec::with_capacity(
+            self.bytes.len() + name.len() + domains.iter().map(|d| d.len() + 2).sum::<usize>() + 2,
+        );
+        put_field(&mut vh, 1, name.as_bytes());
+        vh.extend_from_slice(&self.bytes);
+        for d in domains {
+            put_field(&mut vh, 2, d.as_bytes());
+        }
+        vh
+    }
 }
 
 /// Builds a VirtualHost's body: its routes and the host-wide rate limit.
 pub fn vhost_body(name: &str, routes: Vec<Route>, host_limit: Option<&Any>) -> VhostBody {
-    let mut vh = VirtualHost {
-        name: name.to_string(),
-        ..Default::default()
-    };
+    let mut vh = VirtualHost::default();
     if let Some(rl) = host_limit {
         vh.typed_per_filter_config
             .insert(filter::RATE_LIMIT_HOST.to_string(), rl.clone());
@@ -128,7 +145,31 @@ fn encode_route(r: &Route) -> Vec<u8> {
 /// A RouteConfiguration from encoded virtual hosts and their domains
 /// (deterministic, and cheap: bytes are copied, nothing is re-encoded).
 pub fn assemble(name: &str, vhosts: &[(&VhostBody, Vec<String>)]) -> Vec<u8> {
-    let head = RouteConfiguration {
+    let mut out = table_head(name, None).encode_to_vec();
+    for (body, domains) in vhosts {
+        put_field(&mut out, 2, &body.encode(&body.name, domains));
+    }
+    out
+}
+
+/// A RouteConfiguration whose virtual hosts come by VHDS over the ADS
+/// stream (delta only), each a resource named [`names::vhds`]`(name, ..)`:
+/// a change to one host then sends that host, not the table.
+pub fn assemble_vhds(name: &str) -> Vec<u8> {
+    let vhds = Vhds {
+        config_source: Some(ConfigSource {
+            resource_api_version: ApiVersion::V3 as i32,
+            config_source_specifier: Some(ConfigSourceSpecifier::Ads(
+                AggregatedConfigSource::default(),
+            )),
+            ..Default::default()
+        }),
+    };
+    table_head(name, Some(vhds)).encode_to_vec()
+}
+
+fn table_head(name: &str, vhds: Option<Vhds>) -> RouteConfiguration {
+    RouteConfiguration {
         name: name.to_string(),
         // trellis-proxy applies a route's header edits, then the chosen
         // destination's, so the destination's win; Envoy's default is the
@@ -137,17 +178,9 @@ pub fn assemble(name: &str, vhosts: &[(&VhostBody, Vec<String>)]) -> Vec<u8> {
         // As RDS does by default: a route to a cluster the proxy does not
         // have answers 503 instead of rejecting the whole table.
         validate_clusters: Some(encode::boolv(false)),
+        vhds,
         ..Default::default()
-    };
-    let mut out = head.encode_to_vec();
-    for (body, domains) in vhosts {
-        let mut vh = body.bytes.clone();
-        for d in domains {
-            put_field(&mut vh, 2, d.as_bytes());
-        }
-        put_field(&mut out, 2, &vh);
     }
-    out
 }
 
 /// Decodes an assembled RouteConfiguration (tests, and the static-bootstrap helper).

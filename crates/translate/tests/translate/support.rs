@@ -38,6 +38,7 @@ pub fn proxy(namespace: &str) -> ProxyIdentity {
         egress: None,
         proxyless: false,
         labels: Default::default(),
+        vhds: false,
     }
 }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use trellis_translate::names::{CLUSTER_TYPE, ENDPOINT_TYPE};
-use trellis_translate::{EgressHost, Registry, shared, view};
+use trellis_translate::{EgressHost, ProxyIdentity, Registry, shared, view};
 
 use crate::support::*;
 
@@ -292,4 +292,67 @@ spec:
         .map(|e| e.health_status)
         .collect();
     assert_eq!(health, [1, 2], "HEALTHY, UNHEALTHY");
+}
+
+/// A proxy that asks for VHDS gets the same virtual hosts as one that does
+/// not, one resource each (`outbound/<virtual host>`, also its `name`),
+/// and a route table that holds none and points at ADS for them.
+#[test]
+fn vhds_sends_the_route_tables_virtual_hosts_one_by_one() {
+    use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+    use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+    use prost::Message;
+    use trellis_translate::names::VIRTUAL_HOST_TYPE;
+
+    let v = validated(TWO_NAMESPACES);
+    let shared = shared(&v, &Registry::default());
+    let plain = view(&shared, &proxy("shop"));
+    let vhds = view(
+        &shared,
+        &ProxyIdentity {
+            vhds: true,
+            ..proxy("shop")
+        },
+    );
+    assert!(plain.of_type(VIRTUAL_HOST_TYPE).is_none());
+
+    let table = route_config(&plain);
+    let head = route_config(&vhds);
+    assert!(head.virtual_hosts.is_empty());
+    let source = head.vhds.and_then(|v| v.config_source).unwrap();
+    assert!(matches!(
+        source.config_source_specifier,
+        Some(ConfigSourceSpecifier::Ads(_))
+    ));
+    // Everything else about the table is the same.
+    assert_eq!(
+        RouteConfiguration {
+            vhds: None,
+            ..route_config(&vhds)
+        },
+        RouteConfiguration {
+            virtual_hosts: vec![],
+            ..table.clone()
+        }
+    );
+
+    let sent = vhds.of_type(VIRTUAL_HOST_TYPE).unwrap();
+    assert_eq!(sent.len(), table.virtual_hosts.len());
+    assert!(table.virtual_hosts.len() >= 2, "{table:?}");
+    for want in &table.virtual_hosts {
+        let name = format!("outbound/{}", want.name);
+        let r = sent.get(&name).unwrap_or_else(|| panic!("no {name}"));
+        let got = VirtualHost::decode(r.any.value.as_slice()).unwrap();
+        assert_eq!(
+            got,
+            VirtualHost {
+                name: name.clone(),
+                ..want.clone()
+            }
+        );
+    }
+    // Everything but routes is the same resource.
+    for t in [CLUSTER_TYPE, ENDPOINT_TYPE] {
+        assert_eq!(plain.of_type(t), vhds.of_type(t), "{t}");
+    }
 }

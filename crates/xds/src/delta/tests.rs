@@ -370,6 +370,35 @@ fn scenarios() {
                 ),
             ],
         ),
+        (
+            "VHDS: Envoy's empty first request is every virtual host; one change sends one",
+            &[
+                (
+                    Snap(&[("VHDS", "outbound/a", "1"), ("VHDS", "outbound/b", "1")]),
+                    &[],
+                ),
+                (
+                    Sub("VHDS", NONE, NONE),
+                    &["push VHDS outbound/a@1 outbound/b@1"],
+                ),
+                (Ack("VHDS", NONE, NONE), &["ack VHDS"]),
+                (
+                    Snap(&[("VHDS", "outbound/a", "2"), ("VHDS", "outbound/b", "1")]),
+                    &["push VHDS outbound/a@2"],
+                ),
+                (Ack("VHDS", NONE, NONE), &["ack VHDS"]),
+                (
+                    Snap(&[("VHDS", "outbound/a", "2"), ("VHDS", "outbound/c", "1")]),
+                    &["push VHDS outbound/c@1 -outbound/b"],
+                ),
+                // On demand, `<route configuration>/<host>` of a host that
+                // does not exist is reported absent.
+                (
+                    Ack("VHDS", &["outbound/nope"], NONE),
+                    &["ack VHDS", "push VHDS -outbound/nope"],
+                ),
+            ],
+        ),
     ];
     for (name, steps) in scenarios {
         run(name, steps);

@@ -67,6 +67,7 @@ fn snapshot(v: &Validated, ns: &str) -> Snapshot {
         egress: None,
         proxyless: false,
         labels: Default::default(),
+        vhds: false,
     };
     trellis_translate::translate(v, &Registry::default(), &proxy)
 }
@@ -1063,6 +1064,7 @@ fn inbound_mode_round_trip() {
             egress: None,
             proxyless: false,
             labels: labels.clone(),
+            vhds: false,
         };
         let snap = trellis_translate::translate(&v, &Registry::default(), &proxy);
         let r = resources(&snap).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -1161,6 +1163,7 @@ fn tls_shapes_it_cannot_serve_are_nacked() {
         egress: None,
         proxyless: false,
         labels: Default::default(),
+        vhds: false,
     };
     p.labels.insert(TLS_MODE_LABEL.into(), "istio".into());
     let snap = trellis_translate::translate(&v, &Registry::default(), &p);
