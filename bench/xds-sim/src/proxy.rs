@@ -1,7 +1,9 @@
 //! One simulated proxy: its own TCP connection and gRPC ADS stream, state
 //! of the world or delta (incremental) as Envoy speaks them, subscribing as
 //! Envoy does (CDS and LDS wildcard, then EDS for the EDS clusters and RDS
-//! for the routes the listeners name), decoding every resource of every
+//! for the routes the listeners name; with `--wire delta-vhds`, VHDS for
+//! the virtual hosts of a route table that says `vhds`, with an empty
+//! first request as Envoy's), decoding every resource of every
 //! response into its typed message and ACKing it. What it observes goes to [`Shared`]: when it first held a
 //! full config, when it held every base endpoint, the marker route's weight
 //! and when it changed, and which churn workloads it sees.
@@ -20,7 +22,7 @@ use envoy_types::pb::envoy::config::core::v3::{Node, address, socket_address::Po
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
-    RouteConfiguration, route, route_action::ClusterSpecifier,
+    RouteConfiguration, VirtualHost, route, route_action::ClusterSpecifier,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
@@ -39,6 +41,7 @@ pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const VIRTUAL_HOST: &str = "type.googleapis.com/envoy.config.route.v3.VirtualHost";
 const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 
 /// Which ADS variant the proxies speak.
@@ -48,6 +51,9 @@ pub enum Wire {
     Sotw,
     /// Incremental: responses carry what changed, ACKs only a nonce.
     Delta,
+    /// Incremental, and route tables' virtual hosts one by one (node
+    /// metadata `VHDS`, as `trellis bootstrap envoy --delta --vhds`).
+    DeltaVhds,
 }
 
 impl Wire {
@@ -55,6 +61,7 @@ impl Wire {
         match self {
             Wire::Sotw => "sotw",
             Wire::Delta => "delta",
+            Wire::DeltaVhds => "delta-vhds",
         }
     }
 }
@@ -94,7 +101,7 @@ pub struct Stats {
     pub responses: AtomicU64,
     pub resources: AtomicU64,
     pub bytes: AtomicU64,
-    /// Resource bytes per type: CDS, LDS, RDS, EDS.
+    /// Resource bytes per type: CDS, LDS, RDS (and VHDS), EDS.
     pub bytes_by_type: [AtomicU64; 4],
     pub connect_errors: AtomicU64,
     pub stream_errors: AtomicU64,
@@ -228,6 +235,9 @@ struct Proxy {
     lds: TypeState,
     rds: TypeState,
     eds: TypeState,
+    /// VHDS: subscribed once a route table said `vhds`.
+    vhd: TypeState,
+    vhds: bool,
     /// Delta only (a SotW response holds every cluster and listener): the
     /// EDS service each held cluster names, the routes each listener names.
     cluster_eds: HashMap<String, Eds>,
@@ -274,6 +284,8 @@ impl Proxy {
             lds: TypeState::default(),
             rds: TypeState::default(),
             eds: TypeState::default(),
+            vhd: TypeState::default(),
+            vhds: false,
             cluster_eds: HashMap::new(),
             listener_rds: HashMap::new(),
             eds_names: Arc::new(Vec::new()),
@@ -306,7 +318,7 @@ impl Proxy {
         let slot = match type_url {
             CLUSTER => Some(0),
             LISTENER => Some(1),
-            ROUTE => Some(2),
+            ROUTE | VIRTUAL_HOST => Some(2),
             ENDPOINT => Some(3),
             _ => None,
         };
@@ -320,6 +332,7 @@ impl Proxy {
             CLUSTER => &mut self.cds,
             LISTENER => &mut self.lds,
             ROUTE => &mut self.rds,
+            VIRTUAL_HOST => &mut self.vhd,
             _ => &mut self.eds,
         }
     }
@@ -355,11 +368,21 @@ impl Proxy {
     }
 
     /// Applies one RouteConfiguration: the marker's weight, if it has it.
-    fn route(&mut self, bytes: &[u8]) {
+    /// Returns whether its virtual hosts come by VHDS.
+    fn route(&mut self, bytes: &[u8]) -> bool {
         let Some(rc) = decode::<RouteConfiguration>(&self.sh, bytes) else {
-            return;
+            return false;
         };
-        if let Some(w) = marker_weight(&rc, &self.sh.marker_domain) {
+        for vh in &rc.virtual_hosts {
+            self.virtual_host(vh);
+        }
+        rc.vhds.is_some()
+    }
+
+    /// Applies one virtual host: the marker's weight, if it is the
+    /// marker's.
+    fn virtual_host(&mut self, vh: &VirtualHost) {
+        if let Some(w) = marker_weight(vh, &self.sh.marker_domain) {
             self.marker = w;
         }
     }
@@ -531,6 +554,7 @@ impl Proxy {
         let bodies = r.resources.iter().filter_map(|x| x.resource.as_ref());
         self.count(&r.type_url, bodies.clone().map(|a| a.value.as_slice()));
         let mut change = None;
+        let mut opened = None;
         match r.type_url.as_str() {
             CLUSTER => {
                 for a in bodies {
@@ -570,8 +594,22 @@ impl Proxy {
                 change = self.set_rds(rds).map(|c| (ROUTE, c));
             }
             ROUTE => {
+                let mut vhds = false;
                 for a in bodies {
-                    self.route(&a.value);
+                    vhds |= self.route(&a.value);
+                }
+                // As Envoy: a VHDS subscription per table that says so,
+                // opened with an empty request.
+                if vhds && !self.vhds {
+                    self.vhds = true;
+                    opened = Some(self.delta_request(VIRTUAL_HOST));
+                }
+            }
+            VIRTUAL_HOST => {
+                for a in bodies {
+                    if let Some(vh) = decode::<VirtualHost>(&self.sh, &a.value) {
+                        self.virtual_host(&vh);
+                    }
                 }
             }
             ENDPOINT => {
@@ -597,6 +635,7 @@ impl Proxy {
         if let Some((t, c)) = change {
             out.push(self.delta_subscribe(t, c));
         }
+        out.extend(opened);
         out
     }
 
@@ -607,6 +646,7 @@ impl Proxy {
         let full = self.cds.acked
             && self.lds.acked
             && (self.rds_names.is_empty() || self.rds.acked)
+            && (!self.vhds || self.vhd.acked)
             && (self.eds_names.is_empty() || self.eds.acked);
         if full && rec.full_at.load(Relaxed) == 0 {
             rec.full_at.store(now, Relaxed);
@@ -698,12 +738,12 @@ fn decode<M: Message + Default>(sh: &Shared, bytes: &[u8]) -> Option<M> {
     }
 }
 
-/// The first weight of the first route of the marker service's virtual host.
-fn marker_weight(rc: &RouteConfiguration, domain: &str) -> Option<i64> {
-    let vh = rc
-        .virtual_hosts
-        .iter()
-        .find(|vh| vh.domains.iter().any(|d| d == domain))?;
+/// The first weight of the first route of `vh`, if it is the marker
+/// service's virtual host.
+fn marker_weight(vh: &VirtualHost, domain: &str) -> Option<i64> {
+    if !vh.domains.iter().any(|d| d == domain) {
+        return None;
+    }
     let Some(route::Action::Route(ra)) = vh.routes.first()?.action.as_ref() else {
         return None;
     };
@@ -833,7 +873,17 @@ pub async fn run(sh: Arc<Shared>, role: Role, mut stop: watch::Receiver<bool>) {
         Role::Base(i) => Identity::base(&sh.mesh, i),
         Role::Churn(k) => Identity::churn(&sh.mesh, k),
     };
-    let node = ident.node(&sh.mesh);
+    let mut node = ident.node(&sh.mesh);
+    if sh.wire == Wire::DeltaVhds
+        && let Some(md) = node.metadata.as_mut()
+    {
+        let yes = envoy_types::pb::google::protobuf::Value {
+            kind: Some(envoy_types::pb::google::protobuf::value::Kind::BoolValue(
+                true,
+            )),
+        };
+        md.fields.insert("VHDS".to_string(), yes);
+    }
     let expected = sh.expected_by_ns[sh.mesh.ns_index(ident.service)];
     let mut attempt = 0u32;
     loop {
@@ -878,7 +928,9 @@ pub async fn run(sh: Arc<Shared>, role: Role, mut stop: watch::Receiver<bool>) {
         }
         let ended = match sh.wire {
             Wire::Sotw => exchange::<DiscoveryRequest>(&mut client, p, &mut stop).await,
-            Wire::Delta => exchange::<DeltaDiscoveryRequest>(&mut client, p, &mut stop).await,
+            Wire::Delta | Wire::DeltaVhds => {
+                exchange::<DeltaDiscoveryRequest>(&mut client, p, &mut stop).await
+            }
         };
         match ended {
             Ended::Stopped => {

@@ -892,7 +892,10 @@ mod tests {
         assert_eq!(vhds(Some(s("true"))), Ok(true));
         assert_eq!(vhds(Some(s("false"))), Ok(false));
         let err = vhds(Some(s("yes"))).unwrap_err().to_string();
-        assert!(err.contains("VHDS") && err.contains("true or false"), "{err}");
+        assert!(
+            err.contains("VHDS") && err.contains("true or false"),
+            "{err}"
+        );
     }
 
     #[test]
