@@ -111,6 +111,10 @@ struct State {
     store: Arc<store::Snapshot>,
     /// Store generation at which each effective resource last changed.
     changed_at: HashMap<Key, (u64, u64)>,
+    /// Store generation at which the config a [`NodeView`] reads
+    /// (Sidecars, AuthorizationPolicies, PeerAuthentications) last changed:
+    /// a VirtualService change keeps every node's view.
+    node_inputs: u64,
     registrations: Registrations,
     registry: Arc<Registry>,
     generation: u64,
@@ -155,7 +159,8 @@ struct Prober {
 /// again for every stream, under the mesh's lock).
 #[derive(Debug, Clone)]
 struct NodeView {
-    store_generation: u64,
+    /// [`State::node_inputs`] it was made from.
+    inputs: u64,
     /// [`crate::registry::Registration::revision`] it was made from.
     revision: u64,
     facts: Arc<NodeFacts>,
@@ -190,12 +195,12 @@ impl Mesh {
     /// `node`'s [`NodeView`], from the cache while its registration and the
     /// stored config are those it was made from.
     fn node_view(st: &mut State, node: &Node) -> NodeParts {
-        let store_generation = st.store.generation;
+        let inputs = st.node_inputs;
         let registration = st.registrations.get(&node.id);
         let revision = registration.map(|r| r.revision);
         if let (Some(revision), Some(v)) = (revision, st.nodes.get(&node.id))
             && v.revision == revision
-            && v.store_generation == store_generation
+            && v.inputs == inputs
         {
             return NodeParts::Usable(v.clone());
         }
@@ -227,7 +232,7 @@ impl Mesh {
             return NodeParts::Unusable(Box::new(identity), viewer);
         }
         let view = NodeView {
-            store_generation,
+            inputs,
             revision: revision.unwrap_or(0),
             facts: Arc::new(NodeFacts {
                 class: ViewClass::of(&identity),
@@ -248,6 +253,7 @@ impl Mesh {
         update_changed_at(&mut changed_at, &store);
         Arc::new_cyclic(|me| Mesh {
             state: Mutex::new(State {
+                node_inputs: store.generation,
                 store,
                 changed_at,
                 registrations: Registrations::default(),
@@ -282,10 +288,17 @@ impl Mesh {
             if snap.generation == st.store.generation {
                 continue;
             }
-            update_changed_at(&mut st.changed_at, &snap);
-            st.store = snap;
-            self.bump(&mut st);
+            self.set_store(&mut st, snap);
         }
+    }
+
+    /// Serves a new store snapshot from the next generation on.
+    fn set_store(&self, st: &mut State, snap: Arc<store::Snapshot>) {
+        if update_changed_at(&mut st.changed_at, &snap) {
+            st.node_inputs = snap.generation;
+        }
+        st.store = snap;
+        self.bump(st);
     }
 
     /// A new generation at `at`, so streams ask for their snapshot again and
@@ -546,18 +559,35 @@ impl Mesh {
 }
 
 /// Per resource, a hash of its document, to tell which ones a store
-/// generation changed.
-fn update_changed_at(changed_at: &mut HashMap<Key, (u64, u64)>, snap: &store::Snapshot) {
+/// generation changed. Returns whether one that node views read
+/// ([`node_input`]) appeared, changed or went.
+fn update_changed_at(changed_at: &mut HashMap<Key, (u64, u64)>, snap: &store::Snapshot) -> bool {
     let now = fingerprints(&snap.resources);
-    changed_at.retain(|k, _| now.contains_key(k));
+    let mut inputs = false;
+    changed_at.retain(|k, _| {
+        let kept = now.contains_key(k);
+        inputs |= !kept && node_input(k.kind);
+        kept
+    });
     for (key, hash) in now {
         match changed_at.get(&key) {
             Some((_, h)) if *h == hash => {}
             _ => {
+                inputs |= node_input(key.kind);
                 changed_at.insert(key, (snap.generation, hash));
             }
         }
     }
+    inputs
+}
+
+/// Whether a kind is read by [`Mesh::node_view`] (a Sidecar limits what a
+/// node sees) or its own listeners (RBAC, inbound mTLS).
+fn node_input(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Sidecar | Kind::AuthorizationPolicy | Kind::PeerAuthentication
+    )
 }
 
 fn fingerprints(set: &ResourceSet) -> HashMap<Key, u64> {
@@ -737,7 +767,7 @@ impl Snapshots for Mesh {
                         let mut st = self.lock();
                         if let Some(v) = st.nodes.get_mut(&node.id)
                             && v.revision == nv.revision
-                            && v.store_generation == nv.store_generation
+                            && v.inputs == nv.inputs
                         {
                             v.own = Some(own.clone());
                         }
@@ -983,12 +1013,7 @@ spec:
   hosts: [reviews]
   http: [{route: [{destination: {host: reviews}}], timeout: 3s}]
 ";
-        let mut st = mesh.lock();
-        let snap = store_snapshot(2, &format!("{SE}---\n{vs}"));
-        update_changed_at(&mut st.changed_at, &snap);
-        st.store = snap;
-        mesh.bump(&mut st);
-        drop(st);
+        mesh.set_store(&mut mesh.lock(), store_snapshot(2, &format!("{SE}---\n{vs}")));
         let a2 = mesh.snapshot(&node("a", "default", "127.0.0.2"));
         assert!(Arc::ptr_eq(&ty(&a, CLUSTER_TYPE), &ty(&a2, CLUSTER_TYPE)));
         assert!(!Arc::ptr_eq(&ty(&a, routes), &ty(&a2, routes)));
@@ -1040,20 +1065,29 @@ spec:
         let moved = listeners("a", "127.0.0.9");
         assert!(!Arc::ptr_eq(&first, &moved));
         assert_ne!(first, moved);
-        // The stored config changed: an AuthorizationPolicy now selects it.
+        // A VirtualService changed: nothing a node's own listeners read.
+        let vs = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews}}], timeout: 3s}]
+";
+        mesh.set_store(&mut mesh.lock(), store_snapshot(2, &format!("{SE}---\n{vs}")));
+        assert!(Arc::ptr_eq(&moved, &listeners("a", "127.0.0.9")));
+        // An AuthorizationPolicy now selects it.
         let deny = "apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: deny-all}
 spec: {action: DENY, rules: [{}]}
 ";
-        let mut st = mesh.lock();
-        let snap = store_snapshot(2, &format!("{SE}---\n{deny}"));
-        update_changed_at(&mut st.changed_at, &snap);
-        st.store = snap;
-        mesh.bump(&mut st);
-        drop(st);
+        let policy = format!("{SE}---\n{vs}---\n{deny}");
+        mesh.set_store(&mut mesh.lock(), store_snapshot(3, &policy));
         let policed = listeners("a", "127.0.0.9");
         assert_ne!(moved, policed, "the RBAC filter is in the inbound listener");
+        // And goes away again.
+        mesh.set_store(&mut mesh.lock(), store_snapshot(4, &format!("{SE}---\n{vs}")));
+        assert_eq!(moved, listeners("a", "127.0.0.9"));
     }
 
     #[test]
