@@ -283,6 +283,8 @@ struct ProxyConfigArgs {
 enum ConfigType {
     Listeners,
     Routes,
+    /// The virtual hosts of a proxy that takes them by VHDS.
+    VirtualHosts,
     Clusters,
     Endpoints,
     SecretsNamesOnly,
@@ -293,6 +295,7 @@ impl ConfigType {
         match self {
             ConfigType::Listeners => "listeners",
             ConfigType::Routes => "routes",
+            ConfigType::VirtualHosts => "virtualhosts",
             ConfigType::Clusters => "clusters",
             ConfigType::Endpoints => "endpoints",
             ConfigType::SecretsNamesOnly => "secrets",

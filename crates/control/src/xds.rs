@@ -1013,7 +1013,10 @@ spec:
   hosts: [reviews]
   http: [{route: [{destination: {host: reviews}}], timeout: 3s}]
 ";
-        mesh.set_store(&mut mesh.lock(), store_snapshot(2, &format!("{SE}---\n{vs}")));
+        mesh.set_store(
+            &mut mesh.lock(),
+            store_snapshot(2, &format!("{SE}---\n{vs}")),
+        );
         let a2 = mesh.snapshot(&node("a", "default", "127.0.0.2"));
         assert!(Arc::ptr_eq(&ty(&a, CLUSTER_TYPE), &ty(&a2, CLUSTER_TYPE)));
         assert!(!Arc::ptr_eq(&ty(&a, routes), &ty(&a2, routes)));
@@ -1073,7 +1076,10 @@ spec:
   hosts: [reviews]
   http: [{route: [{destination: {host: reviews}}], timeout: 3s}]
 ";
-        mesh.set_store(&mut mesh.lock(), store_snapshot(2, &format!("{SE}---\n{vs}")));
+        mesh.set_store(
+            &mut mesh.lock(),
+            store_snapshot(2, &format!("{SE}---\n{vs}")),
+        );
         assert!(Arc::ptr_eq(&moved, &listeners("a", "127.0.0.9")));
         // An AuthorizationPolicy now selects it.
         let deny = "apiVersion: security.istio.io/v1
@@ -1086,7 +1092,10 @@ spec: {action: DENY, rules: [{}]}
         let policed = listeners("a", "127.0.0.9");
         assert_ne!(moved, policed, "the RBAC filter is in the inbound listener");
         // And goes away again.
-        mesh.set_store(&mut mesh.lock(), store_snapshot(4, &format!("{SE}---\n{vs}")));
+        mesh.set_store(
+            &mut mesh.lock(),
+            store_snapshot(4, &format!("{SE}---\n{vs}")),
+        );
         assert_eq!(moved, listeners("a", "127.0.0.9"));
     }
 

@@ -17,8 +17,9 @@ pub const ENDPOINT_TYPE: &str =
 /// one by one.
 pub const VIRTUAL_HOST_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.VirtualHost";
 
-/// The four resource types a snapshot holds, in the order Envoy wants them
-/// pushed (clusters before their endpoints, listeners before their routes).
+/// The four resource types every snapshot holds, in the order Envoy wants
+/// them pushed (clusters before their endpoints, listeners before their
+/// routes); a VHDS proxy's also holds [`VIRTUAL_HOST_TYPE`].
 pub const TYPES: [&str; 4] = [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE];
 
 /// The outbound listener (apps send here) and its route configuration.
@@ -84,9 +85,9 @@ pub fn vs_route(vs_key: &str, route_name: Option<&str>, index: usize) -> String 
 }
 
 /// A virtual host's VHDS resource name: `<route configuration>/<virtual
-/// host>`, the namespace Envoy subscribes to being the route
-/// configuration's name. Also the VirtualHost's own `name`: Envoy removes
-/// virtual hosts by it.
+/// host>`. Envoy gives a VirtualHost to the route configuration named by
+/// what comes before the last `/`, and removes virtual hosts by their own
+/// `name`, so that is the same string.
 pub fn vhds(route_config: &str, virtual_host: &str) -> String {
     format!("{route_config}/{virtual_host}")
 }

@@ -122,6 +122,7 @@ pub fn parse_type(s: &str) -> Option<&'static str> {
     match s.to_ascii_lowercase().as_str() {
         "listeners" | "listener" | "lds" => Some(type_url::LISTENER),
         "routes" | "route" | "routeconfiguration" | "rds" => Some(type_url::ROUTE),
+        "virtualhosts" | "virtualhost" | "vhds" => Some(type_url::VIRTUAL_HOST),
         "clusters" | "cluster" | "cds" => Some(type_url::CLUSTER),
         "endpoints" | "endpoint" | "clusterloadassignment" | "eds" => Some(type_url::ENDPOINT),
         "secrets" | "secret" | "secrets-names-only" | "sds" => Some(type_url::SECRET),

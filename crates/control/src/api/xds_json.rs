@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::config::core::v3::{Address, HealthStatus, address, s
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
-    RouteConfiguration, route, route_action, route_match,
+    RouteConfiguration, VirtualHost, route, route_action, route_match,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
@@ -28,6 +28,9 @@ pub fn resource(type_url_: &str, any: &Any) -> Value {
     let decoded = match type_url_ {
         type_url::LISTENER => Listener::decode(any.value.as_slice()).map(|l| listener(&l)),
         type_url::ROUTE => RouteConfiguration::decode(any.value.as_slice()).map(|r| routes(&r)),
+        type_url::VIRTUAL_HOST => {
+            VirtualHost::decode(any.value.as_slice()).map(|vh| virtual_host(&vh))
+        }
         type_url::CLUSTER => Cluster::decode(any.value.as_slice()).map(|c| cluster_json(&c)),
         type_url::ENDPOINT => {
             ClusterLoadAssignment::decode(any.value.as_slice()).map(|c| endpoints(&c))
@@ -124,55 +127,53 @@ fn network_filter(name: &str, any: &Any) -> Value {
     json!({"name": name, "@type": any.type_url})
 }
 
-fn routes(r: &RouteConfiguration) -> Value {
-    let hosts: Vec<Value> = r
-        .virtual_hosts
+fn virtual_host(vh: &VirtualHost) -> Value {
+    let routes: Vec<Value> = vh
+        .routes
         .iter()
-        .map(|vh| {
-            let routes: Vec<Value> = vh
-                .routes
+        .map(|rt| {
+            let matched = rt.r#match.as_ref().and_then(|m| m.path_specifier.as_ref());
+            let path = match matched {
+                Some(route_match::PathSpecifier::Prefix(p)) => json!({"prefix": p}),
+                Some(route_match::PathSpecifier::Path(p)) => json!({"path": p}),
+                Some(route_match::PathSpecifier::SafeRegex(re)) => {
+                    json!({"safeRegex": re.regex})
+                }
+                Some(_) => json!("(other)"),
+                None => Value::Null,
+            };
+            let headers: Vec<String> = rt
+                .r#match
                 .iter()
-                .map(|rt| {
-                    let matched = rt.r#match.as_ref().and_then(|m| m.path_specifier.as_ref());
-                    let path = match matched {
-                        Some(route_match::PathSpecifier::Prefix(p)) => json!({"prefix": p}),
-                        Some(route_match::PathSpecifier::Path(p)) => json!({"path": p}),
-                        Some(route_match::PathSpecifier::SafeRegex(re)) => {
-                            json!({"safeRegex": re.regex})
-                        }
-                        Some(_) => json!("(other)"),
-                        None => Value::Null,
-                    };
-                    let headers: Vec<String> = rt
-                        .r#match
-                        .iter()
-                        .flat_map(|m| m.headers.iter().map(|h| h.name.clone()))
-                        .collect();
-                    let action = match &rt.action {
-                        Some(route::Action::Route(a)) => match &a.cluster_specifier {
-                            Some(route_action::ClusterSpecifier::Cluster(c)) => {
-                                json!({"cluster": c})
-                            }
-                            Some(route_action::ClusterSpecifier::WeightedClusters(w)) => json!({
-                                "weightedClusters": w.clusters.iter().map(|c| json!({
-                                    "name": c.name,
-                                    "weight": c.weight.as_ref().map(|w| w.value),
-                                })).collect::<Vec<_>>()
-                            }),
-                            _ => json!("(other)"),
-                        },
-                        Some(route::Action::DirectResponse(d)) => {
-                            json!({"directResponse": d.status})
-                        }
-                        Some(_) => json!("(other)"),
-                        None => Value::Null,
-                    };
-                    json!({"name": rt.name, "match": path, "headers": headers, "route": action})
-                })
+                .flat_map(|m| m.headers.iter().map(|h| h.name.clone()))
                 .collect();
-            json!({"name": vh.name, "domains": vh.domains, "routes": routes})
+            let action = match &rt.action {
+                Some(route::Action::Route(a)) => match &a.cluster_specifier {
+                    Some(route_action::ClusterSpecifier::Cluster(c)) => {
+                        json!({"cluster": c})
+                    }
+                    Some(route_action::ClusterSpecifier::WeightedClusters(w)) => json!({
+                        "weightedClusters": w.clusters.iter().map(|c| json!({
+                            "name": c.name,
+                            "weight": c.weight.as_ref().map(|w| w.value),
+                        })).collect::<Vec<_>>()
+                    }),
+                    _ => json!("(other)"),
+                },
+                Some(route::Action::DirectResponse(d)) => {
+                    json!({"directResponse": d.status})
+                }
+                Some(_) => json!("(other)"),
+                None => Value::Null,
+            };
+            json!({"name": rt.name, "match": path, "headers": headers, "route": action})
         })
         .collect();
+    json!({"name": vh.name, "domains": vh.domains, "routes": routes})
+}
+
+fn routes(r: &RouteConfiguration) -> Value {
+    let hosts: Vec<Value> = r.virtual_hosts.iter().map(virtual_host).collect();
     json!({"name": r.name, "virtualHosts": hosts})
 }
 
@@ -250,6 +251,26 @@ mod tests {
                 ..Default::default()
             })),
         }
+    }
+
+    #[test]
+    fn a_vhds_virtual_host_shows_as_a_route_tables_does() {
+        let vh = VirtualHost {
+            name: "outbound/reviews:9080".into(),
+            domains: vec!["reviews:9080".into()],
+            ..Default::default()
+        };
+        let table = RouteConfiguration {
+            name: "outbound".into(),
+            virtual_hosts: vec![vh.clone()],
+            ..Default::default()
+        };
+        let alone = resource(type_url::VIRTUAL_HOST, &any(&vh));
+        assert_eq!(alone["name"], "outbound/reviews:9080");
+        assert_eq!(
+            resource(type_url::ROUTE, &any(&table))["virtualHosts"][0],
+            alone
+        );
     }
 
     #[test]
