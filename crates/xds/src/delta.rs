@@ -61,6 +61,10 @@ struct TypeState {
     /// Explicit names already reported as not existing, so they are not
     /// reported in every response.
     told_absent: BTreeSet<String>,
+    /// Whether the subscription covers every name of maps with this hash of
+    /// names ([`Subscription::covers`]). Cleared when the subscription
+    /// changes.
+    covers: Option<(u64, bool)>,
     /// Names the next response must mention (as a resource or as removed):
     /// wildcard clients unsubscribing a specific name.
     must_report: BTreeSet<String>,
@@ -172,11 +176,11 @@ impl DeltaStream {
             }
         }
 
-        if !first
-            && (!req.resource_names_subscribe.is_empty()
-                || !req.resource_names_unsubscribe.is_empty())
-        {
-            state.leave_sync();
+        if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
+            state.covers = None;
+            if !first {
+                state.leave_sync();
+            }
         }
         if first {
             state.force = true;
@@ -338,10 +342,12 @@ fn push(
             (&state.sent_from, &source, snapshot.memo_of(type_url))
     {
         let diff = memo.diff_since(held, now);
+        // Changed names are names of `now`: all wanted when it is covered.
+        let all = state.sub.covers(now, memo, &mut state.covers);
         let updates: Vec<(&String, &crate::resource::Resource)> = diff
             .changed
             .iter()
-            .filter(|n| state.sub.wants(n))
+            .filter(|n| all || state.sub.wants(n))
             .filter_map(|n| now.get_key_value(n))
             .collect();
         let removed: BTreeSet<String> = diff

@@ -155,7 +155,7 @@ pub(crate) struct MapMemo {
     pub(crate) full_version: OnceLock<String>,
     /// A hash of the map's names: a stream whose subscription covered one
     /// set of names knows it covers another map with the same set.
-    pub(crate) names_hash: OnceLock<u64>,
+    names_hash: OnceLock<u64>,
     /// Every name of the map, in order: the names of a response that
     /// carries the whole map, shared by every stream that sends it.
     all_names: OnceLock<Arc<Vec<String>>>,
@@ -204,6 +204,17 @@ pub(crate) fn map_diff(held: &Resources, now: &Resources) -> MapDiff {
 type DiffFrom = (Arc<Resources>, Arc<MapDiff>);
 
 impl MapMemo {
+    /// A hash of every name of `map` (the map this memo is for), once.
+    pub(crate) fn names_hash(&self, map: &Resources) -> u64 {
+        *self.names_hash.get_or_init(|| {
+            let mut h = Fnv64::new();
+            for name in map.keys() {
+                h.write_str(name);
+            }
+            h.finish()
+        })
+    }
+
     /// Every name of `map` as a set, built once.
     pub(crate) fn name_set(&self, map: &Resources) -> Arc<BTreeSet<String>> {
         self.name_set

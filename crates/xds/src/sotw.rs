@@ -36,7 +36,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use crate::protocol::{Acks, Event, Nonces, Output, ProtocolError, Subscription, TypeStatus};
-use crate::resource::{Fnv64, MapMemo, Resources, Snapshot, TypeUrl, map_diff, type_url};
+use crate::resource::{Fnv64, Resources, Snapshot, TypeUrl, map_diff, type_url};
 
 pub mod response;
 pub use response::SotwResponse;
@@ -66,7 +66,7 @@ struct TypeState {
     held: Option<Arc<Resources>>,
     inflight: Option<Arc<Resources>>,
     /// Whether the subscription covers every name of maps with this hash of
-    /// names ([`covers`]). Cleared when the subscription changes.
+    /// names ([`Subscription::covers`]). Cleared when the subscription changes.
     covers: Option<(u64, bool)>,
     /// The type's map the last response was made from: with the
     /// subscription, what the client was sent ([`SotwStream::sent`]). The
@@ -284,7 +284,7 @@ fn push(
             }
         }
         (_, Some(map)) => match snapshot.memo_of(type_url) {
-            Some(memo) if covers(map, memo, state) => memo.all_names(map),
+            Some(memo) if state.sub.covers(map, memo, &mut state.covers) => memo.all_names(map),
             _ => Arc::new(
                 view(Some(map), &state.sub)
                     .map(|(n, _)| n.clone())
@@ -325,7 +325,7 @@ fn current_version(snapshot: &Snapshot, type_url: &str, state: &mut TypeState) -
                 // Subscribed to the whole map (wildcard, or a sidecar's
                 // EDS naming every cluster): the map's own version, hashed
                 // once for every stream that shares the map.
-                (Some(map), Some(memo)) if covers(map, memo, state) => memo
+                (Some(map), Some(memo)) if state.sub.covers(map, memo, &mut state.covers) => memo
                     .full_version
                     .get_or_init(|| {
                         let all = Subscription {
@@ -339,30 +339,6 @@ fn current_version(snapshot: &Snapshot, type_url: &str, state: &mut TypeState) -
             };
             state.cached = Some((source, v.clone()));
             v
-        }
-    }
-}
-
-/// Does the subscription want every name of `map`? Known at once for a
-/// wildcard; otherwise checked name by name once per set of names (maps of
-/// later generations mostly keep the names and change the content).
-fn covers(map: &Resources, memo: &MapMemo, state: &mut TypeState) -> bool {
-    if state.sub.wildcard {
-        return true;
-    }
-    let names = *memo.names_hash.get_or_init(|| {
-        let mut h = Fnv64::new();
-        for name in map.keys() {
-            h.write_str(name);
-        }
-        h.finish()
-    });
-    match state.covers {
-        Some((n, covered)) if n == names => covered,
-        _ => {
-            let covered = map.keys().all(|k| state.sub.names.contains(k));
-            state.covers = Some((names, covered));
-            covered
         }
     }
 }

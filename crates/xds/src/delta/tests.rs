@@ -254,6 +254,24 @@ fn scenarios() {
             ],
         ),
         (
+            "a stream that wanted every name stops wanting one: its changes stay out",
+            &[
+                (Snap(&[("EDS", "x", "1"), ("EDS", "y", "1")]), &[]),
+                (Sub("EDS", &["x", "y"], NONE), &["push EDS x@1 y@1"]),
+                (Ack("EDS", NONE, NONE), &["ack EDS"]),
+                (
+                    Snap(&[("EDS", "x", "2"), ("EDS", "y", "1")]),
+                    &["push EDS x@2"],
+                ),
+                (Ack("EDS", NONE, &["y"]), &["ack EDS"]),
+                (Snap(&[("EDS", "x", "2"), ("EDS", "y", "2")]), &[]),
+                (
+                    Snap(&[("EDS", "x", "3"), ("EDS", "y", "3")]),
+                    &["push EDS x@3"],
+                ),
+            ],
+        ),
+        (
             "reconnect: initial_resource_versions are not re-sent, stale ones are",
             &[
                 (
