@@ -80,6 +80,9 @@ pub struct Shared {
     /// Per namespace: the base proxies that see a workload joining there.
     observers_by_ns: Vec<u32>,
     pub marker_domain: String,
+    /// How churn workloads' addresses begin (`10.200.`): only those are
+    /// parsed.
+    pub churn_prefix: String,
     pub stats: Stats,
     pub churn: Mutex<ChurnAgg>,
     /// The EDS subscription, shared by the proxies that have the same one.
@@ -176,6 +179,7 @@ impl Shared {
                 })
                 .collect(),
             marker_domain: format!("{}:80", mesh.fqdn(MARKER_SERVICE)),
+            churn_prefix: format!("{}.{}.", CHURN_NET[0], CHURN_NET[1]),
             stats: Stats::default(),
             churn: Mutex::new(ChurnAgg {
                 grace_ns: grace.as_nanos() as u64,
@@ -249,8 +253,10 @@ struct Proxy {
     /// Base endpoints per service (whole-service clusters only).
     per_service: Box<[u16]>,
     endpoints: u64,
-    /// Churn endpoints held, sorted.
-    churn: Vec<u32>,
+    /// Churn endpoints that appeared and went since the last response
+    /// was recorded (`assignments_done`).
+    churn_added: Vec<u32>,
+    churn_removed: Vec<u32>,
     /// Churn endpoints per service, as the last assignment of each said.
     churn_by_service: HashMap<usize, Vec<u32>>,
     marker: i64,
@@ -291,7 +297,8 @@ impl Proxy {
             eds_names: Arc::new(Vec::new()),
             rds_names: Vec::new(),
             endpoints: 0,
-            churn: Vec::new(),
+            churn_added: Vec::new(),
+            churn_removed: Vec::new(),
             churn_by_service: HashMap::new(),
             marker: 0,
             expected,
@@ -410,18 +417,32 @@ impl Proxy {
                 continue;
             };
             let _port = matches!(sa.port_specifier, Some(PortSpecifier::PortValue(_)));
+            // Only churn addresses are parsed: the others are counted.
+            if !sa.address.starts_with(&self.sh.churn_prefix) {
+                base += 1;
+                continue;
+            }
             let Ok(ip) = sa.address.parse::<Ipv4Addr>() else {
                 continue;
             };
-            if ip.octets()[..2] == CHURN_NET {
-                churn.push(u32::from(ip));
-            } else {
-                base += 1;
-            }
+            churn.push(u32::from(ip));
         }
+        self.set_service(svc, base, churn);
+    }
+
+    /// What one service's assignment now holds: the running endpoint count,
+    /// and the churn endpoints it gained and lost.
+    fn set_service(&mut self, svc: usize, base: u16, mut churn: Vec<u32>) {
         if let Some(c) = self.per_service.get_mut(svc) {
+            self.endpoints = self.endpoints - u64::from(*c) + u64::from(base);
             *c = base;
         }
+        churn.sort_unstable();
+        let old: &[u32] = self.churn_by_service.get(&svc).map_or(&[], Vec::as_slice);
+        self.churn_added
+            .extend(churn.iter().filter(|a| old.binary_search(a).is_err()));
+        self.churn_removed
+            .extend(old.iter().filter(|a| churn.binary_search(a).is_err()));
         if churn.is_empty() {
             self.churn_by_service.remove(&svc);
         } else {
@@ -433,19 +454,15 @@ impl Proxy {
         let Some(svc) = Mesh::plain_cluster_service(name) else {
             return;
         };
-        if let Some(c) = self.per_service.get_mut(svc) {
-            *c = 0;
-        }
-        self.churn_by_service.remove(&svc);
+        self.set_service(svc, 0, Vec::new());
     }
 
-    /// After a response's assignments: totals, and the churn workloads now
-    /// held against those held before.
+    /// After a response's assignments: the churn workloads it showed
+    /// appearing and going.
     fn assignments_done(&mut self) {
-        self.endpoints = self.per_service.iter().map(|c| *c as u64).sum();
-        let mut churn: Vec<u32> = self.churn_by_service.values().flatten().copied().collect();
-        churn.sort_unstable();
-        self.observe_churn(churn);
+        let added = std::mem::take(&mut self.churn_added);
+        let removed = std::mem::take(&mut self.churn_removed);
+        self.observe_churn(added, removed);
     }
 
     fn sotw_request(&mut self, type_url: &str, names: Vec<String>) -> DiscoveryRequest {
@@ -682,24 +699,8 @@ impl Proxy {
         }
     }
 
-    fn observe_churn(&mut self, now_held: Vec<u32>) {
-        if !matches!(self.role, Role::Base(_)) || (now_held.is_empty() && self.churn.is_empty()) {
-            self.churn = now_held;
-            return;
-        }
-        let added: Vec<u32> = now_held
-            .iter()
-            .filter(|a| self.churn.binary_search(a).is_err())
-            .copied()
-            .collect();
-        let removed: Vec<u32> = self
-            .churn
-            .iter()
-            .filter(|a| now_held.binary_search(a).is_err())
-            .copied()
-            .collect();
-        self.churn = now_held;
-        if added.is_empty() && removed.is_empty() {
+    fn observe_churn(&mut self, added: Vec<u32>, removed: Vec<u32>) {
+        if !matches!(self.role, Role::Base(_)) || (added.is_empty() && removed.is_empty()) {
             return;
         }
         let now = self.sh.now();
