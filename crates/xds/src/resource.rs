@@ -45,7 +45,7 @@ pub mod type_url {
     /// server sends the full subscribed set for every type anyway, which the
     /// protocol allows, so this only documents why that is required here.
     pub fn full_state(type_url: &str) -> bool {
-        legacy_wildcard(type_url)
+        type_url == LISTENER || type_url == CLUSTER
     }
 
     /// The order in which one generation's changes go out on a stream, so a
