@@ -361,8 +361,12 @@ fn push(
             state.sent_from = source;
             return None;
         }
+        // Every changed name: the list every stream holding `held` shares.
+        let shared = all.then(|| diff.changed.clone());
         let source = source.clone();
-        return Some(respond(type_url, state, nonces, updates, removed, source));
+        return Some(respond(
+            type_url, state, nonces, updates, shared, removed, source,
+        ));
     }
     // The full walk below reads and edits `known`.
     state.leave_sync();
@@ -419,16 +423,20 @@ fn push(
         return None;
     }
     let source = source.clone();
-    Some(respond(type_url, state, nonces, updates, removed, source))
+    Some(respond(
+        type_url, state, nonces, updates, None, removed, source,
+    ))
 }
 
 /// Records `updates` and `removed` as sent (the client holds them once it
-/// answers) and builds the response.
+/// answers) and builds the response. `shared`: the names of `updates` as a
+/// list other streams hold too, sent instead of a copy.
 fn respond(
     type_url: &str,
     state: &mut TypeState,
     nonces: &mut Nonces,
     updates: Vec<(&String, &crate::resource::Resource)>,
+    shared: Option<Arc<Vec<String>>>,
     removed: BTreeSet<String>,
     source: Option<Arc<Resources>>,
 ) -> DeltaResponse {
@@ -436,16 +444,19 @@ fn respond(
     // `known` need not be kept.
     let sync = source.is_some();
     let mut h = Fnv64::new();
-    let mut names = Vec::with_capacity(updates.len());
-    for (name, r) in updates {
+    let mut copied = Vec::with_capacity(if shared.is_some() { 0 } else { updates.len() });
+    for (name, r) in &updates {
         h.write_str(name);
         h.write_str(&r.version);
         if !sync {
-            state.known.insert(name.clone(), r.version.clone());
+            state.known.insert((*name).clone(), r.version.clone());
         }
-        state.told_absent.remove(name);
-        names.push(name.clone());
+        state.told_absent.remove(*name);
+        if shared.is_none() {
+            copied.push((*name).clone());
+        }
     }
+    let names = shared.unwrap_or_else(|| Arc::new(copied));
     for name in &removed {
         h.write_str("-");
         h.write_str(name);

@@ -266,11 +266,14 @@ fn push(
     }
     let names: Arc<Vec<String>> = match (&state.held, &source) {
         (Some(held), Some(now)) if partial_allowed(type_url) => {
-            let changed = match snapshot.memo_of(type_url) {
+            let memo = snapshot.memo_of(type_url);
+            let changed = match memo {
                 Some(memo) => memo.diff_since(held, now).changed.clone(),
                 None => map_diff(held, now).changed,
             };
-            if changed.iter().all(|n| state.sub.wants(n)) {
+            // Changed names are names of `now`: all wanted when it is covered.
+            let covered = memo.is_some_and(|m| state.sub.covers(now, m, &mut state.covers));
+            if covered || changed.iter().all(|n| state.sub.wants(n)) {
                 // The common case: shared by every stream that held `held`.
                 changed
             } else {

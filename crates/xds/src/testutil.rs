@@ -1,10 +1,14 @@
 //! Helpers for the state machines' table tests: short type aliases, and
 //! snapshots whose resources encode their own name and version so a
-//! response can be printed as `name@version` without decoding Envoy types.
+//! response can be printed as `name@version` without decoding Envoy types;
+//! and for the framing tests of both responses.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use envoy_types::pb::google::protobuf::Any;
 
-use crate::resource::{Resource, Snapshot, type_url};
+use crate::resource::{Resource, Resources, Snapshot, type_url};
 
 /// `CDS`, `EDS`, `LDS`, `RDS`, `SDS` -> type URL.
 pub(crate) fn url(alias: &str) -> &'static str {
@@ -54,4 +58,31 @@ pub(crate) fn label(body: &Any) -> String {
 
 pub(crate) fn strings(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
+}
+
+/// A map of resources whose bodies have the given sizes.
+pub(crate) fn sized_map(sizes: &[(&str, usize)]) -> Arc<Resources> {
+    Arc::new(
+        sizes
+            .iter()
+            .map(|(name, size)| {
+                let value: Vec<u8> = (0..*size).map(|i| (i % 251) as u8).collect();
+                let body = Any {
+                    type_url: "type.googleapis.com/x".into(),
+                    value,
+                };
+                (name.to_string(), Resource::new(body))
+            })
+            .collect(),
+    )
+}
+
+/// The message in a gRPC frame sent as `chunks`, once its flag (not
+/// compressed) and length prefix are checked.
+pub(crate) fn frame_message(chunks: &[Bytes]) -> Vec<u8> {
+    let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    assert_eq!(all[0], 0, "uncompressed");
+    let len = u32::from_be_bytes([all[1], all[2], all[3], all[4]]) as usize;
+    assert_eq!(len, all.len() - 5, "length prefix");
+    all[5..].to_vec()
 }

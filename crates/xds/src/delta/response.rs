@@ -46,8 +46,9 @@ pub struct DeltaResponse {
     /// Names the client must drop.
     pub removed_resources: Vec<String>,
     map: Option<Arc<Resources>>,
-    /// Names present in `map`, in the order they are sent.
-    names: Vec<String>,
+    /// Names present in `map`, in the order they are sent (shared by the
+    /// streams that send the same changes).
+    names: Arc<Vec<String>>,
 }
 
 impl DeltaResponse {
@@ -58,7 +59,7 @@ impl DeltaResponse {
         type_url: String,
         nonce: String,
         map: Option<Arc<Resources>>,
-        names: Vec<String>,
+        names: Arc<Vec<String>>,
         removed_resources: Vec<String>,
     ) -> DeltaResponse {
         DeltaResponse {
@@ -175,41 +176,22 @@ impl Layout for DeltaResponse {
 mod tests {
     use super::*;
     use crate::chunked::CHUNK;
+    use crate::testutil::{frame_message, sized_map as map, strings};
     use bytes::Bytes;
-    use envoy_types::pb::google::protobuf::Any;
     use prost::Message;
 
-    fn map(sizes: &[(&str, usize)]) -> Arc<Resources> {
-        Arc::new(
-            sizes
-                .iter()
-                .map(|(name, size)| {
-                    let value: Vec<u8> = (0..*size).map(|i| (i % 251) as u8).collect();
-                    let body = Any {
-                        type_url: "type.googleapis.com/x".into(),
-                        value,
-                    };
-                    (name.to_string(), Resource::new(body))
-                })
-                .collect(),
-        )
-    }
-
-    fn names(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    fn names(list: &[&str]) -> Arc<Vec<String>> {
+        Arc::new(strings(list))
     }
 
     /// The chunks joined are a gRPC frame that decodes to the message.
     fn check(resp: DeltaResponse) -> Vec<Bytes> {
         let expected = resp.to_message();
         let chunks: Vec<Bytes> = resp.into_frames().collect();
-        let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-        assert_eq!(all[0], 0, "uncompressed");
-        let len = u32::from_be_bytes([all[1], all[2], all[3], all[4]]) as usize;
-        assert_eq!(len, all.len() - 5, "length prefix");
-        let decoded = DeltaDiscoveryResponse::decode(&all[5..]).expect("decodes");
+        let message = frame_message(&chunks);
+        let decoded = DeltaDiscoveryResponse::decode(message.as_slice()).expect("decodes");
         assert_eq!(decoded, expected);
-        assert_eq!(len, expected.encoded_len(), "prost's length");
+        assert_eq!(message.len(), expected.encoded_len(), "prost's length");
         chunks
     }
 
@@ -222,7 +204,7 @@ mod tests {
             "n1".into(),
             Some(m),
             names(&["a", "b", "c", "d"]),
-            names(&["gone", "also-gone"]),
+            strings(&["gone", "also-gone"]),
         );
         assert_eq!(resp.len(), 4);
         let chunks = check(resp);
@@ -238,7 +220,7 @@ mod tests {
             "n".into(),
             None,
             names(&[]),
-            names(&[]),
+            strings(&[]),
         ));
         let m = map(&[("a", 5), ("b", 6)]);
         let resp = DeltaResponse::new(
@@ -247,7 +229,7 @@ mod tests {
             "n".into(),
             Some(m),
             names(&["b", "zz"]),
-            names(&["x"]),
+            strings(&["x"]),
         );
         assert_eq!(resp.len(), 1, "names not in the map are skipped");
         check(resp);

@@ -140,41 +140,21 @@ impl Layout for SotwResponse {
 mod tests {
     use super::*;
     use crate::chunked::CHUNK;
+    use crate::testutil::{frame_message, sized_map as map, strings};
     use bytes::Bytes;
-    use envoy_types::pb::google::protobuf::Any;
     use prost::Message;
 
-    fn map(sizes: &[(&str, usize)]) -> Arc<Resources> {
-        Arc::new(
-            sizes
-                .iter()
-                .map(|(name, size)| {
-                    let value: Vec<u8> = (0..*size).map(|i| (i % 251) as u8).collect();
-                    let body = Any {
-                        type_url: "type.googleapis.com/x".into(),
-                        value,
-                    };
-                    (name.to_string(), Resource::new(body))
-                })
-                .collect(),
-        )
-    }
-
     fn names(list: &[&str]) -> Arc<Vec<String>> {
-        Arc::new(list.iter().map(|s| s.to_string()).collect())
+        Arc::new(strings(list))
     }
 
     /// The chunks joined are a gRPC frame of exactly what prost encodes.
     fn check(resp: SotwResponse) -> Vec<Bytes> {
         let expected = resp.to_message();
         let chunks: Vec<Bytes> = resp.into_frames().collect();
-        let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-        assert_eq!(all[0], 0, "uncompressed");
-        let len = u32::from_be_bytes([all[1], all[2], all[3], all[4]]) as usize;
-        assert_eq!(len, all.len() - 5, "length prefix");
         assert_eq!(
-            &all[5..],
-            expected.encode_to_vec().as_slice(),
+            frame_message(&chunks),
+            expected.encode_to_vec(),
             "prost's bytes"
         );
         chunks

@@ -298,6 +298,18 @@ fn scenarios() {
                 (Ack("EDS", &["x", "y"]), &["ack EDS"]),
                 // Other names: the whole subscribed view again.
                 (Ack("EDS", &["x"]), &["push EDS x@1"]),
+                (Ack("EDS", &["x"]), &["ack EDS"]),
+                // A change to a name no longer subscribed stays out of the
+                // partial push.
+                (
+                    Snap(&[
+                        ("CDS", "a", "1"),
+                        ("CDS", "b", "2"),
+                        ("EDS", "x", "2"),
+                        ("EDS", "y", "3"),
+                    ]),
+                    &["push EDS x@2"],
+                ),
             ],
         ),
         (
