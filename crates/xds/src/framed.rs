@@ -272,6 +272,9 @@ impl<T: IntoFrames> http_body::Body for FramedBody<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+    use futures_util::StreamExt;
+    use prost::Message;
 
     /// `message` as a gRPC frame: uncompressed flag, big-endian length, bytes.
     fn frame<T: prost::Message>(message: &T) -> Bytes {
@@ -280,9 +283,6 @@ mod tests {
         message.encode_raw(&mut buf);
         Bytes::from(buf)
     }
-    use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-    use futures_util::StreamExt;
-    use prost::Message;
 
     /// A request body delivered in the given pieces.
     fn body(pieces: Vec<Vec<u8>>) -> tonic::body::Body {
