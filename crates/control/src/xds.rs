@@ -960,6 +960,15 @@ spec:
   endpoints: [{address: 10.0.0.1}]
 ";
 
+    /// A VirtualService for [`SE`]'s host: a change of routes only.
+    const VS: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews}}], timeout: 3s}]
+";
+
     #[test]
     fn a_resource_is_held_by_the_proxies_whose_view_has_it() {
         let local = SE.replace("endpoints:", "exportTo: [\".\"]\n  endpoints:");
@@ -1006,16 +1015,9 @@ spec:
 
         // A new store generation that changes only the routes: the
         // clusters keep their Arc.
-        let vs = "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http: [{route: [{destination: {host: reviews}}], timeout: 3s}]
-";
         mesh.set_store(
             &mut mesh.lock(),
-            store_snapshot(2, &format!("{SE}---\n{vs}")),
+            store_snapshot(2, &format!("{SE}---\n{VS}")),
         );
         let a2 = mesh.snapshot(&node("a", "default", "127.0.0.2"));
         assert!(Arc::ptr_eq(&ty(&a, CLUSTER_TYPE), &ty(&a2, CLUSTER_TYPE)));
@@ -1069,16 +1071,9 @@ spec:
         assert!(!Arc::ptr_eq(&first, &moved));
         assert_ne!(first, moved);
         // A VirtualService changed: nothing a node's own listeners read.
-        let vs = "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http: [{route: [{destination: {host: reviews}}], timeout: 3s}]
-";
         mesh.set_store(
             &mut mesh.lock(),
-            store_snapshot(2, &format!("{SE}---\n{vs}")),
+            store_snapshot(2, &format!("{SE}---\n{VS}")),
         );
         assert!(Arc::ptr_eq(&moved, &listeners("a", "127.0.0.9")));
         // An AuthorizationPolicy now selects it.
@@ -1087,14 +1082,14 @@ kind: AuthorizationPolicy
 metadata: {name: deny-all}
 spec: {action: DENY, rules: [{}]}
 ";
-        let policy = format!("{SE}---\n{vs}---\n{deny}");
+        let policy = format!("{SE}---\n{VS}---\n{deny}");
         mesh.set_store(&mut mesh.lock(), store_snapshot(3, &policy));
         let policed = listeners("a", "127.0.0.9");
         assert_ne!(moved, policed, "the RBAC filter is in the inbound listener");
         // And goes away again.
         mesh.set_store(
             &mut mesh.lock(),
-            store_snapshot(4, &format!("{SE}---\n{vs}")),
+            store_snapshot(4, &format!("{SE}---\n{VS}")),
         );
         assert_eq!(moved, listeners("a", "127.0.0.9"));
     }
