@@ -177,6 +177,50 @@ spec:
     )
 }
 
+/// What the tests on the reviews mesh hold while they run.
+struct ReviewsMesh {
+    rt: tokio::runtime::Runtime,
+    /// The `v1` upstream (labels `version: v1`), and `v2`.
+    v1: EchoServer,
+    v2: EchoServer,
+    data: tempfile::TempDir,
+    files: tempfile::TempDir,
+}
+
+/// A fresh `trellis control` (with `flags`) holding [`mesh_yaml`] over
+/// two echo servers and the 80/20 [`reviews_vs`].
+fn reviews_mesh(flags: &[&str]) -> (ReviewsMesh, Control) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (v1, v2) =
+        rt.block_on(async { (EchoServer::start("v1").await, EchoServer::start("v2").await) });
+    let data = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let control = Control::start(data.path(), flags);
+    let mesh = write(files.path(), "mesh.yaml", &mesh_yaml(v1.addr(), v2.addr()));
+    let vs80 = write(files.path(), "vs.yaml", &reviews_vs(80));
+    control
+        .cli(&[
+            "apply",
+            "-f",
+            mesh.to_str().unwrap(),
+            "-f",
+            vs80.to_str().unwrap(),
+        ])
+        .ok();
+    let mesh = ReviewsMesh {
+        rt,
+        v1,
+        v2,
+        data,
+        files,
+    };
+    (mesh, control)
+}
+
 fn reviews_vs(v1: u32) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
@@ -277,27 +321,16 @@ fn proxy_status(control: &Control) -> Option<Value> {
 
 #[test]
 fn stock_envoy_routes_with_config_from_trellis_control() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (v1, v2) =
-        rt.block_on(async { (EchoServer::start("v1").await, EchoServer::start("v2").await) });
-    let data = tempfile::tempdir().unwrap();
-    let files = tempfile::tempdir().unwrap();
-    let control = Control::start(data.path(), &["--registration-grace", "30s"]);
-    let mesh = write(files.path(), "mesh.yaml", &mesh_yaml(v1.addr(), v2.addr()));
-    let vs80 = write(files.path(), "vs.yaml", &reviews_vs(80));
-    control
-        .cli(&[
-            "apply",
-            "-f",
-            mesh.to_str().unwrap(),
-            "-f",
-            vs80.to_str().unwrap(),
-        ])
-        .ok();
+    let (
+        ReviewsMesh {
+            rt,
+            v1,
+            v2: _v2,
+            data,
+            files,
+        },
+        control,
+    ) = reviews_mesh(&["--registration-grace", "30s"]);
 
     let bootstrap = productpage_bootstrap(
         &control.xds,
@@ -478,27 +511,16 @@ fn stock_envoy_routes_with_config_from_trellis_control() {
 /// change sends it the one virtual host that changed.
 #[test]
 fn stock_envoy_takes_virtual_hosts_by_vhds() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (v1, v2) =
-        rt.block_on(async { (EchoServer::start("v1").await, EchoServer::start("v2").await) });
-    let data = tempfile::tempdir().unwrap();
-    let files = tempfile::tempdir().unwrap();
-    let control = Control::start(data.path(), &[]);
-    let mesh = write(files.path(), "mesh.yaml", &mesh_yaml(v1.addr(), v2.addr()));
-    let vs80 = write(files.path(), "vs.yaml", &reviews_vs(80));
-    control
-        .cli(&[
-            "apply",
-            "-f",
-            mesh.to_str().unwrap(),
-            "-f",
-            vs80.to_str().unwrap(),
-        ])
-        .ok();
+    let (
+        ReviewsMesh {
+            rt,
+            v1,
+            v2: _v2,
+            data: _data,
+            files,
+        },
+        control,
+    ) = reviews_mesh(&[]);
     // The registered workload's app: the v1 echo server plays it.
     let ports = format!("http={}", v1.addr().port());
     let bootstrap = productpage_bootstrap(
